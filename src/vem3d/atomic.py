@@ -1,0 +1,43 @@
+"""Atomic file writes: a killed job never leaves a file that looks complete."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def write_atomically(path: str | os.PathLike, save: Callable[[str], object]) -> None:
+    """Write ``path`` by calling ``save`` on a temporary file beside it, then renaming.
+
+    Parameters
+    ----------
+    path : path
+        The file to create or replace; its folder is created if missing.
+    save : callable
+        Called with the temporary file's path (a hidden name that ends with
+        ``path``'s name, so writers that check the extension accept it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=f"-{path.name}")
+    os.close(handle)
+    try:
+        save(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files private
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text))

@@ -1,0 +1,182 @@
+"""Surface meshes of segmented volumes: marching cubes, STL output, mesh measurements."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import skimage.measure
+from scipy import ndimage
+from stl import mesh as stl_mesh
+
+from vem3d.atomic import write_atomically, write_text_atomically
+from vem3d.slices import list_slices, read_slice
+from vem3d.volume import assemble_volume, remove_small_objects
+
+log = logging.getLogger(__name__)
+
+NM3_PER_UM3 = 1e9
+NM2_PER_UM2 = 1e6
+
+
+def volume_to_mesh(
+    volume: np.ndarray, voxel_size_nm: tuple[float, float, float], level: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Triangulate the surface of a binary volume with marching cubes.
+
+    The volume is padded with background so that objects touching its border still
+    give closed surfaces.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero (bool or 0/1).
+    voxel_size_nm : (float, float, float)
+        Voxel size along z, y, x in nanometres (anisotropic spacing is honoured).
+    level : float
+        Iso-value on the 0/1 volume.
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+        Vertex coordinates (x, y, z) in nanometres, origin at the centre of voxel 0.
+    faces : ndarray of int64, shape (n_faces, 3)
+        Vertex indices of each triangle, counter-clockwise seen from outside
+        (normals point out). Both arrays are empty when there is no foreground.
+    """
+    if volume.ndim != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    if any(size <= 0 for size in voxel_size_nm):
+        raise ValueError(f"voxel sizes must be > 0 nm, got {voxel_size_nm}")
+    if not volume.any():
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    padded = np.pad(volume.astype(np.float32), 1)
+    vertices_zyx, faces, _, _ = skimage.measure.marching_cubes(
+        padded, level=level, spacing=tuple(float(size) for size in voxel_size_nm)
+    )
+    vertices_zyx -= np.asarray(voxel_size_nm, dtype=vertices_zyx.dtype)  # undo the padding
+    # Reversing the axis order to (x, y, z) mirrors the mesh; reversing each face's
+    # vertex order keeps the normals pointing outwards.
+    return vertices_zyx[:, ::-1].astype(np.float32), faces[:, ::-1].astype(np.int64)
+
+
+def write_stl(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) -> None:
+    """Write a triangle mesh as binary STL (vectorised, atomically).
+
+    Parameters
+    ----------
+    path : path
+        Output ``.stl`` file.
+    vertices : ndarray, shape (n_vertices, 3)
+    faces : ndarray of int, shape (n_faces, 3)
+        Must hold at least one face: an empty STL would look like a mesh and is not
+        written; callers record empty segmentations in their statistics instead.
+    """
+    if len(faces) == 0:
+        raise ValueError(f"{path}: refusing to write an STL without faces")
+    solid = stl_mesh.Mesh(np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype))
+    solid.vectors[:] = vertices[faces]
+    solid.update_normals()
+    write_atomically(path, lambda temporary: solid.save(temporary, mode=stl_mesh.stl.Mode.BINARY))
+
+
+def enclosed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Volume enclosed by a closed, outward-oriented mesh (divergence theorem), in units^3."""
+    triangles = vertices[faces].astype(np.float64)
+    return float(np.einsum("ij,ij->i", triangles[:, 0], np.cross(triangles[:, 1], triangles[:, 2])).sum() / 6)
+
+
+def surface_area(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Total area of a triangle mesh, in units^2."""
+    if len(faces) == 0:
+        return 0.0
+    return float(skimage.measure.mesh_surface_area(vertices.astype(np.float64), faces))
+
+
+def is_watertight(faces: np.ndarray) -> bool:
+    """Whether every edge of the mesh is shared by exactly two faces, in opposite directions."""
+    if len(faces) == 0:
+        return False
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    directed, counts = np.unique(edges, axis=0, return_counts=True)
+    if (counts != 1).any():
+        return False
+    reversed_edges = {tuple(edge) for edge in directed[:, ::-1]}
+    return all(tuple(edge) in reversed_edges for edge in directed)
+
+
+def mesh_summary(
+    volume: np.ndarray, vertices: np.ndarray, faces: np.ndarray, voxel_size_nm
+) -> dict[str, float | int]:
+    """Measurements of a segmented volume and its mesh.
+
+    Returns
+    -------
+    dict
+        ``foreground_voxels``, ``voxel_volume_um3`` (voxel count times voxel volume),
+        ``mesh_volume_um3``, ``surface_area_um2``, ``vertices``, ``faces``.
+    """
+    voxel_volume_nm3 = float(np.prod(voxel_size_nm))
+    foreground = int(np.count_nonzero(volume))
+    return {
+        "foreground_voxels": foreground,
+        "voxel_volume_um3": foreground * voxel_volume_nm3 / NM3_PER_UM3,
+        "mesh_volume_um3": enclosed_volume(vertices, faces) / NM3_PER_UM3 if len(faces) else 0.0,
+        "surface_area_um2": surface_area(vertices, faces) / NM2_PER_UM2,
+        "vertices": int(len(vertices)),
+        "faces": int(len(faces)),
+    }
+
+
+def read_mask_volume(mask_dirs) -> np.ndarray:
+    """Read the mask PNGs of chunk folders (in the order given, slices in natural order) as a 3D bool volume."""
+    return assemble_volume(
+        (path.name, read_slice(path) > 0) for folder in mask_dirs for path in list_slices(folder)
+    )
+
+
+def mesh_from_masks(
+    mask_dirs,
+    voxel_size_nm: tuple[float, float, float],
+    mesh_dir: str | os.PathLike,
+    summary_path: str | os.PathLike,
+    class_name: str = "foreground",
+    min_object_voxels: int = 0,
+) -> dict:
+    """Assemble masks into a volume, clean it, mesh it and write STL plus a summary TSV.
+
+    Parameters
+    ----------
+    mask_dirs : list of path
+        Mask chunk folders in z order.
+    voxel_size_nm : (float, float, float)
+        Voxel size z, y, x in nm.
+    mesh_dir : path
+        Folder for ``{class_name}.stl`` (not written when nothing was segmented).
+    summary_path : path
+        TSV with one row: class, objects and the measurements of :func:`mesh_summary`.
+    class_name : str
+        Name of the segmented structure, used for the file name.
+    min_object_voxels : int
+        3D objects smaller than this are removed before meshing.
+
+    Returns
+    -------
+    dict
+        The summary row.
+    """
+    volume = remove_small_objects(read_mask_volume(mask_dirs), min_object_voxels)
+    _, n_objects = ndimage.label(volume, structure=np.ones((3, 3, 3), dtype=bool))
+    vertices, faces = volume_to_mesh(volume, voxel_size_nm)
+    Path(mesh_dir).mkdir(parents=True, exist_ok=True)
+    if len(faces):
+        write_stl(Path(mesh_dir) / f"{class_name}.stl", vertices, faces)
+    else:
+        log.warning("no %s voxels left after clean-up: no STL written", class_name)
+    summary = {"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)}
+    write_text_atomically(summary_path, pd.DataFrame([summary]).to_csv(sep="\t", index=False))
+    log.info("meshed %s: %s", class_name, summary)
+    return summary

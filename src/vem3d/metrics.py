@@ -1,0 +1,95 @@
+"""Segmentation scores against ground truth: Dice, IoU, precision, recall."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+
+from vem3d.atomic import write_text_atomically
+from vem3d.slices import list_slices, read_slice
+
+log = logging.getLogger(__name__)
+
+
+def confusion_counts(predicted: np.ndarray, truth: np.ndarray) -> tuple[int, int, int]:
+    """True positives, false positives and false negatives of two same-shaped boolean masks."""
+    if predicted.shape != truth.shape:
+        raise ValueError(f"prediction shape {predicted.shape} differs from truth shape {truth.shape}")
+    predicted, truth = predicted.astype(bool), truth.astype(bool)
+    true_positive = int(np.count_nonzero(predicted & truth))
+    return (
+        true_positive,
+        int(np.count_nonzero(predicted)) - true_positive,
+        int(np.count_nonzero(truth)) - true_positive,
+    )
+
+
+def scores_from_counts(true_positive: int, false_positive: int, false_negative: int) -> dict[str, float]:
+    """Dice, IoU, precision and recall; each is 1 when both masks are empty."""
+
+    def ratio(numerator, denominator):
+        return numerator / denominator if denominator else 1.0
+
+    return {
+        "dice": ratio(2 * true_positive, 2 * true_positive + false_positive + false_negative),
+        "iou": ratio(true_positive, true_positive + false_positive + false_negative),
+        "precision": ratio(true_positive, true_positive + false_positive),
+        "recall": ratio(true_positive, true_positive + false_negative),
+    }
+
+
+def score_masks(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice, IoU, precision and recall of a predicted mask against the truth (any shape)."""
+    return scores_from_counts(*confusion_counts(predicted, truth))
+
+
+def score_slices(pairs) -> pd.DataFrame:
+    """Score each slice and the whole volume.
+
+    Parameters
+    ----------
+    pairs : iterable of (name, predicted, truth)
+        Per-slice boolean masks of equal shape.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per slice (``slice``, ``dice``, ``iou``, ``precision``, ``recall``)
+        and a last row ``slice == "volume"`` scored over all slices pooled.
+    """
+    rows, totals = [], np.zeros(3, dtype=np.int64)
+    for name, predicted, truth in pairs:
+        counts = confusion_counts(predicted, truth)
+        totals += counts
+        rows.append({"slice": name, **scores_from_counts(*counts)})
+    if not rows:
+        raise ValueError("no slices to score")
+    rows.append({"slice": "volume", **scores_from_counts(*totals.tolist())})
+    return pd.DataFrame(rows)
+
+
+def evaluate_folders(mask_dirs, truth_dir: str | os.PathLike, scores_path: str | os.PathLike) -> pd.DataFrame:
+    """Score predicted mask slices against ground-truth slices of the same name.
+
+    Parameters
+    ----------
+    mask_dirs : list of path
+        Predicted mask folders (non-zero = foreground).
+    truth_dir : path
+        Ground-truth folder; only slices present there are scored.
+    scores_path : path
+        TSV written with the rows of :func:`score_slices`.
+    """
+    truth = {path.stem: path for path in list_slices(truth_dir)}
+    predicted = {path.stem: path for folder in mask_dirs for path in list_slices(folder)}
+    common = [name for name in predicted if name in truth]
+    if not common:
+        raise ValueError(f"{truth_dir}: no ground-truth slice matches a segmented slice by name")
+    scores = score_slices((name, read_slice(predicted[name]) > 0, read_slice(truth[name]) > 0) for name in common)
+    write_text_atomically(scores_path, scores.to_csv(sep="\t", index=False, float_format="%.4f"))
+    overall = scores.iloc[-1]
+    log.info("%d slices scored: Dice %.4f, IoU %.4f", len(common), overall["dice"], overall["iou"])
+    return scores

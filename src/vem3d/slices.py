@@ -1,0 +1,206 @@
+"""Reading and writing slices of a vEM stack.
+
+A stack is either a folder of 2D slice files (PNG, TIFF, JPEG), taken in natural
+order (``2.png`` before ``10.png``), or one multi-page TIFF file. Every error names
+the offending file and says what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import tifffile
+
+from vem3d.atomic import write_atomically
+
+SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
+TIFF_SUFFIXES = (".tif", ".tiff")
+# Files that operating systems drop into folders and that are never slices.
+IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
+
+
+class SliceError(ValueError):
+    """A slice file or stack that cannot be used, with the file named in the message."""
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders embedded numbers by value (``2`` before ``10``)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def is_slice_file(path: Path) -> bool:
+    """Whether ``path`` names a slice file (hidden files and OS clutter excluded)."""
+    name = path.name
+    return (
+        not name.startswith(".")
+        and name.lower() not in IGNORED_NAMES
+        and path.suffix.lower() in SLICE_SUFFIXES
+    )
+
+
+def list_slices(folder: str | os.PathLike) -> list[Path]:
+    """List the slice files of a folder in natural order.
+
+    Parameters
+    ----------
+    folder : path
+        Folder holding one image file per slice.
+
+    Returns
+    -------
+    list of Path
+        Slice files sorted in natural order; hidden files (``.DS_Store``, ``._x.png``)
+        and ``Thumbs.db`` are skipped.
+
+    Raises
+    ------
+    SliceError
+        If the folder does not exist or holds no slice file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SliceError(f"{folder}: slice folder does not exist or is not a folder")
+    files = sorted(
+        (path for path in folder.iterdir() if path.is_file() and is_slice_file(path)),
+        key=lambda path: natural_key(path.name),
+    )
+    if not files:
+        raise SliceError(
+            f"{folder}: no slice files found (expected {', '.join(SLICE_SUFFIXES)})"
+        )
+    return files
+
+
+def read_slice(path: str | os.PathLike) -> np.ndarray:
+    """Read one slice as a 2D array in its stored dtype.
+
+    RGB and RGBA slices are converted to grey (luminance, alpha dropped).
+
+    Parameters
+    ----------
+    path : path
+        A PNG, TIFF or JPEG file holding one 2D image.
+
+    Returns
+    -------
+    ndarray, shape (rows, columns)
+        The slice, dtype as stored (``uint8``, ``uint16`` or ``float32``).
+
+    Raises
+    ------
+    SliceError
+        If the file is empty, truncated, not an image, or not a single 2D image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SliceError(f"{path}: slice file does not exist")
+    if path.stat().st_size == 0:
+        raise SliceError(f"{path}: slice file is empty (0 bytes)")
+    try:
+        image = np.asarray(iio.imread(path))
+    except Exception as error:  # imageio raises many types for corrupt data
+        raise SliceError(f"{path}: cannot be read as an image ({error})") from error
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        image = rgb_to_grey(image)
+    if image.ndim != 2:
+        raise SliceError(f"{path}: expected one 2D slice, found an array of shape {image.shape}")
+    if image.size == 0:
+        raise SliceError(f"{path}: slice has no pixels")
+    return image
+
+
+def rgb_to_grey(image: np.ndarray) -> np.ndarray:
+    """Convert an RGB(A) image to grey with ITU-R 601 luma weights, keeping its dtype."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+    grey = image[..., :3].astype(np.float64) @ weights
+    if np.issubdtype(image.dtype, np.integer):
+        return np.round(grey).astype(image.dtype)
+    return grey.astype(image.dtype)
+
+
+def is_tiff_stack(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is a multi-page TIFF file rather than a folder of slices."""
+    source = Path(source)
+    return source.suffix.lower() in TIFF_SUFFIXES and not source.is_dir()
+
+
+def stack_slice_names(source: str | os.PathLike) -> list[str]:
+    """Names of the slices of a stack, in z order.
+
+    For a folder these are the slice file stems; for a multi-page TIFF they are
+    ``z0000``, ``z0001``, ... one per page.
+
+    Raises
+    ------
+    SliceError
+        If the source does not exist, holds no slice, or two files share a stem.
+    """
+    source = Path(source)
+    if is_tiff_stack(source):
+        if not source.is_file() or source.stat().st_size == 0:
+            raise SliceError(f"{source}: stack file does not exist or is empty")
+        try:
+            with tifffile.TiffFile(source) as tiff:
+                n_pages = len(tiff.pages)
+        except Exception as error:
+            raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+        return [f"z{index:04d}" for index in range(n_pages)]
+    names = [path.stem for path in list_slices(source)]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SliceError(f"{source}: several files share the slice name(s) {duplicates}")
+    return names
+
+
+def stack_slice_files(source: str | os.PathLike, names: list[str]) -> list[Path]:
+    """The files that hold the named slices: the slice files, or the one TIFF stack."""
+    source = Path(source)
+    if is_tiff_stack(source):
+        return [source]
+    by_name = {path.stem: path for path in list_slices(source)}
+    missing = [name for name in names if name not in by_name]
+    if missing:
+        raise SliceError(f"{source}: no slice file for slice(s) {missing}")
+    return [by_name[name] for name in names]
+
+
+def read_stack_slices(source: str | os.PathLike, names: list[str]):
+    """Yield the named slices of a stack as 2D arrays, in the order given.
+
+    Parameters
+    ----------
+    source : path
+        A folder of slice files or a multi-page TIFF file.
+    names : list of str
+        Slice names as returned by :func:`stack_slice_names`.
+
+    Yields
+    ------
+    ndarray, shape (rows, columns)
+        Each slice in its stored dtype, grey.
+    """
+    source = Path(source)
+    if not is_tiff_stack(source):
+        for path in stack_slice_files(source, names):
+            yield read_slice(path)
+        return
+    all_names = stack_slice_names(source)
+    for name in names:
+        if name not in all_names:
+            raise SliceError(f"{source}: the stack has no slice {name!r}")
+        try:
+            page = tifffile.imread(source, key=all_names.index(name))
+        except Exception as error:
+            raise SliceError(f"{source}: page {name} cannot be read ({error})") from error
+        if page.ndim == 3 and page.shape[-1] in (3, 4):
+            page = rgb_to_grey(page)
+        yield page
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a 2D ``uint8`` or ``uint16`` image as PNG, atomically."""
+    write_atomically(path, lambda temporary: iio.imwrite(temporary, image, extension=".png"))

@@ -1,0 +1,144 @@
+"""The 2D U-Net (Ronneberger et al. 2015) in Keras 3, backend-agnostic.
+
+Only ``keras.layers`` and ``keras.ops`` are used, so the same code runs on the
+TensorFlow (default), JAX and PyTorch backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import keras
+from keras import layers, ops
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of a U-Net.
+
+    Attributes
+    ----------
+    depth : int
+        Number of down-sampling steps; input sides must be multiples of ``2**depth``.
+    base_filters : int
+        Filters of the first level; doubled at each level down.
+    batch_norm : bool
+        Batch normalisation after each convolution.
+    dropout : float
+        Dropout rate in the bottleneck (0 disables it).
+    n_classes : int
+        1 for a binary mask (sigmoid output); otherwise the number of classes
+        including background (softmax output).
+    """
+
+    depth: int = 4
+    base_filters: int = 16
+    batch_norm: bool = True
+    dropout: float = 0.0
+    n_classes: int = 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _conv_block(tensor, filters: int, batch_norm: bool, name: str):
+    for index in (1, 2):
+        tensor = layers.Conv2D(
+            filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{index}"
+        )(tensor)
+        if batch_norm:
+            # Momentum 0.9 (not Keras's 0.99) lets the inference statistics keep up
+            # with the weights in short training runs.
+            tensor = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{index}")(tensor)
+        tensor = layers.Activation("relu", name=f"{name}_relu{index}")(tensor)
+    return tensor
+
+
+def build_unet(config: UNetConfig = UNetConfig(), input_channels: int = 1) -> keras.Model:
+    """Build a 2D U-Net for inputs of any size divisible by ``2**depth``.
+
+    Parameters
+    ----------
+    config : UNetConfig
+        Depth, width, normalisation, dropout and number of classes.
+    input_channels : int
+        Channels of the input image (1 for grey EM).
+
+    Returns
+    -------
+    keras.Model
+        Maps (batch, rows, columns, input_channels) float images in [0, 1] to
+        (batch, rows, columns, n_classes) probabilities (sigmoid for one class,
+        softmax otherwise).
+    """
+    if config.depth < 1 or config.base_filters < 1:
+        raise ValueError(f"depth and base_filters must be >= 1, got {config}")
+    inputs = keras.Input(shape=(None, None, input_channels), name="image")
+    skips = []
+    tensor = inputs
+    for level in range(config.depth):
+        tensor = _conv_block(tensor, config.base_filters * 2**level, config.batch_norm, f"down{level}")
+        skips.append(tensor)
+        tensor = layers.MaxPooling2D(2, name=f"pool{level}")(tensor)
+    tensor = _conv_block(
+        tensor, config.base_filters * 2**config.depth, config.batch_norm, "bottleneck"
+    )
+    if config.dropout > 0:
+        tensor = layers.Dropout(config.dropout, name="bottleneck_dropout")(tensor)
+    for level in reversed(range(config.depth)):
+        filters = config.base_filters * 2**level
+        tensor = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_transpose")(tensor)
+        tensor = layers.Concatenate(name=f"up{level}_concat")([tensor, skips[level]])
+        tensor = _conv_block(tensor, filters, config.batch_norm, f"up{level}")
+    activation = "sigmoid" if config.n_classes == 1 else "softmax"
+    outputs = layers.Conv2D(
+        config.n_classes, 1, activation=activation, dtype="float32", name="probabilities"
+    )(tensor)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def _foreground(y_true, y_pred):
+    """Cast labels and drop the background channel of a multi-class output."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if y_pred.shape[-1] > 1:
+        return y_true[..., 1:], y_pred[..., 1:]
+    return y_true, y_pred
+
+
+@keras.saving.register_keras_serializable(package="vem3d")
+def soft_dice(y_true, y_pred, smooth: float = 1.0):
+    """Soft Dice of the foreground over the whole batch (differentiable)."""
+    y_true, y_pred = _foreground(y_true, y_pred)
+    intersection = ops.sum(y_true * y_pred)
+    return (2.0 * intersection + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
+
+
+@keras.saving.register_keras_serializable(package="vem3d")
+def hard_dice(y_true, y_pred):
+    """Dice of the foreground after thresholding at 0.5, over the whole batch (a metric)."""
+    y_true, y_pred = _foreground(y_true, y_pred)
+    predicted = ops.cast(y_pred > 0.5, y_pred.dtype)
+    intersection = ops.sum(y_true * predicted)
+    return (2.0 * intersection + 1e-6) / (ops.sum(y_true) + ops.sum(predicted) + 1e-6)
+
+
+@keras.saving.register_keras_serializable(package="vem3d")
+def dice_loss(y_true, y_pred):
+    """1 - soft Dice."""
+    return 1.0 - soft_dice(y_true, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="vem3d")
+def bce_loss(y_true, y_pred):
+    """Mean binary cross-entropy."""
+    y_true = ops.cast(y_true, y_pred.dtype)
+    return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+
+
+@keras.saving.register_keras_serializable(package="vem3d")
+def bce_dice_loss(y_true, y_pred):
+    """Binary cross-entropy plus Dice loss: stable gradients and robust to class imbalance."""
+    return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
+
+
+LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}

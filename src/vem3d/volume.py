@@ -1,0 +1,62 @@
+"""Assembling per-slice masks into a 3D volume and cleaning it up."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+
+def assemble_volume(masks: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Stack 2D masks, in the order given, into a 3D volume.
+
+    Parameters
+    ----------
+    masks : iterable of (name, mask)
+        Slice name (for error messages) and 2D mask, in z order.
+
+    Returns
+    -------
+    ndarray, shape (slices, rows, columns)
+        The masks' dtype is kept.
+
+    Raises
+    ------
+    ValueError
+        If there are no masks or their shapes differ (naming the first odd slice).
+    """
+    planes, shape = [], None
+    for name, mask in masks:
+        if shape is None:
+            shape = mask.shape
+        elif mask.shape != shape:
+            raise ValueError(f"mask {name} has shape {mask.shape}, but earlier slices have {shape}")
+        planes.append(mask)
+    if not planes:
+        raise ValueError("no masks to assemble")
+    return np.stack(planes)
+
+
+def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Remove 3D connected objects (26-connectivity) smaller than ``min_voxels``.
+
+    Parameters
+    ----------
+    volume : ndarray of bool or int, shape (slices, rows, columns)
+        Foreground where non-zero.
+    min_voxels : int
+        Objects with fewer voxels are removed; 0 or 1 keeps everything.
+
+    Returns
+    -------
+    ndarray of bool, shape as ``volume``
+    """
+    foreground = volume.astype(bool)
+    if min_voxels <= 1:
+        return foreground
+    labels, _ = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]

@@ -1,0 +1,30 @@
+import numpy as np
+
+from vem3d.augment import augment_pair, dihedral
+
+
+def test_the_eight_symmetries_are_distinct_and_invertible():
+    image = np.arange(16).reshape(4, 4)
+    results = {dihedral(image, index).tobytes() for index in range(8)}
+    assert len(results) == 8
+
+
+def test_image_and_mask_stay_aligned():
+    rng = np.random.default_rng(1)
+    image = rng.random((32, 32)).astype(np.float32)
+    mask = (image > 0.5).astype(np.uint8)
+    for seed in range(20):
+        augmented, augmented_mask = augment_pair(
+            image, mask, np.random.default_rng(seed), intensity=0, gamma_range=(1, 1), noise=0
+        )
+        np.testing.assert_array_equal(augmented_mask, (augmented > 0.5).astype(np.uint8))
+
+
+def test_intensity_changes_touch_the_image_only_and_stay_in_range():
+    rng = np.random.default_rng(2)
+    image = rng.random((16, 24)).astype(np.float32)
+    mask = np.ones((16, 24), np.uint8)
+    augmented, augmented_mask = augment_pair(image, mask, rng, intensity=0.5, noise=0.2)
+    assert augmented.shape == (16, 24) and augmented.dtype == np.float32
+    assert 0 <= augmented.min() and augmented.max() <= 1
+    assert np.all(augmented_mask == 1)

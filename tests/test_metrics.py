@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from vem3d.metrics import score_masks, score_slices
+
+
+def test_scores_match_hand_computed_values():
+    predicted = np.array([1, 1, 1, 0, 0, 0], bool)
+    truth = np.array([1, 1, 0, 1, 0, 0], bool)
+    # TP 2, FP 1, FN 1
+    scores = score_masks(predicted, truth)
+    assert scores["dice"] == pytest.approx(4 / 6)
+    assert scores["iou"] == pytest.approx(2 / 4)
+    assert scores["precision"] == pytest.approx(2 / 3)
+    assert scores["recall"] == pytest.approx(2 / 3)
+
+
+def test_empty_prediction_of_empty_truth_is_perfect_and_of_full_truth_is_zero():
+    empty = np.zeros((3, 3), bool)
+    assert score_masks(empty, empty)["dice"] == 1
+    assert score_masks(empty, ~empty)["dice"] == 0
+
+
+def test_volume_row_pools_all_slices():
+    table = score_slices(
+        [("a", np.array([1, 0], bool), np.array([1, 0], bool)), ("b", np.array([0, 0], bool), np.array([1, 1], bool))]
+    )
+    assert list(table["slice"]) == ["a", "b", "volume"]
+    assert table.iloc[-1]["dice"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))

@@ -1,0 +1,84 @@
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+
+from vem3d.slices import (
+    SliceError,
+    list_slices,
+    natural_key,
+    read_slice,
+    read_stack_slices,
+    stack_slice_names,
+    write_image,
+)
+
+
+def test_natural_order_puts_2_before_10(tmp_path):
+    for name in ("10.png", "2.png", "1.png"):
+        iio.imwrite(tmp_path / name, np.zeros((4, 4), np.uint8))
+    assert [path.name for path in list_slices(tmp_path)] == ["1.png", "2.png", "10.png"]
+    assert sorted(["s10", "s9", "S1"], key=natural_key) == ["S1", "s9", "s10"]
+
+
+def test_hidden_files_and_thumbs_db_are_skipped(tmp_path):
+    iio.imwrite(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    (tmp_path / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "._a.png").write_bytes(b"junk")
+    (tmp_path / "Thumbs.db").write_bytes(b"junk")
+    (tmp_path / "notes.txt").write_text("not a slice")
+    assert [path.name for path in list_slices(tmp_path)] == ["a.png"]
+
+
+def test_empty_or_missing_folder_is_an_error_naming_it(tmp_path):
+    with pytest.raises(SliceError, match="no slice files"):
+        list_slices(tmp_path)
+    with pytest.raises(SliceError, match="does not exist"):
+        list_slices(tmp_path / "missing")
+
+
+def test_zero_byte_slice_is_an_error_naming_the_file(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(SliceError, match=r"empty\.png.*empty \(0 bytes\)"):
+        read_slice(tmp_path / "empty.png")
+
+
+def test_corrupt_slice_is_an_error_naming_the_file(tmp_path):
+    good = tmp_path / "good.png"
+    iio.imwrite(good, np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(SliceError, match="truncated.png: cannot be read"):
+        read_slice(truncated)
+    (tmp_path / "text.tif").write_text("this is not a TIFF")
+    with pytest.raises(SliceError, match="text.tif: cannot be read"):
+        read_slice(tmp_path / "text.tif")
+
+
+def test_rgb_and_16_bit_slices_become_grey_in_their_dtype(tmp_path):
+    rgb = np.zeros((5, 6, 3), np.uint8)
+    rgb[..., 1] = 200
+    iio.imwrite(tmp_path / "rgb.png", rgb)
+    grey = read_slice(tmp_path / "rgb.png")
+    assert grey.shape == (5, 6) and grey.dtype == np.uint8
+    assert np.all(grey == round(0.587 * 200))
+    deep = (np.arange(30, dtype=np.uint16) * 2000).reshape(5, 6)
+    tifffile.imwrite(tmp_path / "deep.tif", deep)
+    np.testing.assert_array_equal(read_slice(tmp_path / "deep.tif"), deep)
+
+
+def test_multipage_tiff_stack_reads_page_by_page(tmp_path):
+    stack = np.arange(3 * 4 * 5, dtype=np.uint16).reshape(3, 4, 5)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    names = stack_slice_names(tmp_path / "stack.tif")
+    assert names == ["z0000", "z0001", "z0002"]
+    pages = list(read_stack_slices(tmp_path / "stack.tif", ["z0002", "z0000"]))
+    np.testing.assert_array_equal(pages[0], stack[2])
+    np.testing.assert_array_equal(pages[1], stack[0])
+
+
+def test_write_image_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    image = np.full((3, 3), 7, np.uint8)
+    write_image(tmp_path / "out" / "x.png", image)
+    assert [path.name for path in (tmp_path / "out").iterdir()] == ["x.png"]
+    np.testing.assert_array_equal(iio.imread(tmp_path / "out" / "x.png"), image)

@@ -1,0 +1,25 @@
+import numpy as np
+
+from vem3d.synth import synthesise_stack, write_demo_stack
+
+
+def test_same_seed_same_stack_other_seed_other_stack():
+    first, truth = synthesise_stack(n_slices=4, size=96, seed=3)
+    again, _ = synthesise_stack(n_slices=4, size=96, seed=3)
+    other, _ = synthesise_stack(n_slices=4, size=96, seed=4)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert first.dtype == np.uint8 and truth.dtype == bool and first.shape == truth.shape
+
+
+def test_mitochondria_are_darker_than_cytoplasm_and_a_minority():
+    images, truth = synthesise_stack(n_slices=6, size=256, seed=0)
+    assert 0.02 < truth.mean() < 0.25
+    assert images[truth].mean() < images[~truth].mean() - 40
+
+
+def test_demo_writes_sparse_labels_and_full_ground_truth(tmp_path):
+    folders = write_demo_stack(tmp_path, n_slices=8, size=64, label_every=4)
+    assert len(list(folders["slices"].iterdir())) == 8
+    assert sorted(path.name for path in folders["labels"].iterdir()) == ["slice_0002.png", "slice_0006.png"]
+    assert len(list(folders["ground_truth"].iterdir())) == 8

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+
+from vem3d import train as train_module
+from vem3d.segment import load_model
+from vem3d.train import TrainingConfig, save_weights, split_labelled, train_unet
+from vem3d.unet import UNetConfig, build_unet
+
+TINY = UNetConfig(depth=2, base_filters=4)
+
+
+def test_unet_output_shapes_and_ranges():
+    image = np.random.default_rng(0).random((2, 32, 48, 1)).astype(np.float32)
+    binary = build_unet(TINY).predict_on_batch(image)
+    assert binary.shape == (2, 32, 48, 1)
+    assert 0 <= binary.min() and binary.max() <= 1
+    multi = build_unet(UNetConfig(depth=2, base_filters=4, n_classes=3)).predict_on_batch(image)
+    assert multi.shape == (2, 32, 48, 3)
+    np.testing.assert_allclose(multi.sum(-1), 1, atol=1e-5)
+
+
+def test_split_keeps_validation_out_of_training():
+    train, validation = split_labelled(8, 0.25, seed=0)
+    assert len(validation) == 2 and not set(train) & set(validation)
+    assert sorted(train + validation) == list(range(8))
+    assert split_labelled(1, 0.5, seed=0) == ([0], [])
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_clearly(tmp_path):
+    save_weights(build_unet(TINY), tmp_path / "tiny.weights.h5")
+    with pytest.raises(ValueError, match="do not match the configured model"):
+        load_model(tmp_path / "tiny.weights.h5", UNetConfig(depth=3, base_filters=4))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(tmp_path / "missing.weights.h5", TINY)
+
+
+def _blobs(seed, n=4, size=64):
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    rows, columns = np.mgrid[:size, :size]
+    for _ in range(n):
+        mask = np.zeros((size, size), np.uint8)
+        for _ in range(4):
+            y, x = rng.integers(8, size - 8, 2)
+            mask[(rows - y) ** 2 + (columns - x) ** 2 < 36] = 1
+        images.append((0.7 - 0.4 * mask + rng.normal(0, 0.05, mask.shape)).astype(np.float32))
+        masks.append(mask)
+    return images, masks
+
+
+SHORT = TrainingConfig(epochs=3, steps_per_epoch=4, batch_size=4, patch_size=32, learning_rate=0.01)
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_weights(tmp_path):
+    images, masks = _blobs(0)
+    model, state = train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
+    losses = [row["loss"] for row in state["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert state["n_train"] == 3 and state["n_validation"] == 1
+    assert 1 <= state["best_epoch"] <= 3
+
+
+def test_interrupted_training_resumes_after_its_last_checkpoint(tmp_path, monkeypatch):
+    images, masks = _blobs(1)
+    original = train_module._finish_epoch
+
+    def stop_after_second_epoch(model, state, row, directory, config):
+        original(model, state, row, directory, config)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_finish_epoch", stop_after_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "state.json").read_text())["epoch"] == 2
+    monkeypatch.setattr(train_module, "_finish_epoch", original)
+    _, state = train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+
+
+def test_checkpoint_of_other_settings_is_not_silently_reused(tmp_path):
+    images, masks = _blobs(2)
+    train_unet(images, masks, TINY, TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32), tmp_path / "ck")
+    with pytest.raises(ValueError, match="other settings"):
+        train_unet(images, masks, TINY, SHORT, tmp_path / "ck")

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from stl import mesh as stl_mesh
+
+from vem3d.mesh import enclosed_volume, is_watertight, mesh_summary, surface_area, volume_to_mesh, write_stl
+from vem3d.volume import assemble_volume, remove_small_objects
+
+
+def ball(shape, centre, radius_voxels, spacing=(1, 1, 1)):
+    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    return sum((grid - c * s) ** 2 for grid, c, s in zip(grids, centre, spacing)) <= (radius_voxels * spacing[2]) ** 2
+
+
+def test_ball_gives_a_closed_mesh_with_the_ball_volume_and_area(tmp_path):
+    radius = 15
+    volume = ball((40, 40, 40), (20, 20, 20), radius)
+    vertices, faces = volume_to_mesh(volume, (10.0, 10.0, 10.0))
+    assert is_watertight(faces)
+    expected_volume = 4 / 3 * np.pi * (radius * 10) ** 3
+    assert enclosed_volume(vertices, faces) == pytest.approx(expected_volume, rel=0.03)
+    assert surface_area(vertices, faces) == pytest.approx(4 * np.pi * (radius * 10) ** 2, rel=0.06)
+    write_stl(tmp_path / "ball.stl", vertices, faces)
+    loaded = stl_mesh.Mesh.from_file(tmp_path / "ball.stl")
+    assert len(loaded.vectors) == len(faces)
+    volume_stl, _, _ = loaded.get_mass_properties()
+    assert volume_stl == pytest.approx(expected_volume, rel=0.03)  # positive: normals point out
+
+
+def test_anisotropic_voxels_scale_the_mesh():
+    volume = np.zeros((10, 10, 10), bool)
+    volume[2:8, 2:8, 2:8] = True
+    vertices, faces = volume_to_mesh(volume, (50.0, 4.0, 4.0))
+    extent = vertices.max(0) - vertices.min(0)  # x, y, z
+    assert extent[2] / extent[0] == pytest.approx(50 / 4, rel=0.05)
+    summary = mesh_summary(volume, vertices, faces, (50.0, 4.0, 4.0))
+    assert summary["foreground_voxels"] == 216
+    assert summary["voxel_volume_um3"] == pytest.approx(216 * 50 * 4 * 4 / 1e9)
+
+
+def test_object_touching_the_border_is_closed():
+    volume = np.ones((4, 5, 6), bool)
+    _, faces = volume_to_mesh(volume, (1.0, 1.0, 1.0))
+    assert is_watertight(faces)
+
+
+def test_empty_volume_gives_no_mesh_and_no_stl(tmp_path):
+    vertices, faces = volume_to_mesh(np.zeros((3, 4, 5), bool), (1, 1, 1))
+    assert len(vertices) == 0 and len(faces) == 0
+    with pytest.raises(ValueError, match="without faces"):
+        write_stl(tmp_path / "empty.stl", vertices, faces)
+    assert not (tmp_path / "empty.stl").exists()
+
+
+def test_non_positive_voxel_size_is_refused():
+    with pytest.raises(ValueError, match="voxel sizes must be > 0"):
+        volume_to_mesh(np.ones((2, 2, 2), bool), (0.0, 1.0, 1.0))
+
+
+def test_remove_small_objects_removes_exactly_the_small_ones():
+    volume = np.zeros((10, 10, 10), bool)
+    volume[0:2, 0:2, 0:2] = True  # 8 voxels
+    volume[5:8, 5:8, 5:8] = True  # 27 voxels
+    cleaned = remove_small_objects(volume, 9)
+    assert cleaned.sum() == 27 and cleaned[6, 6, 6] and not cleaned[0, 0, 0]
+    assert remove_small_objects(volume, 8).sum() == 35
+
+
+def test_assemble_volume_names_a_slice_of_another_shape():
+    with pytest.raises(ValueError, match="mask b has shape"):
+        assemble_volume([("a", np.zeros((2, 2))), ("b", np.zeros((2, 3)))])

@@ -1,0 +1,161 @@
+"""The workflow run through Snakemake on tiny configurations."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import yaml
+from stl import mesh as stl_mesh
+
+from vem3d.synth import write_demo_stack
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+
+TINY_CONFIG = {
+    "samples": "config/samples.tsv",
+    "chunk_size": 4,
+    "demo": {"path": "resources/demo", "n_slices": 8, "size": 64, "seed": 1, "label_every": 2},
+    "model": {"class_name": "mitochondrion", "depth": 2, "base_filters": 4},
+    "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "patch_size": 32},
+    "segment": {"tile_size": 32, "overlap": 8, "threshold": 0.5},
+    "mesh": {"min_object_voxels": 0},
+}
+HEADER = "sample\tslices\tlabels\tground_truth\tvoxel_size_z_nm\tvoxel_size_y_nm\tvoxel_size_x_nm\n"
+DEMO_ROW = "demo\tresources/demo/slices\tresources/demo/labels\tresources/demo/ground_truth\t20\t10\t10\n"
+
+
+def make_project(tmp_path, rows=(DEMO_ROW,), **overrides):
+    config = {**TINY_CONFIG, **overrides}
+    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "config" / "samples.tsv").write_text(HEADER + "".join(rows))
+    return tmp_path
+
+
+def snakemake(project, *arguments):
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(project),
+         "--cores", "2", *arguments],
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_end_to_end(tmp_path):
+    project = make_project(tmp_path)
+    # Threshold 0 makes every pixel foreground, so the mesh step certainly has an
+    # object to mesh however little two epochs teach the network.
+    result = snakemake(project, "--config", "segment={'tile_size': 32, 'overlap': 8, 'threshold': 0.0}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [f"slice_{z:04d}" for z in range(8)]
+    for step in ("preprocessed", "probabilities", "masks"):
+        found = sorted(path.stem for path in (project / "results/demo" / step).glob("chunk*/*.png"))
+        assert found == names, step
+    mask = iio.imread(project / "results/demo/masks/chunk0001/slice_0005.png")
+    assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    solid = stl_mesh.Mesh.from_file(project / "results/demo/meshes/mitochondrion.stl")
+    assert len(solid.vectors) > 0
+    summary = (project / "results/demo/mesh_summary.tsv").read_text().splitlines()
+    assert summary[0].split("\t")[:3] == ["class", "objects", "foreground_voxels"]
+    assert int(summary[1].split("\t")[2]) == 8 * 64 * 64
+    for name in ("unet.weights.h5", "training_history.tsv", "training_curves.png", "unet.weights.h5.json"):
+        assert (project / "results/model" / name).is_file(), name
+    scores = (project / "results/demo/evaluation/scores.tsv").read_text()
+    assert scores.splitlines()[-1].startswith("volume")
+    assert "vem3d: demo: Dice" in result.stdout + result.stderr
+    # A second run finds nothing to do.
+    again = snakemake(project, "--config", "segment={'tile_size': 32, 'overlap': 8, 'threshold': 0.0}", "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def own_stack(tmp_path, n_slices=4, shape=(32, 32)):
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    for z in range(n_slices):
+        iio.imwrite(folder / f"img{z}.png", np.full(shape, 40 * z, np.uint8))
+    return folder
+
+
+def row(name, slices, voxel="20\t10\t10"):
+    return f"{name}\t{slices}\t\t\t{voxel}\n"
+
+
+def test_dry_run_of_the_default_config_succeeds():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "synthesise_demo" in result.stdout
+
+
+def test_lint_reports_nothing():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Lints for" not in result.stdout + result.stderr
+
+
+def test_snakefmt_is_clean():
+    if shutil.which("snakefmt") is None:
+        pytest.skip("snakefmt is not installed (pip install -e .[test])")
+    result = subprocess.run(["snakefmt", "--check", "workflow"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "sample_row, message",
+    [
+        (row("s1", "does/not/exist"), "does/not/exist: slice folder does not exist"),
+        (row("s1", "{stack}", voxel="0\t10\t10"), "voxel_size_z_nm"),
+        (row("s1", "{stack}", voxel="-5\t10\t10"), "voxel_size_z_nm"),
+        (row("../x", "{stack}"), "does not match"),
+        (row("s1", "{stack}") + row("s1", "{stack}"), "duplicate sample name"),
+        (row("s1", "{empty}"), "no slice files found"),
+    ],
+    ids=["missing-path", "zero-voxel", "negative-voxel", "path-in-name", "duplicate-name", "empty-folder"],
+)
+def test_bad_sample_sheet_stops_before_any_work(tmp_path, sample_row, message):
+    stack = own_stack(tmp_path)
+    (tmp_path / "empty").mkdir()
+    project = make_project(
+        tmp_path,
+        rows=(DEMO_ROW, sample_row.format(stack=stack, empty=tmp_path / "empty")),
+    )
+    result = snakemake(project, "-n")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda folder: (folder / "img2.png").write_bytes(b""), "img2.png: slice file is empty"),
+        (lambda folder: (folder / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "img1.png: cannot be read"),
+        (lambda folder: iio.imwrite(folder / "img3.png", np.zeros((32, 40), np.uint8)), "slice img3 has shape (32, 40)"),
+    ],
+    ids=["zero-byte", "corrupt", "other-shape"],
+)
+def test_bad_slice_stops_the_run_naming_the_file(tmp_path, damage, message):
+    stack = own_stack(tmp_path)
+    damage(stack)
+    before = {path.name: path.read_bytes() for path in stack.iterdir()}
+    project = make_project(tmp_path, rows=(DEMO_ROW, row("own", stack)))
+    result = snakemake(project, "--until", "preprocess")
+    assert result.returncode != 0
+    logs = "".join(path.read_text() for path in (project / "logs/own/preprocess").glob("*.log"))
+    assert message in logs
+    assert {path.name: path.read_bytes() for path in stack.iterdir()} == before
+
+
+def test_demo_data_generation_is_deterministic(tmp_path):
+    first = write_demo_stack(tmp_path / "a", n_slices=3, size=48, seed=5)
+    second = write_demo_stack(tmp_path / "b", n_slices=3, size=48, seed=5)
+    for path in first["slices"].iterdir():
+        assert path.read_bytes() == (second["slices"] / path.name).read_bytes()

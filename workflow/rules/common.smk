@@ -1,0 +1,199 @@
+import os
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+# The workflow runs the package from this checkout, installed or not, in every job.
+SOURCE_DIR = str(Path(workflow.basedir).parent / "src")
+sys.path.insert(0, SOURCE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [SOURCE_DIR, os.environ.get("PYTHONPATH")])
+)
+
+from vem3d.slices import SliceError, is_tiff_stack, list_slices, stack_slice_names
+from vem3d.synth import demo_slice_names
+
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+OPTIONAL_COLUMNS = ("labels", "ground_truth")
+VOXEL_COLUMNS = ("voxel_size_z_nm", "voxel_size_y_nm", "voxel_size_x_nm")
+
+
+def read_sample_sheet(path):
+    """Read and check the sample sheet; one row per sample, indexed by sample name."""
+    if not Path(path).is_file():
+        raise ValueError(f"sample sheet {path} does not exist (config key 'samples')")
+    sheet = pd.read_csv(
+        path,
+        sep="\t",
+        dtype={"sample": str, "slices": str, "labels": str, "ground_truth": str},
+        keep_default_na=False,
+        comment="#",
+    )
+    for column in OPTIONAL_COLUMNS:
+        if column not in sheet:
+            sheet[column] = ""
+    missing = [column for column in VOXEL_COLUMNS if column not in sheet]
+    if missing:
+        raise ValueError(f"sample sheet {path}: missing column(s) {missing}")
+    validate(sheet, schema="../schemas/samples.schema.yaml")
+    duplicates = sorted(set(sheet["sample"][sheet["sample"].duplicated()]))
+    if duplicates:
+        raise ValueError(f"sample sheet {path}: duplicate sample name(s) {duplicates}")
+    return sheet.set_index("sample", drop=False)
+
+
+samples = read_sample_sheet(config["samples"])
+DEMO_DIR = Path(config["demo"]["path"])
+DEMO_SLICE_NAMES = demo_slice_names(config["demo"]["n_slices"])
+DEMO_LABEL_NAMES = DEMO_SLICE_NAMES[
+    config["demo"]["label_every"] // 2 :: config["demo"]["label_every"]
+]
+DEMO_FOLDERS = {
+    "slices": DEMO_DIR / "slices",
+    "labels": DEMO_DIR / "labels",
+    "ground_truth": DEMO_DIR / "ground_truth",
+}
+
+
+wildcard_constraints:
+    sample="|".join(map(re.escape, samples.index)),
+    chunk=r"chunk\d{4}",
+
+
+def is_demo(path):
+    """Whether a sample-sheet path is one the workflow generates (the demo stack)."""
+    return Path(path) in DEMO_FOLDERS.values()
+
+
+def demo_files(folder, names):
+    return [str(DEMO_FOLDERS[folder] / f"{name}.png") for name in names]
+
+
+def _checked_names(sample, column):
+    """Slice names of a sample's folder or stack, stopping with a message naming the sample."""
+    try:
+        return stack_slice_names(samples.loc[sample, column])
+    except SliceError as error:
+        raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
+
+
+SLICE_NAMES = {
+    sample: (
+        DEMO_SLICE_NAMES
+        if is_demo(samples.loc[sample, "slices"])
+        else _checked_names(sample, "slices")
+    )
+    for sample in samples.index
+}
+
+
+def chunk_ids(sample):
+    """Chunk ids of a sample: consecutive runs of chunk_size slices, stable when slices are appended."""
+    n_chunks = -(-len(SLICE_NAMES[sample]) // config["chunk_size"])
+    return [f"chunk{index:04d}" for index in range(n_chunks)]
+
+
+def chunk_slice_names(sample, chunk):
+    start = int(chunk.removeprefix("chunk")) * config["chunk_size"]
+    return SLICE_NAMES[sample][start : start + config["chunk_size"]]
+
+
+def get_chunk_slice_files(wildcards):
+    """Input of a preprocessing job: the chunk's slice files (or the one TIFF stack)."""
+    source = samples.loc[wildcards.sample, "slices"]
+    names = chunk_slice_names(wildcards.sample, wildcards.chunk)
+    if is_demo(source):
+        return demo_files("slices", names)
+    if is_tiff_stack(source):
+        return [source]
+    by_name = {path.stem: str(path) for path in list_slices(source)}
+    return [by_name[name] for name in names]
+
+
+def label_files(sample, column="labels"):
+    """Files of a sample's label (or ground-truth) folder; empty when the sample has none."""
+    folder = samples.loc[sample, column]
+    if not folder:
+        return []
+    if is_demo(folder):
+        return demo_files(
+            column, DEMO_LABEL_NAMES if column == "labels" else DEMO_SLICE_NAMES
+        )
+    try:
+        return [str(path) for path in list_slices(folder)]
+    except SliceError as error:
+        raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
+
+
+def labelled_chunks(sample):
+    """Chunks of a sample that hold at least one labelled slice."""
+    labelled = {Path(path).stem for path in label_files(sample)}
+    return [
+        chunk
+        for chunk in chunk_ids(sample)
+        if labelled & set(chunk_slice_names(sample, chunk))
+    ]
+
+
+TRAINING_SAMPLES = [sample for sample in samples.index if samples.loc[sample, "labels"]]
+TRAINING_CHUNKS = [
+    (sample, chunk) for sample in TRAINING_SAMPLES for chunk in labelled_chunks(sample)
+]
+WEIGHTS = (
+    "results/model/unet.weights.h5"
+    if config["train"]["enabled"]
+    else config["model"]["weights"]
+)
+if config["train"]["enabled"] and not TRAINING_CHUNKS:
+    raise ValueError(
+        "train.enabled is true but no sample in the sample sheet has labels matching its "
+        "slices: fill the 'labels' column, or set train.enabled to false and model.weights"
+    )
+if not config["train"]["enabled"] and not Path(WEIGHTS).is_file():
+    raise ValueError(
+        f"train.enabled is false, so model.weights must name an existing weights file; "
+        f"got {WEIGHTS!r}"
+    )
+for key in ("initial_weights",):
+    if config["train"][key] and not Path(config["train"][key]).is_file():
+        raise ValueError(f"train.{key}: {config['train'][key]!r} does not exist")
+
+
+def unet_settings():
+    """Keyword arguments of vem3d.unet.UNetConfig from the config."""
+    return {
+        key: config["model"][key]
+        for key in ("depth", "base_filters", "batch_norm", "dropout")
+    }
+
+
+def voxel_size_nm(sample):
+    return [float(samples.loc[sample, column]) for column in VOXEL_COLUMNS]
+
+
+def chunk_dirs(step):
+    """Input function: a sample's chunk folders of one per-slice step, in z order."""
+
+    def get(wildcards):
+        return [
+            f"results/{wildcards.sample}/{step}/{chunk}"
+            for chunk in chunk_ids(wildcards.sample)
+        ]
+
+    return get
+
+
+def get_final_outputs():
+    outputs = []
+    for sample in samples.index:
+        outputs.append(f"results/{sample}/mesh_summary.tsv")
+        if samples.loc[sample, "ground_truth"]:
+            outputs.append(f"results/{sample}/evaluation/scores.tsv")
+    if config["train"]["enabled"]:
+        outputs.append("results/model/training_curves.png")
+    return outputs

@@ -1,0 +1,23 @@
+rule mesh:
+    input:
+        chunk_dirs("masks"),
+    output:
+        meshes=directory("results/{sample}/meshes"),
+        summary=report(
+            "results/{sample}/mesh_summary.tsv",
+            caption="../report/mesh_summary.rst",
+            category="Meshes",
+            subcategory="{sample}",
+        ),
+    params:
+        voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
+        class_name=config["model"]["class_name"],
+        min_object_voxels=config["mesh"]["min_object_voxels"],
+    log:
+        "logs/{sample}/mesh.log",
+    benchmark:
+        "results/benchmarks/{sample}/mesh.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    script:
+        "../scripts/mesh.py"

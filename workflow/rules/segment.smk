@@ -1,0 +1,19 @@
+rule segment:
+    input:
+        preprocessed="results/{sample}/preprocessed/{chunk}",
+        weights=WEIGHTS,
+    output:
+        probabilities=directory("results/{sample}/probabilities/{chunk}"),
+        masks=directory("results/{sample}/masks/{chunk}"),
+    params:
+        unet=unet_settings(),
+        settings=config["segment"],
+    threads: workflow.cores
+    log:
+        "logs/{sample}/segment/{chunk}.log",
+    benchmark:
+        "results/benchmarks/{sample}/segment/{chunk}.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    script:
+        "../scripts/segment.py"

@@ -1,0 +1,11 @@
+from vem3d.logs import log_to
+from vem3d.preprocess import preprocess_stack
+
+with log_to(snakemake.log[0]):
+    preprocess_stack(
+        snakemake.params.source,
+        snakemake.params.names,
+        snakemake.output[0],
+        reference_name=snakemake.params.reference_name,
+        **snakemake.params.settings,
+    )

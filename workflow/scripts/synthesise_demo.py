@@ -1,0 +1,11 @@
+from vem3d.logs import log_to
+from vem3d.synth import write_demo_stack
+
+with log_to(snakemake.log[0]):
+    write_demo_stack(
+        snakemake.params.out_dir,
+        n_slices=snakemake.params.n_slices,
+        size=snakemake.params.size,
+        seed=snakemake.params.seed,
+        label_every=snakemake.params.label_every,
+    )

@@ -1,0 +1,16 @@
+from vem3d.logs import log_to
+from vem3d.train import TrainingConfig, train_from_folders
+from vem3d.unet import UNetConfig
+
+with log_to(snakemake.log[0]):
+    train_from_folders(
+        snakemake.input.preprocessed,
+        snakemake.params.label_dirs,
+        weights_path=snakemake.output.weights,
+        history_path=snakemake.output.history,
+        curves_path=snakemake.output.curves,
+        checkpoint_dir=snakemake.params.checkpoint_dir,
+        unet_config=UNetConfig(**snakemake.params.unet),
+        config=TrainingConfig(**snakemake.params.training),
+        initial_weights=snakemake.params.initial_weights,
+    )
