@@ -18,7 +18,7 @@ def test_ball_gives_a_closed_mesh_with_the_ball_volume_and_area(tmp_path):
     assert is_watertight(faces)
     expected_volume = 4 / 3 * np.pi * (radius * 10) ** 3
     assert enclosed_volume(vertices, faces) == pytest.approx(expected_volume, rel=0.03)
-    assert surface_area(vertices, faces) == pytest.approx(4 * np.pi * (radius * 10) ** 2, rel=0.06)
+    assert surface_area(vertices, faces) == pytest.approx(4 * np.pi * (radius * 10) ** 2, rel=0.02)
     write_stl(tmp_path / "ball.stl", vertices, faces)
     loaded = stl_mesh.Mesh.from_file(tmp_path / "ball.stl")
     assert len(loaded.vectors) == len(faces)

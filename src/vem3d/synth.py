@@ -76,9 +76,9 @@ def synthesise_stack(
     n_slices: int = 64,
     size: int = 512,
     seed: int = 0,
-    n_cells: int = 24,
-    n_mitochondria: int = 70,
-    n_vesicles: int = 120,
+    n_cells: int | None = None,
+    n_mitochondria: int | None = None,
+    n_vesicles: int | None = None,
     noise: float = 0.06,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate an EM-like stack and its mitochondria ground truth.
@@ -91,8 +91,9 @@ def synthesise_stack(
         Rows and columns of each slice, in pixels.
     seed : int
         Random seed; the same seed gives the same stack.
-    n_cells, n_mitochondria, n_vesicles : int
-        How many cells, mitochondria and vesicles the volume holds.
+    n_cells, n_mitochondria, n_vesicles : int, optional
+        How many cells, mitochondria and vesicles the volume holds; by default 24,
+        70 and 120 per 64 x 512 x 512 voxels, scaled to the volume's size.
     noise : float
         Standard deviation of the additive Gaussian noise, in units of the [0, 1]
         intensity range.
@@ -104,6 +105,10 @@ def synthesise_stack(
     mitochondria : ndarray of bool, shape (n_slices, size, size)
         Ground truth: True inside a mitochondrion.
     """
+    per_reference_volume = n_slices * size * size / (64 * 512 * 512)
+    n_cells = n_cells or max(2, round(24 * per_reference_volume))
+    n_mitochondria = n_mitochondria or max(1, round(70 * per_reference_volume))
+    n_vesicles = n_vesicles or round(120 * per_reference_volume)
     rng = np.random.default_rng(seed)
     # Cells are the Voronoi regions of seeds spread through the volume; slices are
     # thinner than pixels are wide (anisotropy 2), as in FIB-SEM with z steps.

@@ -13,6 +13,7 @@ rule mesh:
         voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
         class_name=config["model"]["class_name"],
         min_object_voxels=config["mesh"]["min_object_voxels"],
+        smoothing_sigma=config["mesh"]["smoothing_sigma"],
     log:
         "logs/{sample}/mesh.log",
     benchmark:

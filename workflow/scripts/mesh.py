@@ -9,4 +9,5 @@ with log_to(snakemake.log[0]):
         snakemake.output.summary,
         class_name=snakemake.params.class_name,
         min_object_voxels=snakemake.params.min_object_voxels,
+        smoothing_sigma=snakemake.params.smoothing_sigma,
     )
