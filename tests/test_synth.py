@@ -13,8 +13,8 @@ def test_same_seed_same_stack_other_seed_other_stack():
 
 
 def test_mitochondria_are_darker_than_cytoplasm_and_a_minority():
-    images, truth = synthesise_stack(n_slices=6, size=256, seed=0)
-    assert 0.02 < truth.mean() < 0.25
+    images, truth = synthesise_stack(n_slices=16, size=256, seed=0)
+    assert 0.02 < truth.mean() < 0.15  # Lucchi++ has about 7 % mitochondria
     assert images[truth].mean() < images[~truth].mean() - 40
 
 

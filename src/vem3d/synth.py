@@ -46,7 +46,7 @@ class Ellipsoid:
 def _random_ellipsoids(rng, count, n_slices, size, major, minor, depth) -> list[Ellipsoid]:
     return [
         Ellipsoid(
-            centre_z=rng.uniform(0, n_slices - 1),
+            centre_z=rng.uniform(-6, n_slices + 5),
             centre_y=rng.uniform(0, size - 1),
             centre_x=rng.uniform(0, size - 1),
             semi_axis_z=rng.uniform(*depth),
@@ -93,7 +93,8 @@ def synthesise_stack(
         Random seed; the same seed gives the same stack.
     n_cells, n_mitochondria, n_vesicles : int, optional
         How many cells, mitochondria and vesicles the volume holds; by default 24,
-        70 and 120 per 64 x 512 x 512 voxels, scaled to the volume's size.
+        250 and 120 for 64 x 512 x 512 voxels, scaled so that their density stays
+        the same in other volumes.
     noise : float
         Standard deviation of the additive Gaussian noise, in units of the [0, 1]
         intensity range.
@@ -105,9 +106,11 @@ def synthesise_stack(
     mitochondria : ndarray of bool, shape (n_slices, size, size)
         Ground truth: True inside a mitochondrion.
     """
-    per_reference_volume = n_slices * size * size / (64 * 512 * 512)
+    # Bodies reach about 6 slices beyond their centre, so thin stacks still cut
+    # through bodies centred just outside them.
+    per_reference_volume = (size / 512) ** 2 * (n_slices + 12) / (64 + 12)
     n_cells = n_cells or max(2, round(24 * per_reference_volume))
-    n_mitochondria = n_mitochondria or max(1, round(70 * per_reference_volume))
+    n_mitochondria = n_mitochondria or max(1, round(250 * per_reference_volume))
     n_vesicles = n_vesicles or round(120 * per_reference_volume)
     rng = np.random.default_rng(seed)
     # Cells are the Voronoi regions of seeds spread through the volume; slices are

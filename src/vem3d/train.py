@@ -305,10 +305,15 @@ def train_unet(
     # backend and avoids the tf.data generator wrapper, which doubled step times on CPU.
     for epoch in range(state["epoch"], config.epochs):
         started = time.monotonic()
-        model.reset_metrics()
+        step_logs = []
         for index in range(config.steps_per_epoch):
-            logs = model.train_on_batch(*sampler.batch(epoch, index), return_dict=True)
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), "dice": float(logs["dice"])}
+            model.reset_metrics()
+            step_logs.append(model.train_on_batch(*sampler.batch(epoch, index), return_dict=True))
+        row = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean([logs["loss"] for logs in step_logs])),
+            "dice": float(np.mean([logs["dice"] for logs in step_logs])),
+        }
         if validation_data is not None:
             row.update(validate(model, *validation_data, config))
         row["seconds"] = round(time.monotonic() - started, 2)

@@ -1,4 +1,3 @@
-import os
 import re
 import sys
 from pathlib import Path
@@ -6,16 +5,12 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-# The workflow runs the package from this checkout, installed or not, in every job.
-SOURCE_DIR = str(Path(workflow.basedir).parent / "src")
-sys.path.insert(0, SOURCE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [SOURCE_DIR, os.environ.get("PYTHONPATH")])
-)
+# Parsing the workflow needs the package of this checkout, installed or not; the
+# jobs' environments install it (pip install -e ., or envs/*.post-deploy.sh).
+sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
 from vem3d.slices import SliceError, is_tiff_stack, list_slices, stack_slice_names
 from vem3d.synth import demo_slice_names
-
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
