@@ -1,6 +1,6 @@
 import numpy as np
 
-from vem3d.augment import augment_pair, dihedral
+from vem3d.augment import augment_pair, dihedral, elastic_deform
 
 
 def test_the_eight_symmetries_are_distinct_and_invertible():
@@ -15,9 +15,29 @@ def test_image_and_mask_stay_aligned():
     mask = (image > 0.5).astype(np.uint8)
     for seed in range(20):
         augmented, augmented_mask = augment_pair(
-            image, mask, np.random.default_rng(seed), intensity=0, gamma_range=(1, 1), noise=0
+            image,
+            mask,
+            np.random.default_rng(seed),
+            intensity=0,
+            gamma_range=(1, 1),
+            noise=0,
+            elastic_probability=0,
+            blur_probability=0,
+            defect_probability=0,
         )
         np.testing.assert_array_equal(augmented_mask, (augmented > 0.5).astype(np.uint8))
+
+
+def test_elastic_deformation_moves_image_and_mask_together():
+    rng = np.random.default_rng(3)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 10:50] = 1
+    image = mask.astype(np.float32)
+    warped_image, warped_mask = elastic_deform(image, mask, rng, alpha=6)
+    assert not np.array_equal(warped_mask, mask)  # it did deform
+    # Where the interpolated image is clearly inside or outside, the mask agrees.
+    clear = np.abs(warped_image - 0.5) > 0.45
+    np.testing.assert_array_equal(warped_mask[clear], (warped_image[clear] > 0.5).astype(np.uint8))
 
 
 def test_intensity_changes_touch_the_image_only_and_stay_in_range():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vem3d.metrics import score_masks, score_slices
+from vem3d.metrics import object_scores, score_masks, score_slices
 
 
 def test_scores_match_hand_computed_values():
@@ -27,3 +27,17 @@ def test_volume_row_pools_all_slices():
     )
     assert list(table["slice"]) == ["a", "b", "volume"]
     assert table.iloc[-1]["dice"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 2))
+
+
+def test_object_f1_counts_objects_matched_at_iou_one_half():
+    truth = np.zeros((4, 20, 20), bool)
+    truth[:, 1:5, 1:5] = True  # found exactly
+    truth[:, 10:14, 10:14] = True  # found as a third of its size: IoU < 0.5
+    truth[:, 16:19, 1:4] = True  # missed
+    predicted = np.zeros_like(truth)
+    predicted[:, 1:5, 1:5] = True
+    predicted[:, 10:14, 10:11] = True
+    predicted[:, 1:3, 15:18] = True  # spurious
+    scores = object_scores(predicted, truth)
+    assert (scores["true_objects"], scores["predicted_objects"], scores["matched"]) == (3, 3, 1)
+    assert scores["object_f1"] == pytest.approx(1 / 3)

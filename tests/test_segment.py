@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from vem3d.segment import blending_window, predict_tiled, probabilities_to_mask, tile_starts
+from vem3d.segment import (
+    blending_window,
+    predict_tiled,
+    probabilities_to_mask,
+    tile_starts,
+    with_test_time_augmentation,
+)
 
 
 def identity(batch):
@@ -44,3 +50,17 @@ def test_probabilities_to_mask():
     np.testing.assert_array_equal(probabilities_to_mask(binary), [[0, 1]])
     multi = np.array([[[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]]])
     np.testing.assert_array_equal(probabilities_to_mask(multi), [[1, 0]])
+
+
+def test_test_time_augmentation_maps_every_prediction_back():
+    # An identity model stays an identity; a model that sees orientation (here: the
+    # left half of each tile is boosted) gets averaged over all orientations.
+    batch = np.random.default_rng(1).random((2, 16, 16, 1)).astype(np.float32)
+    np.testing.assert_allclose(with_test_time_augmentation(identity)(batch), batch, atol=1e-6)
+
+    def left_biased(tiles):
+        out = np.zeros_like(tiles)
+        out[:, :, :8] = 1
+        return out
+
+    np.testing.assert_allclose(with_test_time_augmentation(left_biased)(batch), 0.5, atol=1e-6)

@@ -74,14 +74,32 @@ def test_interrupted_training_resumes_after_its_last_checkpoint(tmp_path, monkey
     monkeypatch.setattr(train_module, "_finish_epoch", stop_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
-    assert json.loads((tmp_path / "ck" / "state.json").read_text())["epoch"] == 2
+    (state_file,) = (tmp_path / "ck").glob("*/state.json")
+    assert json.loads(state_file.read_text())["epoch"] == 2
     monkeypatch.setattr(train_module, "_finish_epoch", original)
     _, state = train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
 
 
-def test_checkpoint_of_other_settings_is_not_silently_reused(tmp_path):
+def test_other_settings_or_other_labels_start_afresh(tmp_path):
     images, masks = _blobs(2)
-    train_unet(images, masks, TINY, TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32), tmp_path / "ck")
-    with pytest.raises(ValueError, match="other settings"):
-        train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
+    short = TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32)
+    train_unet(images, masks, TINY, short, tmp_path / "ck")
+    _, longer = train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
+    assert [row["epoch"] for row in longer["history"]] == [1, 2, 3]
+    relabelled = [1 - mask for mask in masks]
+    _, other_labels = train_unet(images, relabelled, TINY, short, tmp_path / "ck")
+    assert [row["epoch"] for row in other_labels["history"]] == [1]
+    assert len(list((tmp_path / "ck").iterdir())) == 3
+
+
+def test_training_stops_early_when_validation_stops_improving(tmp_path, monkeypatch):
+    images, masks = _blobs(3)
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    monkeypatch.setattr(
+        train_module, "validate", lambda *args: {"val_loss": 1.0, "val_dice": 0.0, "val_iou": next(scores)}
+    )
+    config = TrainingConfig(epochs=5, steps_per_epoch=1, batch_size=2, patch_size=32, patience=2)
+    _, state = train_unet(images, masks, TINY, config, tmp_path / "ck")
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
+    assert state["stopped_early"] and state["best_epoch"] == 1

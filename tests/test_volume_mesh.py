@@ -3,7 +3,7 @@ import pytest
 from stl import mesh as stl_mesh
 
 from vem3d.mesh import enclosed_volume, is_watertight, mesh_summary, surface_area, volume_to_mesh, write_stl
-from vem3d.volume import assemble_volume, remove_small_objects
+from vem3d.volume import assemble_volume, fill_holes, remove_small_objects
 
 
 def ball(shape, centre, radius_voxels, spacing=(1, 1, 1)):
@@ -68,3 +68,12 @@ def test_remove_small_objects_removes_exactly_the_small_ones():
 def test_assemble_volume_names_a_slice_of_another_shape():
     with pytest.raises(ValueError, match="mask b has shape"):
         assemble_volume([("a", np.zeros((2, 2))), ("b", np.zeros((2, 3)))])
+
+
+def test_fill_holes_fills_enclosed_cavities_only():
+    volume = np.zeros((7, 7, 7), bool)
+    volume[1:6, 1:6, 1:6] = True
+    volume[4, 4, 4] = False  # enclosed cavity
+    volume[0:3, 2, 2] = False  # tunnel open to the border stays open
+    filled = fill_holes(volume)
+    assert filled[4, 4, 4] and not filled[1, 2, 2]

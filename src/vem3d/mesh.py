@@ -14,7 +14,7 @@ from stl import mesh as stl_mesh
 
 from vem3d.atomic import write_atomically, write_text_atomically
 from vem3d.slices import list_slices, read_slice
-from vem3d.volume import assemble_volume, remove_small_objects
+from vem3d.volume import assemble_volume, fill_holes, remove_small_objects
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ def volume_to_mesh(
         Vertex coordinates (x, y, z) in nanometres, origin at the centre of voxel 0.
     faces : ndarray of int64, shape (n_faces, 3)
         Vertex indices of each triangle, counter-clockwise seen from outside
-        (normals point out). Both arrays are empty when there is no foreground.
+        (normals point out). Both arrays are empty when there is no foreground
+        (or smoothing blurs the few foreground voxels below ``level``).
     """
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
@@ -65,6 +66,8 @@ def volume_to_mesh(
     padded = np.pad(volume.astype(np.float32), padding)
     if smoothing_sigma > 0:
         padded = ndimage.gaussian_filter(padded, smoothing_sigma)
+        if padded.max() <= level:  # objects of a few voxels blur away entirely
+            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     vertices_zyx, faces, _, _ = skimage.measure.marching_cubes(
         padded, level=level, spacing=tuple(float(size) for size in voxel_size_nm)
     )
@@ -158,6 +161,7 @@ def mesh_from_masks(
     class_name: str = "foreground",
     min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
+    fill_cavities: bool = True,
 ) -> dict:
     """Assemble masks into a volume, clean it, mesh it and write STL plus a summary TSV.
 
@@ -177,6 +181,8 @@ def mesh_from_masks(
         3D objects smaller than this are removed before meshing.
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
+    fill_cavities : bool
+        Fill enclosed background cavities (see :func:`vem3d.volume.fill_holes`).
 
     Returns
     -------
@@ -184,6 +190,8 @@ def mesh_from_masks(
         The summary row.
     """
     volume = remove_small_objects(read_mask_volume(mask_dirs), min_object_voxels)
+    if fill_cavities:
+        volume = fill_holes(volume)
     _, n_objects = ndimage.label(volume, structure=np.ones((3, 3, 3), dtype=bool))
     vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)

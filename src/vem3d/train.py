@@ -9,10 +9,13 @@ weights that scored best on validation are the ones kept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +53,8 @@ class TrainingConfig:
     patch_size : int
         Side of the square training patches in pixels (a multiple of ``2**depth``).
     learning_rate : float
-        Adam learning rate.
+        Initial Adam learning rate, decayed along a cosine to 5 % of it by the
+        last step.
     loss : str
         One of ``bce``, ``dice``, ``bce_dice``.
     validation_fraction : float
@@ -60,6 +64,9 @@ class TrainingConfig:
         Share of patches centred on a foreground pixel, so rare structures are seen.
     checkpoint_every : int
         Epochs between checkpoints.
+    patience : int
+        Stop early when validation IoU has not improved for this many epochs
+        (0 never stops early).
     seed : int
         Seed for weights, splits, patch sampling and augmentation.
     """
@@ -73,6 +80,7 @@ class TrainingConfig:
     validation_fraction: float = 0.2
     foreground_fraction: float = 0.5
     checkpoint_every: int = 1
+    patience: int = 0
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -135,6 +143,22 @@ class PatchSampler:
         window = (slice(top, top + size), slice(left, left + size))
         return augment_pair(image[window], mask[window], rng)
 
+    def epoch_batches(self, epoch: int, workers: int):
+        """Yield the batches of an epoch in order, prepared ahead by ``workers`` threads.
+
+        Augmentation is NumPy/SciPy work that would otherwise leave the network (on
+        a GPU especially) waiting; each batch has its own seed, so the order of
+        preparation does not change the result.
+        """
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = deque()
+            for index in range(self.config.steps_per_epoch):
+                pending.append(pool.submit(self.batch, epoch, index))
+                if len(pending) > 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``index`` of ``epoch``: images (n, size, size, 1) and masks (n, size, size, channels)."""
         rng = np.random.default_rng([self.config.seed, epoch, index])
@@ -187,9 +211,9 @@ def validate(model: keras.Model, images: np.ndarray, masks: np.ndarray, config: 
 
 
 def _finish_epoch(model: keras.Model, state: dict, row: dict, directory: Path, config: TrainingConfig) -> None:
-    """Record an epoch: history, log line, best weights, and a checkpoint when one is due."""
+    """Record an epoch: history, log line, best weights, early stop, and a checkpoint when due."""
     state["history"].append(row)
-    score = row.get("val_dice", row["dice"])
+    score = row.get("val_iou", row["dice"])
     if score > state["best_score"]:
         state["best_score"], state["best_epoch"] = score, row["epoch"]
         save_weights(model, directory / BEST_WEIGHTS_NAME)
@@ -200,7 +224,10 @@ def _finish_epoch(model: keras.Model, state: dict, row: dict, directory: Path, c
         "  ".join(f"{key} {value:.4f}" for key, value in row.items() if key not in ("epoch", "seconds")),
         row["seconds"],
     )
-    if row["epoch"] % config.checkpoint_every == 0 or row["epoch"] == config.epochs:
+    if config.patience and row["epoch"] - state["best_epoch"] >= config.patience:
+        state["stopped_early"] = True
+        log.info("stopping early: validation IoU has not improved for %d epochs", config.patience)
+    if row["epoch"] % config.checkpoint_every == 0 or row["epoch"] == config.epochs or state["stopped_early"]:
         write_atomically(directory / CHECKPOINT_NAME, model.save)
         state["epoch"] = row["epoch"]
         write_text_atomically(directory / STATE_NAME, json.dumps(state, indent=1))
@@ -210,7 +237,11 @@ def _compile(model: keras.Model, config: TrainingConfig) -> None:
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; choose one of {sorted(LOSSES)}")
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=config.epochs * config.steps_per_epoch, alpha=0.05
+            )
+        ),
         loss=LOSSES[config.loss],
         metrics=[keras.metrics.MeanMetricWrapper(hard_dice, name="dice")],
     )
@@ -238,16 +269,17 @@ def train_unet(
     config : TrainingConfig
         Training settings.
     checkpoint_dir : path
-        Folder for the resumable checkpoint, best weights and state; a run with a
-        checkpoint there continues from it (settings must match).
+        Folder for resumable checkpoints: each run keeps its checkpoint, best
+        weights and state in a subfolder named by a hash of its settings and data,
+        and a run finding its subfolder there continues from it.
     initial_weights : path, optional
         Weights to start from (fine-tuning); ignored when resuming.
 
     Returns
     -------
     model : keras.Model
-        The network holding the weights that scored best on validation (or, with
-        no validation slices, on training).
+        The network holding the weights that scored best on validation IoU (or,
+        with no validation slices, training Dice).
     state : dict
         ``history`` (one dict per epoch: loss, dice, val_loss, val_dice, seconds),
         ``best_epoch``, ``best_score``, ``n_train``, ``n_validation`` and the settings.
@@ -257,7 +289,6 @@ def train_unet(
     keras.utils.set_random_seed(config.seed)
     train_index, validation_index = split_labelled(len(images), config.validation_fraction, config.seed)
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     settings = {"unet": unet_config.to_dict(), "training": config.to_dict(), "n_labelled": len(images)}
     state = {
         "settings": settings,
@@ -265,18 +296,20 @@ def train_unet(
         "history": [],
         "best_score": -1.0,
         "best_epoch": 0,
+        "stopped_early": False,
         "n_train": len(train_index),
         "n_validation": len(validation_index),
     }
+    # One checkpoint folder per (settings, data): a run resumes only what the same
+    # settings on the same labelled data started; anything else starts afresh.
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for array in (*images, *masks):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    checkpoint_dir = checkpoint_dir / digest.hexdigest()[:16]
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     state_path, checkpoint_path = checkpoint_dir / STATE_NAME, checkpoint_dir / CHECKPOINT_NAME
     if state_path.is_file() and checkpoint_path.is_file():
-        saved = json.loads(state_path.read_text())
-        if saved.get("settings") != settings:
-            raise ValueError(
-                f"{checkpoint_dir}: holds a checkpoint made with other settings; "
-                "delete the folder to start afresh"
-            )
-        state = saved
+        state = json.loads(state_path.read_text())
         model = keras.saving.load_model(checkpoint_path, safe_mode=True)
         log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
     else:
@@ -304,11 +337,13 @@ def train_unet(
     # A plain loop over train_on_batch rather than fit(): it runs the same on every
     # backend and avoids the tf.data generator wrapper, which doubled step times on CPU.
     for epoch in range(state["epoch"], config.epochs):
+        if state["stopped_early"]:
+            break
         started = time.monotonic()
         step_logs = []
-        for index in range(config.steps_per_epoch):
+        for images_batch, masks_batch in sampler.epoch_batches(epoch, workers=max(1, min(8, (os.cpu_count() or 2) - 1))):
             model.reset_metrics()
-            step_logs.append(model.train_on_batch(*sampler.batch(epoch, index), return_dict=True))
+            step_logs.append(model.train_on_batch(images_batch, masks_batch, return_dict=True))
         row = {
             "epoch": epoch + 1,
             "loss": float(np.mean([logs["loss"] for logs in step_logs])),
@@ -444,5 +479,5 @@ def train_from_folders(
         **{key: state[key] for key in ("settings", "best_epoch", "best_score", "n_train", "n_validation")},
     }
     write_text_atomically(f"{weights_path}.json", json.dumps(provenance, indent=1))
-    log.info("saved weights of epoch %d (validation Dice %.4f) to %s", state["best_epoch"], state["best_score"], weights_path)
+    log.info("saved weights of epoch %d (validation IoU %.4f) to %s", state["best_epoch"], state["best_score"], weights_path)
     return provenance

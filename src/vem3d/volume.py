@@ -60,3 +60,18 @@ def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[labels]
+
+
+def fill_holes(volume: np.ndarray) -> np.ndarray:
+    """Fill cavities of a binary volume: background regions not connected to its border.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+
+    Returns
+    -------
+    ndarray of bool, shape as ``volume``
+    """
+    return ndimage.binary_fill_holes(volume.astype(bool))

@@ -3,9 +3,15 @@ rule evaluate:
         masks=chunk_dirs("masks"),
         ground_truth=lambda wildcards: label_files(wildcards.sample, "ground_truth"),
     output:
-        report(
+        scores=report(
             "results/{sample}/evaluation/scores.tsv",
             caption="../report/scores.rst",
+            category="Evaluation",
+            subcategory="{sample}",
+        ),
+        objects=report(
+            "results/{sample}/evaluation/object_scores.tsv",
+            caption="../report/object_scores.rst",
             category="Evaluation",
             subcategory="{sample}",
         ),
@@ -24,7 +30,10 @@ onsuccess:
         scores = Path(f"results/{sample}/evaluation/scores.tsv")
         if scores.is_file():
             volume = pd.read_csv(scores, sep="\t").iloc[-1]
+            objects = pd.read_csv(
+                scores.with_name("object_scores.tsv"), sep="\t"
+            ).iloc[0]
             print(
-                f"vem3d: {sample}: Dice {volume['dice']:.4f}, IoU {volume['iou']:.4f} "
-                f"against ground truth ({scores})"
+                f"vem3d: {sample}: Dice {volume['dice']:.4f}, IoU {volume['iou']:.4f}, "
+                f"object F1 {objects['object_f1']:.4f} against ground truth ({scores})"
             )

@@ -1,0 +1,76 @@
+"""Bad input and faults: each case handled as documented, or stopped with a clear message."""
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from test_workflow import DEMO_ROW, make_project, own_stack, row, snakemake
+from vem3d.mesh import mesh_from_masks
+from vem3d.preprocess import preprocess_stack, read_preprocessed
+from vem3d.slices import read_slice
+
+
+def test_mixed_bit_depths_are_each_normalised_to_the_same_range(tmp_path):
+    ramp = np.tile(np.arange(64), (16, 1))
+    iio.imwrite(tmp_path / "a.png", (ramp * 4).astype(np.uint8))
+    iio.imwrite(tmp_path / "b.png", (ramp * 1000).astype(np.uint16))
+    preprocess_stack(tmp_path, ["a", "b"], tmp_path / "out", reference_name="a")
+    (_, eight_bit, _), (_, sixteen_bit, _) = read_preprocessed(tmp_path / "out")
+    np.testing.assert_allclose(eight_bit, sixteen_bit, atol=1e-3)
+
+
+def test_rgba_slice_is_read_as_grey(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = 100
+    rgba[..., 3] = 7  # alpha is ignored
+    iio.imwrite(tmp_path / "rgba.png", rgba)
+    assert np.all(read_slice(tmp_path / "rgba.png") == 100)
+
+
+def test_all_black_and_all_white_slices_pass_through(tmp_path):
+    iio.imwrite(tmp_path / "black.png", np.zeros((8, 8), np.uint8))
+    iio.imwrite(tmp_path / "white.png", np.full((8, 8), 255, np.uint8))
+    preprocess_stack(tmp_path, ["black", "white"], tmp_path / "out")
+    for _, image, _ in read_preprocessed(tmp_path / "out"):
+        np.testing.assert_allclose(image, 0.5, atol=1e-4)
+
+
+def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path):
+    masks = tmp_path / "masks" / "chunk0000"
+    masks.mkdir(parents=True)
+    for z in range(3):
+        iio.imwrite(masks / f"s{z}.png", np.zeros((16, 16), np.uint8))
+    summary = mesh_from_masks([masks], (10, 5, 5), tmp_path / "meshes", tmp_path / "summary.tsv", "mito")
+    assert summary["objects"] == 0 and summary["faces"] == 0
+    assert list((tmp_path / "meshes").iterdir()) == []
+    assert (tmp_path / "summary.tsv").read_text().splitlines()[1].startswith("mito\t0\t0")
+
+
+@pytest.mark.parametrize(
+    "config_override, message",
+    [
+        ({"chunk_sise": 4}, "chunk_sise"),
+        ({"train": {"epochs": 0}}, "epochs"),
+        ({"segment": {"tile_size": "big"}}, "tile_size"),
+    ],
+    ids=["misspelt-key", "out-of-range", "wrong-type"],
+)
+def test_bad_configuration_stops_before_any_work(tmp_path, config_override, message):
+    project = make_project(tmp_path, **config_override)
+    result = snakemake(project, "-n")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (project / "results").exists()
+
+
+def test_missing_voxel_size_is_refused(tmp_path):
+    stack = own_stack(tmp_path)
+    project = make_project(tmp_path, rows=(DEMO_ROW, row("s1", stack, voxel="\t10\t10")))
+    result = snakemake(project, "-n")
+    assert result.returncode != 0 and "voxel_size_z_nm" in result.stdout + result.stderr
+
+
+def test_missing_weights_are_refused_when_not_training(tmp_path):
+    project = make_project(tmp_path, train={"enabled": False}, model={"weights": "nowhere.weights.h5"})
+    result = snakemake(project, "-n")
+    assert result.returncode != 0 and "nowhere.weights.h5" in result.stdout + result.stderr
