@@ -1,5 +1,7 @@
 """Bad input and faults: each case handled as documented, or stopped with a clear message."""
 
+import shutil
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -74,3 +76,22 @@ def test_missing_weights_are_refused_when_not_training(tmp_path):
     project = make_project(tmp_path, train={"enabled": False}, model={"weights": "nowhere.weights.h5"})
     result = snakemake(project, "-n")
     assert result.returncode != 0 and "nowhere.weights.h5" in result.stdout + result.stderr
+
+
+def _outputs(project):
+    masks = {path.relative_to(project): path.read_bytes() for path in sorted((project / "results").glob("*/masks/*/*.png"))}
+    return masks, (project / "results/demo/mesh_summary.tsv").read_text()
+
+
+@pytest.mark.slow
+def test_repeated_runs_give_identical_results_and_a_finished_run_does_nothing(tmp_path):
+    project = make_project(tmp_path)
+    first = snakemake(project)
+    assert first.returncode == 0, first.stderr[-3000:]
+    masks, summary = _outputs(project)
+    shutil.rmtree(project / "results")  # checkpoints too: the second run trains from scratch
+    again = snakemake(project)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _outputs(project) == (masks, summary)
+    third = snakemake(project)
+    assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr

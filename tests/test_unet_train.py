@@ -6,7 +6,7 @@ import pytest
 from vem3d import train as train_module
 from vem3d.segment import load_model
 from vem3d.train import TrainingConfig, save_weights, split_labelled, train_unet
-from vem3d.unet import UNetConfig, build_unet
+from vem3d.unet import UNetConfig, build_unet, unet_gflop
 
 TINY = UNetConfig(depth=2, base_filters=4)
 
@@ -103,3 +103,11 @@ def test_training_stops_early_when_validation_stops_improving(tmp_path, monkeypa
     _, state = train_unet(images, masks, TINY, config, tmp_path / "ck")
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
     assert state["stopped_early"] and state["best_epoch"] == 1
+
+
+def test_flop_count_matches_a_hand_count():
+    # depth 1, 1 filter, 2x2 input: down 4*9*(1+1), bottleneck 1*9*(1*2+2*2),
+    # transposed 4*2*1, up convolutions 4*9*(2+1), output 4*1*1 multiply-adds.
+    multiply_adds = 72 + 54 + 8 + 108 + 4
+    assert unet_gflop(UNetConfig(depth=1, base_filters=1), 2, 2) == pytest.approx(2 * multiply_adds / 1e9)
+    assert unet_gflop(UNetConfig(depth=4, base_filters=64), 512, 512) == pytest.approx(384.7, rel=1e-3)

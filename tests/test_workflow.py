@@ -159,3 +159,20 @@ def test_demo_data_generation_is_deterministic(tmp_path):
     second = write_demo_stack(tmp_path / "b", n_slices=3, size=48, seed=5)
     for path in first["slices"].iterdir():
         assert path.read_bytes() == (second["slices"] / path.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_only_changed_slices_are_reprocessed(tmp_path):
+    stack = own_stack(tmp_path, n_slices=6)
+    project = make_project(tmp_path, rows=(DEMO_ROW, row("own", stack)))
+    first = snakemake(project)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # Same bytes, new time stamp: nothing to do.
+    (stack / "img1.png").touch()
+    touched = snakemake(project, "-n")
+    assert "Nothing to be done" in touched.stdout + touched.stderr
+    # New content in the second chunk (slices 4-5): that chunk and what depends on it.
+    iio.imwrite(stack / "img5.png", np.full((32, 32), 99, np.uint8))
+    changed = snakemake(project, "-n", "--quiet", "rules")
+    jobs = dict(line.split()[:2] for line in changed.stdout.splitlines() if line.split()[:1] in (["preprocess"], ["segment"], ["mesh"], ["train"]))
+    assert jobs == {"preprocess": "1", "segment": "1", "mesh": "1"}, changed.stdout

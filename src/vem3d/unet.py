@@ -142,3 +142,37 @@ def bce_dice_loss(y_true, y_pred):
 
 
 LOSSES = {"bce": bce_loss, "dice": dice_loss, "bce_dice": bce_dice_loss}
+
+
+def unet_gflop(config: UNetConfig, rows: int, columns: int, input_channels: int = 1) -> float:
+    """Floating-point operations of one forward pass, in GFLOP (2 per multiply-add).
+
+    Counts the convolutions and transposed convolutions, which are nearly all of the
+    work (batch norm, activations, pooling and concatenation are left out). The
+    up-sampling steps are 2x2 stride-2 transposed convolutions (one kernel tap per
+    output pixel); counting them as up-sampling plus a 2x2 convolution, as often
+    quoted for Ronneberger's U-Net, gives 436 rather than 385 GFLOP for 64 filters,
+    depth 4, on 512 x 512.
+
+    Parameters
+    ----------
+    config : UNetConfig
+    rows, columns : int
+        Input size in pixels (multiples of ``2**depth``).
+    input_channels : int
+    """
+    multiply_adds = 0
+    channels = input_channels
+    for level in range(config.depth + 1):
+        filters = config.base_filters * 2**level
+        pixels = (rows // 2**level) * (columns // 2**level)
+        multiply_adds += pixels * 9 * (channels * filters + filters * filters)
+        channels = filters
+    for level in reversed(range(config.depth)):
+        filters = config.base_filters * 2**level
+        pixels = (rows // 2**level) * (columns // 2**level)
+        multiply_adds += pixels * channels * filters  # 2x2 stride-2 transposed conv
+        multiply_adds += pixels * 9 * (2 * filters * filters + filters * filters)
+        channels = filters
+    multiply_adds += rows * columns * channels * config.n_classes
+    return 2 * multiply_adds / 1e9
