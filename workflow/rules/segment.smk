@@ -7,6 +7,7 @@ rule segment:
         masks=directory("results/{sample}/masks/{chunk}"),
     params:
         unet=unet_settings(),
+        gpu_required=config["gpu"]["required"],
         settings=config["segment"],
     threads: workflow.cores
     log:
