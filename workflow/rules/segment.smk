@@ -14,6 +14,7 @@ rule segment:
     threads: workflow.cores
     params:
         unet=unet_settings(),
+        gpu_required=config["gpu"]["required"],
         settings=config["segment"],
     script:
         "../scripts/segment.py"

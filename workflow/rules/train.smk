@@ -30,6 +30,7 @@ rule train:
         checkpoint_dir="results/model/checkpoints",
         initial_weights=config["train"]["initial_weights"] or None,
         unet=unet_settings(),
+        gpu_required=config["gpu"]["required"],
         training={
             key: value
             for key, value in config["train"].items()
