@@ -201,7 +201,9 @@ def validate(model: keras.Model, images: np.ndarray, masks: np.ndarray, config: 
     predictions = np.concatenate(
         [model.predict_on_batch(images[first : first + config.batch_size]) for first in range(0, len(images), config.batch_size)]
     )
-    loss = float(keras.ops.convert_to_numpy(LOSSES[config.loss](masks, predictions)))
+    # Both as backend tensors: mixing NumPy and device tensors fails on GPU backends.
+    loss_value = LOSSES[config.loss](keras.ops.convert_to_tensor(masks), keras.ops.convert_to_tensor(predictions))
+    loss = float(keras.ops.convert_to_numpy(loss_value))
     if predictions.shape[-1] == 1:
         predicted, truth = predictions[..., 0] > 0.5, masks[..., 0] > 0.5
     else:
