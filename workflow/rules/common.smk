@@ -9,13 +9,12 @@ from snakemake.utils import validate
 # The workflow runs the package from this checkout, installed or not, in every job.
 SOURCE_DIR = str(Path(workflow.basedir).parent / "src")
 sys.path.insert(0, SOURCE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    filter(None, [SOURCE_DIR, os.environ.get("PYTHONPATH")])
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [SOURCE_DIR, os.environ.get("PYTHONPATH")]))
 )
 
 from vem3d.slices import SliceError, is_tiff_stack, list_slices, stack_slice_names
 from vem3d.synth import demo_slice_names
-
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 

@@ -9,12 +9,12 @@ rule evaluate:
             category="Evaluation",
             subcategory="{sample}",
         ),
-    params:
-        truth_dir=lambda wildcards: samples.loc[wildcards.sample, "ground_truth"],
     log:
         "logs/{sample}/evaluate.log",
     conda:
         "../../envs/imaging.yaml"
+    params:
+        truth_dir=lambda wildcards: samples.loc[wildcards.sample, "ground_truth"],
     script:
         "../scripts/evaluate.py"
 

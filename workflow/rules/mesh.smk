@@ -9,16 +9,16 @@ rule mesh:
             category="Meshes",
             subcategory="{sample}",
         ),
-    params:
-        voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
-        class_name=config["model"]["class_name"],
-        min_object_voxels=config["mesh"]["min_object_voxels"],
-        smoothing_sigma=config["mesh"]["smoothing_sigma"],
     log:
         "logs/{sample}/mesh.log",
     benchmark:
         "results/benchmarks/{sample}/mesh.tsv"
     conda:
         "../../envs/imaging.yaml"
+    params:
+        voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
+        class_name=config["model"]["class_name"],
+        min_object_voxels=config["mesh"]["min_object_voxels"],
+        smoothing_sigma=config["mesh"]["smoothing_sigma"],
     script:
         "../scripts/mesh.py"

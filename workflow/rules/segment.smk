@@ -5,15 +5,15 @@ rule segment:
     output:
         probabilities=directory("results/{sample}/probabilities/{chunk}"),
         masks=directory("results/{sample}/masks/{chunk}"),
-    params:
-        unet=unet_settings(),
-        settings=config["segment"],
-    threads: workflow.cores
     log:
         "logs/{sample}/segment/{chunk}.log",
     benchmark:
         "results/benchmarks/{sample}/segment/{chunk}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
+    threads: workflow.cores
+    params:
+        unet=unet_settings(),
+        settings=config["segment"],
     script:
         "../scripts/segment.py"

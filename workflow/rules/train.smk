@@ -1,7 +1,8 @@
 rule train:
     input:
         preprocessed=[
-            f"results/{sample}/preprocessed/{chunk}" for sample, chunk in TRAINING_CHUNKS
+            f"results/{sample}/preprocessed/{chunk}"
+            for sample, chunk in TRAINING_CHUNKS
         ],
         labels=[path for sample in TRAINING_SAMPLES for path in label_files(sample)],
     output:
@@ -17,6 +18,13 @@ rule train:
             caption="../report/training_curves.rst",
             category="Training",
         ),
+    log:
+        "logs/train.log",
+    benchmark:
+        "results/benchmarks/train.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: workflow.cores
     params:
         label_dirs=[samples.loc[sample, "labels"] for sample, _ in TRAINING_CHUNKS],
         checkpoint_dir="results/model/checkpoints",
@@ -27,12 +35,5 @@ rule train:
             for key, value in config["train"].items()
             if key not in ("enabled", "initial_weights")
         },
-    threads: workflow.cores
-    log:
-        "logs/train.log",
-    benchmark:
-        "results/benchmarks/train.tsv"
-    conda:
-        "../../envs/tensorflow.yaml"
     script:
         "../scripts/train.py"
