@@ -7,6 +7,7 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from stl import mesh as stl_mesh
@@ -46,13 +47,23 @@ def snakemake(project, *arguments):
     )
 
 
-@pytest.mark.slow
-def test_tiny_demo_runs_end_to_end(tmp_path):
-    project = make_project(tmp_path)
-    # Threshold 0 makes every pixel foreground, so the mesh step certainly has an
-    # object to mesh however little two epochs teach the network.
-    result = snakemake(project, "--config", "segment={'tile_size': 32, 'overlap': 8, 'threshold': 0.0}")
+# A threshold just above 0 (the schema refuses 0) makes every pixel foreground, so the
+# mesh step certainly has an object to mesh however little two epochs teach the network.
+EVERYTHING_FOREGROUND = {"segment": {**TINY_CONFIG["segment"], "threshold": 1e-9}}
+
+
+@pytest.fixture(scope="module")
+def tiny_demo_run(tmp_path_factory):
+    """A project in which the tiny demo has run once; shared by the tests that inspect its outputs."""
+    project = make_project(tmp_path_factory.mktemp("tiny_demo"), **EVERYTHING_FOREGROUND)
+    result = snakemake(project)
     assert result.returncode == 0, result.stderr[-3000:]
+    return project, result
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_end_to_end(tiny_demo_run):
+    project, result = tiny_demo_run
     names = [f"slice_{z:04d}" for z in range(8)]
     for step in ("preprocessed", "probabilities", "masks"):
         found = sorted(path.stem for path in (project / "results/demo" / step).glob("chunk*/*.png"))
@@ -69,8 +80,12 @@ def test_tiny_demo_runs_end_to_end(tmp_path):
     scores = (project / "results/demo/evaluation/scores.tsv").read_text()
     assert scores.splitlines()[-1].startswith("volume")
     assert "vem3d: demo: Dice" in result.stdout + result.stderr
+    objects = pd.read_csv(project / "results/demo/objects.tsv", sep="\t")
+    assert list(objects["voxels"]) == [8 * 64 * 64] and list(objects["class"]) == ["mitochondrion"]
+    study = pd.read_csv(project / "results/study_objects.tsv", sep="\t")
+    assert list(study["sample"]) == ["demo"] and study.loc[0, "volume_fraction"] == 1.0
     # A second run finds nothing to do.
-    again = snakemake(project, "--config", "segment={'tile_size': 32, 'overlap': 8, 'threshold': 0.0}", "-n")
+    again = snakemake(project, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
 
 

@@ -102,16 +102,22 @@ def chunk_slice_names(sample, chunk):
     return SLICE_NAMES[sample][start : start + config["chunk_size"]]
 
 
-def get_chunk_slice_files(wildcards):
-    """Input of a preprocessing job: the chunk's slice files (or the one TIFF stack)."""
-    source = samples.loc[wildcards.sample, "slices"]
-    names = chunk_slice_names(wildcards.sample, wildcards.chunk)
+def slice_files(sample, names):
+    """The files holding a sample's named slices (or the one TIFF stack)."""
+    source = samples.loc[sample, "slices"]
     if is_demo(source):
         return demo_files("slices", names)
     if is_tiff_stack(source):
         return [source]
     by_name = {path.stem: str(path) for path in list_slices(source)}
     return [by_name[name] for name in names]
+
+
+def get_chunk_slice_files(wildcards):
+    """Input of a preprocessing job: the chunk's slice files (or the one TIFF stack)."""
+    return slice_files(
+        wildcards.sample, chunk_slice_names(wildcards.sample, wildcards.chunk)
+    )
 
 
 def label_files(sample, column="labels"):
@@ -127,6 +133,14 @@ def label_files(sample, column="labels"):
         return [str(path) for path in list_slices(folder)]
     except SliceError as error:
         raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
+
+
+def montage_reference(sample):
+    """Column whose masks the slice montage outlines: ground truth, else labels, else None."""
+    for column in ("ground_truth", "labels"):
+        if samples.loc[sample, column]:
+            return column
+    return None
 
 
 def labelled_chunks(sample):
@@ -191,8 +205,10 @@ def get_final_outputs():
     outputs = []
     for sample in samples.index:
         outputs.append(f"results/{sample}/mesh_summary.tsv")
+        outputs.append(f"results/{sample}/objects.tsv")
         if samples.loc[sample, "ground_truth"]:
             outputs.append(f"results/{sample}/evaluation/scores.tsv")
     if config["train"]["enabled"]:
         outputs.append("results/model/training_curves.png")
+    outputs.append("results/study_objects.tsv")
     return outputs
