@@ -95,3 +95,11 @@ def test_sphericity_of_a_ball_is_one():
     radius = 2.0
     assert sphericity(4 / 3 * np.pi * radius**3, 4 * np.pi * radius**2) == pytest.approx(1.0)
     assert np.isnan(sphericity(0.0, 0.0))
+
+
+def test_a_speck_without_a_surface_is_still_counted():
+    volume = np.zeros((5, 5, 5), bool)
+    volume[2, 2, 2] = True
+    (row,) = object_statistics(volume, (20, 10, 10)).itertuples()
+    assert row.voxels == 1 and row.volume_um3 == pytest.approx(2000 / 1e9)
+    assert row.surface_area_um2 == 0 and np.isnan(row.sphericity)

@@ -68,3 +68,10 @@ def test_remove_small_objects_removes_exactly_the_small_ones():
 def test_assemble_volume_names_a_slice_of_another_shape():
     with pytest.raises(ValueError, match="mask b has shape"):
         assemble_volume([("a", np.zeros((2, 2))), ("b", np.zeros((2, 3)))])
+
+
+def test_a_speck_that_smoothing_blurs_away_gives_no_mesh():
+    volume = np.zeros((5, 5, 5), bool)
+    volume[2, 2, 2] = True
+    vertices, faces = volume_to_mesh(volume, (1, 1, 1), smoothing_sigma=0.75)
+    assert len(vertices) == 0 and len(faces) == 0

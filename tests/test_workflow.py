@@ -1,5 +1,6 @@
 """The workflow run through Snakemake on tiny configurations."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -80,6 +81,9 @@ def test_tiny_demo_runs_end_to_end(tiny_demo_run):
     scores = (project / "results/demo/evaluation/scores.tsv").read_text()
     assert scores.splitlines()[-1].startswith("volume")
     assert "vem3d: demo: Dice" in result.stdout + result.stderr
+    for picture in ("mesh_preview.png", "montage.png"):
+        assert iio.imread(project / "results/demo" / picture).std() > 10, picture
+    assert "plotly" in (project / "results/demo/mesh_viewer.html").read_text()
     objects = pd.read_csv(project / "results/demo/objects.tsv", sep="\t")
     assert list(objects["voxels"]) == [8 * 64 * 64] and list(objects["class"]) == ["mitochondrion"]
     study = pd.read_csv(project / "results/study_objects.tsv", sep="\t")
@@ -87,6 +91,57 @@ def test_tiny_demo_runs_end_to_end(tiny_demo_run):
     # A second run finds nothing to do.
     again = snakemake(project, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def chromium(*arguments, cwd):
+    """Run headless Chromium (Debian's package); skip the test where it is not installed."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return subprocess.run(
+        [executable, *CHROMIUM_FLAGS, "--virtual-time-budget=15000", *arguments],
+        cwd=cwd, capture_output=True, text=True, timeout=180,
+    )
+
+
+@pytest.mark.slow
+def test_report_holds_pictures_tables_and_the_3d_view(tiny_demo_run):
+    project, _ = tiny_demo_run
+    result = snakemake(project, "--report", "report.html")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in (
+        "mesh_preview.png", "mesh_viewer.html", "montage.png", "objects.tsv", "objects_summary.tsv",
+        "study_objects.tsv", "training_curves.png", "training_history.tsv", "scores.tsv", "mesh_summary.tsv",
+    ):
+        assert f"Adding {name}" in result.stderr, name
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tiny_demo_run):
+    project, _ = tiny_demo_run
+    if not (project / "report.html").is_file():
+        assert snakemake(project, "--report", "report.html").returncode == 0
+    dom = chromium("--dump-dom", "report.html", cwd=project)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for section in ("Training", "Segmentation", "Evaluation", "Meshes", "Objects"):
+        assert f">{section}<" in dom.stdout, section  # drawn in the menu, not just in the data
+    shot = chromium("--screenshot=report.png", "--window-size=1280,900", "report.html", cwd=project)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    picture = iio.imread(project / "report.png")[..., :3]
+    assert picture.std() > 10 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 50  # not blank
+
+
+@pytest.mark.slow
+def test_3d_viewer_page_runs_without_network(tiny_demo_run):
+    project, _ = tiny_demo_run
+    # No proxy reachable and no DNS: any fetch would fail, so a drawn plot proves the page stands alone.
+    dom = chromium("--proxy-server=127.0.0.1:9", "--dump-dom", "results/demo/mesh_viewer.html", cwd=project)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # plotly marks the graph's div once it has drawn it (the name alone is also in the library).
+    assert re.search(r'<div[^>]*class="[^"]*js-plotly-plot', dom.stdout)
 
 
 def own_stack(tmp_path, n_slices=4, shape=(32, 32)):

@@ -206,6 +206,9 @@ def get_final_outputs():
     for sample in samples.index:
         outputs.append(f"results/{sample}/mesh_summary.tsv")
         outputs.append(f"results/{sample}/objects.tsv")
+        outputs.append(f"results/{sample}/mesh_preview.png")
+        outputs.append(f"results/{sample}/mesh_viewer.html")
+        outputs.append(f"results/{sample}/montage.png")
         if samples.loc[sample, "ground_truth"]:
             outputs.append(f"results/{sample}/evaluation/scores.tsv")
     if config["train"]["enabled"]:
