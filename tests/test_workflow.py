@@ -1,5 +1,7 @@
 """The workflow run through Snakemake on tiny configurations."""
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -88,6 +90,14 @@ def test_tiny_demo_runs_end_to_end(tiny_demo_run):
     assert list(objects["voxels"]) == [8 * 64 * 64] and list(objects["class"]) == ["mitochondrion"]
     study = pd.read_csv(project / "results/study_objects.tsv", sep="\t")
     assert list(study["sample"]) == ["demo"] and study.loc[0, "volume_fraction"] == 1.0
+    provenance = json.loads((project / "results/demo/provenance.json").read_text())
+    weights = (project / "results/model/unet.weights.h5").read_bytes()
+    assert provenance["weights"]["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert provenance["weights"]["made_by"]["labelled_slices"]
+    assert [Path(item["path"]).stem for item in provenance["inputs"]["slices"]] == names
+    assert provenance["config"]["segment"]["threshold"] == 1e-9
+    assert {"train", "segment/chunk0001", "mesh"} <= {step["step"] for step in provenance["steps"]}
+    assert provenance["started"] < provenance["finished"]
     # A second run finds nothing to do.
     again = snakemake(project, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -115,6 +125,7 @@ def test_report_holds_pictures_tables_and_the_3d_view(tiny_demo_run):
     for name in (
         "mesh_preview.png", "mesh_viewer.html", "montage.png", "objects.tsv", "objects_summary.tsv",
         "study_objects.tsv", "training_curves.png", "training_history.tsv", "scores.tsv", "mesh_summary.tsv",
+        "provenance.json",
     ):
         assert f"Adding {name}" in result.stderr, name
 
@@ -126,7 +137,7 @@ def test_report_renders_in_headless_chromium(tiny_demo_run):
         assert snakemake(project, "--report", "report.html").returncode == 0
     dom = chromium("--dump-dom", "report.html", cwd=project)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for section in ("Training", "Segmentation", "Evaluation", "Meshes", "Objects"):
+    for section in ("Training", "Segmentation", "Evaluation", "Meshes", "Objects", "Provenance"):
         assert f">{section}<" in dom.stdout, section  # drawn in the menu, not just in the data
     shot = chromium("--screenshot=report.png", "--window-size=1280,900", "report.html", cwd=project)
     assert shot.returncode == 0, shot.stderr[-2000:]

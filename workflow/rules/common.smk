@@ -201,16 +201,42 @@ def chunk_dirs(step):
     return get
 
 
+def sample_outputs(sample):
+    """The results of one sample that rule all asks for (provenance aside)."""
+    outputs = [
+        f"results/{sample}/{name}"
+        for name in (
+            "mesh_summary.tsv",
+            "objects.tsv",
+            "mesh_preview.png",
+            "mesh_viewer.html",
+            "montage.png",
+        )
+    ]
+    if samples.loc[sample, "ground_truth"]:
+        outputs.append(f"results/{sample}/evaluation/scores.tsv")
+    return outputs
+
+
+def sample_benchmarks(sample):
+    """Benchmark file of each step that made a sample's results, by step name."""
+    steps = [
+        f"{step}/{chunk}"
+        for step in ("preprocess", "segment")
+        for chunk in chunk_ids(sample)
+    ]
+    steps += ["mesh", "object_statistics", "mesh_preview", "mesh_viewer", "montage"]
+    files = {step: f"results/benchmarks/{sample}/{step}.tsv" for step in steps}
+    if config["train"]["enabled"]:
+        files["train"] = "results/benchmarks/train.tsv"
+    return files
+
+
 def get_final_outputs():
     outputs = []
     for sample in samples.index:
-        outputs.append(f"results/{sample}/mesh_summary.tsv")
-        outputs.append(f"results/{sample}/objects.tsv")
-        outputs.append(f"results/{sample}/mesh_preview.png")
-        outputs.append(f"results/{sample}/mesh_viewer.html")
-        outputs.append(f"results/{sample}/montage.png")
-        if samples.loc[sample, "ground_truth"]:
-            outputs.append(f"results/{sample}/evaluation/scores.tsv")
+        outputs += sample_outputs(sample)
+        outputs.append(f"results/{sample}/provenance.json")
     if config["train"]["enabled"]:
         outputs.append("results/model/training_curves.png")
     outputs.append("results/study_objects.tsv")
