@@ -177,6 +177,12 @@ for key in ("initial_weights",):
         raise ValueError(f"train.{key}: {config['train'][key]!r} does not exist")
 
 
+def network_threads(wildcards):
+    """Threads of train and segment: every core given with --cores; 1 where none is given
+    (snakemake --report), which workflow.cores would refuse."""
+    return workflow.resource_settings.cores or 1
+
+
 def unet_settings():
     """Keyword arguments of vem3d.unet.UNetConfig from the config."""
     return {
