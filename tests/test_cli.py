@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import pandas as pd
 import pytest
 

@@ -3,7 +3,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from vem3d.provenance import file_sha256, package_versions, step_times, write_provenance
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from vem3d.volume import remove_small_objects
 log = logging.getLogger(__name__)
 
 AXES = ("z", "y", "x")
+PROGRESS_EVERY = 100  # objects between progress lines in the log
 OBJECT_COLUMNS = [
     "object",
     "voxels",
@@ -96,6 +98,7 @@ def object_statistics(
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
     labels, n_objects = label_objects(volume)
     rows = []
+    started = time.monotonic()
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
         inside = labels[window] == index
         vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
@@ -119,6 +122,9 @@ def object_statistics(
                 *(last * spacing),
             ]
         )
+        if index % PROGRESS_EVERY == 0:
+            elapsed = time.monotonic() - started
+            log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
     log.info("measured %d objects", n_objects)
     return pd.DataFrame(rows, columns=OBJECT_COLUMNS).astype({"object": np.int64, "voxels": np.int64})
 
