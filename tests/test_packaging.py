@@ -52,3 +52,9 @@ def test_every_rule_names_an_existing_environment():
     for rule_file in (ROOT / "workflow" / "rules").glob("*.smk"):
         for relative in re.findall(r'conda:\s*\n\s*"([^"]+)"', rule_file.read_text()):
             assert (rule_file.parent / relative).resolve().is_file(), f"{rule_file.name}: {relative}"
+
+
+def test_every_dependency_of_the_imaging_steps_is_pinned():
+    pins = environment_pins(ROOT / "envs" / "imaging.yaml")
+    imaging = set(pyproject_requirements()) - {"keras", "tensorflow", "snakemake"}
+    assert imaging <= set(pins), imaging - set(pins)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from test_workflow import ALL_FOREGROUND, DEMO_ROW, ROOT, check_tiny_demo_outputs, make_project, own_stack, row, snakemake
+from test_workflow import EVERYTHING_FOREGROUND, DEMO_ROW, ROOT, check_tiny_demo_outputs, make_project, own_stack, row, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -197,7 +197,7 @@ def slurm_jobs(project):
 
 
 def test_demo_runs_on_slurm_with_a_gpu_for_the_network_steps(slurm, tmp_path):
-    project = make_project(tmp_path, segment=ALL_FOREGROUND)
+    project = make_project(tmp_path, **EVERYTHING_FOREGROUND)
     result = snakemake(project, "--profile", PROFILE, *TEST_OVERRIDES)
     assert result.returncode == 0, result.stderr[-3000:]
     check_tiny_demo_outputs(project, result)

@@ -77,3 +77,8 @@ def test_fill_holes_fills_enclosed_cavities_only():
     volume[0:3, 2, 2] = False  # tunnel open to the border stays open
     filled = fill_holes(volume)
     assert filled[4, 4, 4] and not filled[1, 2, 2]
+def test_a_speck_that_smoothing_blurs_away_gives_no_mesh():
+    volume = np.zeros((5, 5, 5), bool)
+    volume[2, 2, 2] = True
+    vertices, faces = volume_to_mesh(volume, (1, 1, 1), smoothing_sigma=0.75)
+    assert len(vertices) == 0 and len(faces) == 0

@@ -1,12 +1,17 @@
 """The workflow run through Snakemake on tiny configurations."""
 
+import hashlib
+import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from stl import mesh as stl_mesh
@@ -37,33 +42,32 @@ def make_project(tmp_path, rows=(DEMO_ROW,), **overrides):
     return tmp_path
 
 
-def snakemake(project, *arguments):
+def snakemake(project, *arguments, cores="2"):
+    """Run Snakemake on a project; cores=None leaves --cores out (as 'snakemake --report' is typed)."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(project),
-         "--cores", "2", *arguments],
+         *(["--cores", cores] if cores else []), *arguments],
         capture_output=True,
         text=True,
     )
 
 
-# A threshold just above 0 (the schema wants > 0) makes every pixel foreground, so the
+# A threshold just above 0 (the schema refuses 0) makes every pixel foreground, so the
 # mesh step certainly has an object to mesh however little two epochs teach the network.
-ALL_FOREGROUND = {"tile_size": 32, "overlap": 8, "threshold": 1e-9}
+EVERYTHING_FOREGROUND = {"segment": {**TINY_CONFIG["segment"], "threshold": 1e-9}}
 
 
-@pytest.mark.slow
-def test_tiny_demo_runs_end_to_end(tmp_path):
-    project = make_project(tmp_path, segment=ALL_FOREGROUND)
+@pytest.fixture(scope="module")
+def tiny_demo_run(tmp_path_factory):
+    """A project in which the tiny demo has run once; shared by the tests that inspect its outputs."""
+    project = make_project(tmp_path_factory.mktemp("tiny_demo"), **EVERYTHING_FOREGROUND)
     result = snakemake(project)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_tiny_demo_outputs(project, result)
-    # A second run finds nothing to do.
-    again = snakemake(project, "-n")
-    assert "Nothing to be done" in again.stdout + again.stderr
+    return project, result
 
 
 def check_tiny_demo_outputs(project, result):
-    """Every output of the tiny demo run with segment=ALL_FOREGROUND is there and plausible."""
+    """Every core output of a tiny demo run with EVERYTHING_FOREGROUND is there and plausible."""
     names = [f"slice_{z:04d}" for z in range(8)]
     for step in ("preprocessed", "probabilities", "masks"):
         found = sorted(path.stem for path in (project / "results/demo" / step).glob("chunk*/*.png"))
@@ -80,6 +84,85 @@ def check_tiny_demo_outputs(project, result):
     scores = (project / "results/demo/evaluation/scores.tsv").read_text()
     assert scores.splitlines()[-1].startswith("volume")
     assert "vem3d: demo: Dice" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_end_to_end(tiny_demo_run):
+    project, result = tiny_demo_run
+    check_tiny_demo_outputs(project, result)
+    names = [f"slice_{z:04d}" for z in range(8)]
+    for picture in ("mesh_preview.png", "montage.png"):
+        assert iio.imread(project / "results/demo" / picture).std() > 10, picture
+    assert "plotly" in (project / "results/demo/mesh_viewer.html").read_text()
+    objects = pd.read_csv(project / "results/demo/objects.tsv", sep="\t")
+    assert list(objects["voxels"]) == [8 * 64 * 64] and list(objects["class"]) == ["mitochondrion"]
+    study = pd.read_csv(project / "results/study_objects.tsv", sep="\t")
+    assert list(study["sample"]) == ["demo"] and study.loc[0, "volume_fraction"] == 1.0
+    provenance = json.loads((project / "results/demo/provenance.json").read_text())
+    weights = (project / "results/model/unet.weights.h5").read_bytes()
+    assert provenance["weights"]["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert provenance["weights"]["made_by"]["labelled_slices"]
+    assert [Path(item["path"]).stem for item in provenance["inputs"]["slices"]] == names
+    assert provenance["config"]["segment"]["threshold"] == 1e-9
+    assert {"train", "segment/chunk0001", "mesh"} <= {step["step"] for step in provenance["steps"]}
+    assert provenance["started"] < provenance["finished"]
+    # A second run finds nothing to do.
+    again = snakemake(project, "-n")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def chromium(*arguments, cwd):
+    """Run headless Chromium (Debian's package); skip the test where it is not installed."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return subprocess.run(
+        [executable, *CHROMIUM_FLAGS, "--virtual-time-budget=15000", *arguments],
+        cwd=cwd, capture_output=True, text=True, timeout=180,
+    )
+
+
+@pytest.mark.slow
+def test_report_holds_pictures_tables_and_the_3d_view(tiny_demo_run):
+    project, _ = tiny_demo_run
+    started = time.monotonic()
+    result = snakemake(project, "--report", "report.html", cores=None)
+    print(f"report built in {time.monotonic() - started:.1f} s, {(project / 'report.html').stat().st_size} bytes")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in (
+        "mesh_preview.png", "mesh_viewer.html", "montage.png", "objects.tsv", "objects_summary.tsv",
+        "study_objects.tsv", "training_curves.png", "training_history.tsv", "scores.tsv", "mesh_summary.tsv",
+        "provenance.json",
+    ):
+        assert f"Adding {name}" in result.stderr, name
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(tiny_demo_run):
+    project, _ = tiny_demo_run
+    if not (project / "report.html").is_file():
+        assert snakemake(project, "--report", "report.html", cores=None).returncode == 0
+    dom = chromium("--dump-dom", "report.html", cwd=project)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for section in ("Training", "Segmentation", "Evaluation", "Meshes", "Objects", "Provenance"):
+        assert f">{section}<" in dom.stdout, section  # drawn in the menu, not just in the data
+    shot = chromium("--screenshot=report.png", "--window-size=1280,900", "report.html", cwd=project)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    picture = iio.imread(project / "report.png")[..., :3]
+    assert picture.std() > 10 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 50  # not blank
+
+
+@pytest.mark.slow
+def test_3d_viewer_page_runs_without_network(tiny_demo_run):
+    project, _ = tiny_demo_run
+    # No proxy reachable and no DNS: any fetch would fail, so a drawn plot proves the page stands alone.
+    dom = chromium("--proxy-server=127.0.0.1:9", "--dump-dom", "results/demo/mesh_viewer.html", cwd=project)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # plotly marks the graph's div once it has drawn it (the name alone is also in the library).
+    assert re.search(r'<div[^>]*class="[^"]*js-plotly-plot', dom.stdout)
 
 
 def own_stack(tmp_path, n_slices=4, shape=(32, 32)):

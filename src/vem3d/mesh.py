@@ -53,8 +53,8 @@ def volume_to_mesh(
         Vertex coordinates (x, y, z) in nanometres, origin at the centre of voxel 0.
     faces : ndarray of int64, shape (n_faces, 3)
         Vertex indices of each triangle, counter-clockwise seen from outside
-        (normals point out). Both arrays are empty when there is no foreground
-        (or smoothing blurs the few foreground voxels below ``level``).
+        (normals point out). Both arrays are empty when there is no foreground, or
+        when smoothing leaves none of it above ``level`` (specks of a few voxels).
     """
     if volume.ndim != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
@@ -66,8 +66,9 @@ def volume_to_mesh(
     padded = np.pad(volume.astype(np.float32), padding)
     if smoothing_sigma > 0:
         padded = ndimage.gaussian_filter(padded, smoothing_sigma)
-        if padded.max() <= level:  # objects of a few voxels blur away entirely
-            return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    if padded.max() <= level:
+        # Objects of a voxel or two blur below the level: nothing to triangulate.
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     vertices_zyx, faces, _, _ = skimage.measure.marching_cubes(
         padded, level=level, spacing=tuple(float(size) for size in voxel_size_nm)
     )
@@ -96,6 +97,68 @@ def write_stl(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) 
     solid.vectors[:] = vertices[faces]
     solid.update_normals()
     write_atomically(path, lambda temporary: solid.save(temporary, mode=stl_mesh.stl.Mode.BINARY))
+
+
+def read_stl(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read an STL file as an indexed mesh (shared corners merged into one vertex).
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+        In the file's units (nm, x, y, z, for meshes of :func:`write_stl`).
+    faces : ndarray of int64, shape (n_faces, 3)
+    """
+    triangles = stl_mesh.Mesh.from_file(str(path)).vectors
+    vertices, corner_vertex = np.unique(triangles.reshape(-1, 3), axis=0, return_inverse=True)
+    return vertices.astype(np.float32), corner_vertex.reshape(-1, 3).astype(np.int64)
+
+
+def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Simplify a mesh to at most ``max_faces`` faces by vertex clustering.
+
+    Space is cut into cubic cells; the vertices of a cell merge into their mean, and
+    faces that collapse or repeat are dropped. The cell grows (from the mean edge
+    length scaled by the square root of the reduction asked for) until the mesh is
+    small enough. Good for looking at a mesh, not for measuring it: thin parts may
+    close up or vanish.
+
+    Parameters
+    ----------
+    vertices : ndarray, shape (n_vertices, 3)
+    faces : ndarray of int, shape (n_faces, 3)
+    max_faces : int
+        Face budget (> 0); a mesh within it is returned unchanged.
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_kept_vertices, 3)
+    faces : ndarray of int64, shape (n_kept_faces, 3)
+        Orientation of the kept faces is preserved.
+    """
+    if max_faces <= 0:
+        raise ValueError(f"max_faces must be > 0, got {max_faces}")
+    if len(faces) <= max_faces:
+        return vertices, faces
+    points = vertices.astype(np.float64)
+    edges = points[faces] - points[np.roll(faces, 1, axis=1)]
+    cell = float(np.linalg.norm(edges, axis=-1).mean()) * np.sqrt(len(faces) / max_faces)
+    origin = points.min(axis=0)
+    while True:
+        cells = np.floor((points - origin) / cell).astype(np.int64)
+        _, cluster = np.unique(cells, axis=0, return_inverse=True)
+        cluster = cluster.ravel()
+        counts = np.bincount(cluster)
+        merged = np.stack([np.bincount(cluster, weights=points[:, axis]) for axis in range(3)], axis=1)
+        merged /= counts[:, np.newaxis]
+        kept = cluster[faces]
+        kept = kept[(kept[:, 0] != kept[:, 1]) & (kept[:, 1] != kept[:, 2]) & (kept[:, 2] != kept[:, 0])]
+        _, first = np.unique(np.sort(kept, axis=1), axis=0, return_index=True)
+        kept = kept[np.sort(first)]
+        if len(kept) <= max_faces:
+            break
+        cell *= 1.25
+    used, kept = np.unique(kept, return_inverse=True)
+    return merged[used].astype(np.float32), kept.reshape(-1, 3).astype(np.int64)
 
 
 def enclosed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:

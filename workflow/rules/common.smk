@@ -98,16 +98,22 @@ def chunk_slice_names(sample, chunk):
     return SLICE_NAMES[sample][start : start + config["chunk_size"]]
 
 
-def get_chunk_slice_files(wildcards):
-    """Input of a preprocessing job: the chunk's slice files (or the one TIFF stack)."""
-    source = samples.loc[wildcards.sample, "slices"]
-    names = chunk_slice_names(wildcards.sample, wildcards.chunk)
+def slice_files(sample, names):
+    """The files holding a sample's named slices (or the one TIFF stack)."""
+    source = samples.loc[sample, "slices"]
     if is_demo(source):
         return demo_files("slices", names)
     if is_tiff_stack(source):
         return [source]
     by_name = {path.stem: str(path) for path in list_slices(source)}
     return [by_name[name] for name in names]
+
+
+def get_chunk_slice_files(wildcards):
+    """Input of a preprocessing job: the chunk's slice files (or the one TIFF stack)."""
+    return slice_files(
+        wildcards.sample, chunk_slice_names(wildcards.sample, wildcards.chunk)
+    )
 
 
 def label_files(sample, column="labels"):
@@ -123,6 +129,14 @@ def label_files(sample, column="labels"):
         return [str(path) for path in list_slices(folder)]
     except SliceError as error:
         raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
+
+
+def montage_reference(sample):
+    """Column whose masks the slice montage outlines: ground truth, else labels, else None."""
+    for column in ("ground_truth", "labels"):
+        if samples.loc[sample, column]:
+            return column
+    return None
 
 
 def labelled_chunks(sample):
@@ -159,6 +173,12 @@ for key in ("initial_weights",):
         raise ValueError(f"train.{key}: {config['train'][key]!r} does not exist")
 
 
+def network_threads(wildcards):
+    """Threads of train and segment: every core given with --cores; 1 where none is given
+    (snakemake --report), which workflow.cores would refuse."""
+    return workflow.resource_settings.cores or 1
+
+
 def unet_settings():
     """Keyword arguments of vem3d.unet.UNetConfig from the config."""
     return {
@@ -183,12 +203,43 @@ def chunk_dirs(step):
     return get
 
 
+def sample_outputs(sample):
+    """The results of one sample that rule all asks for (provenance aside)."""
+    outputs = [
+        f"results/{sample}/{name}"
+        for name in (
+            "mesh_summary.tsv",
+            "objects.tsv",
+            "mesh_preview.png",
+            "mesh_viewer.html",
+            "montage.png",
+        )
+    ]
+    if samples.loc[sample, "ground_truth"]:
+        outputs.append(f"results/{sample}/evaluation/scores.tsv")
+    return outputs
+
+
+def sample_benchmarks(sample):
+    """Benchmark file of each step that made a sample's results, by step name."""
+    steps = [
+        f"{step}/{chunk}"
+        for step in ("preprocess", "segment")
+        for chunk in chunk_ids(sample)
+    ]
+    steps += ["mesh", "object_statistics", "mesh_preview", "mesh_viewer", "montage"]
+    files = {step: f"results/benchmarks/{sample}/{step}.tsv" for step in steps}
+    if config["train"]["enabled"]:
+        files["train"] = "results/benchmarks/train.tsv"
+    return files
+
+
 def get_final_outputs():
     outputs = []
     for sample in samples.index:
-        outputs.append(f"results/{sample}/mesh_summary.tsv")
-        if samples.loc[sample, "ground_truth"]:
-            outputs.append(f"results/{sample}/evaluation/scores.tsv")
+        outputs += sample_outputs(sample)
+        outputs.append(f"results/{sample}/provenance.json")
     if config["train"]["enabled"]:
         outputs.append("results/model/training_curves.png")
+    outputs.append("results/study_objects.tsv")
     return outputs

@@ -8,7 +8,7 @@ rule synthesise_demo:
     conda:
         "../../envs/imaging.yaml"
     params:
-        out_dir=lambda wildcards, output: Path(output.slices[0]).parents[1],
+        out_dir=lambda wildcards, output: str(Path(output.slices[0]).parents[1]),
         n_slices=config["demo"]["n_slices"],
         size=config["demo"]["size"],
         seed=config["demo"]["seed"],

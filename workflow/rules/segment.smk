@@ -11,7 +11,7 @@ rule segment:
         "results/benchmarks/{sample}/segment/{chunk}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
-    threads: workflow.cores
+    threads: network_threads
     params:
         unet=unet_settings(),
         gpu_required=config["gpu"]["required"],

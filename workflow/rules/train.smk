@@ -24,7 +24,7 @@ rule train:
         "results/benchmarks/train.tsv"
     conda:
         "../../envs/tensorflow.yaml"
-    threads: workflow.cores
+    threads: network_threads
     params:
         label_dirs=[samples.loc[sample, "labels"] for sample, _ in TRAINING_CHUNKS],
         checkpoint_dir="results/model/checkpoints",

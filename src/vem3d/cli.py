@@ -1,0 +1,263 @@
+"""The ``vem3d`` command: each step of the workflow without Snakemake.
+
+Every subcommand calls the package function that the workflow's script for that step
+calls, so a command-line run and a workflow run compute the same thing. Output folders
+are laid out like the workflow's ``results/{sample}/``. Logs go to stderr.
+
+Only ``train`` and ``segment`` load Keras (seconds); the other subcommands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import sys
+from pathlib import Path
+
+from vem3d.logs import log_to
+from vem3d.mesh import mesh_from_masks
+from vem3d.preprocess import preprocess_stack
+from vem3d.slices import stack_slice_names
+from vem3d.stats import statistics_from_masks
+from vem3d.synth import write_demo_stack
+
+NETWORK_COMMANDS = ("train", "segment")
+
+
+def _attribute_help(cls) -> dict[str, str]:
+    """Description of each attribute in a class's numpydoc ``Attributes`` section, on one line."""
+    section = (cls.__doc__ or "").split("Attributes", 1)[-1]
+    entries = re.findall(r"^ {4}(\w+) : [^\n]*\n((?: {8}[^\n]*\n?)+)", section, flags=re.MULTILINE)
+    return {name: " ".join(text.split()).replace("``", "") for name, text in entries}
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    """One ``--option`` per field of a settings dataclass, defaulting to the field's default."""
+    group = parser.add_argument_group(title)
+    helps = _attribute_help(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        text = f"{helps.get(field.name, '')} (default: %(default)s)"
+        if isinstance(field.default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
+        else:
+            group.add_argument(flag, type=type(field.default), default=field.default, help=text)
+
+
+def _settings(args: argparse.Namespace, cls, skip=()):
+    """Build a settings dataclass from the options :func:`_add_dataclass_options` added."""
+    return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if field.name not in skip})
+
+
+def _default(function, name: str):
+    """Default of a package function's parameter, so that the command line cannot drift from it."""
+    return inspect.signature(function).parameters[name].default
+
+
+def _add_voxel_size(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--voxel-size",
+        nargs=3,
+        type=float,
+        required=True,
+        metavar=("Z", "Y", "X"),
+        help="voxel size in nm: slice thickness, pixel height, pixel width",
+    )
+
+
+def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
+    """Options of ``mesh`` and ``stats``, with the defaults of ``function``."""
+    parser.add_argument("mask_dirs", nargs="+", type=Path, metavar="MASK_DIR", help="mask folders in z order")
+    _add_voxel_size(parser)
+    parser.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
+    parser.add_argument(
+        "--class-name", default=_default(function, "class_name"), help="segmented structure (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--min-object-voxels",
+        type=int,
+        default=_default(function, "min_object_voxels"),
+        help="drop 3D objects with fewer voxels; the workflow uses 64 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--smoothing-sigma",
+        type=float,
+        default=_default(function, "smoothing_sigma"),
+        help="Gaussian smoothing before marching cubes, voxels; 0 meshes raw voxels (default: %(default)s)",
+    )
+
+
+def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
+    """The argument parser.
+
+    Parameters
+    ----------
+    network_options : bool
+        Add the model and training options of ``train`` and ``segment``, which are
+        read from :class:`vem3d.unet.UNetConfig` and :class:`vem3d.train.TrainingConfig`
+        and so import Keras.
+    """
+    parser = argparse.ArgumentParser(
+        prog="vem3d", description="3D models of cells and organelles from volume EM stacks, step by step."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = commands.add_parser("synth", help="write a synthetic EM stack with labels and ground truth")
+    synth.add_argument("out_dir", type=Path, help="folder to create: slices/, labels/, ground_truth/")
+    for flag, name, text in (
+        ("--slices", "n_slices", "number of slices"),
+        ("--size", "size", "rows and columns per slice"),
+        ("--seed", "seed", "random seed"),
+        ("--label-every", "label_every", "label every n-th slice"),
+    ):
+        synth.add_argument(flag, type=int, default=_default(write_demo_stack, name), help=f"{text} (default: %(default)s)")
+
+    preprocess = commands.add_parser("preprocess", help="normalise (and resample) slices for the network")
+    preprocess.add_argument("source", type=Path, help="folder of slices or a multi-page TIFF")
+    preprocess.add_argument("out_dir", type=Path, help="folder for the normalised 16-bit slices and shapes.tsv")
+    for flag, name, text in (
+        ("--low-percentile", "low_percentile", "intensity percentile mapped to 0"),
+        ("--high-percentile", "high_percentile", "intensity percentile mapped to 1"),
+        ("--scale", "scale", "resampling factor"),
+    ):
+        preprocess.add_argument(
+            flag, type=float, default=_default(preprocess_stack, name), help=f"{text} (default: %(default)s)"
+        )
+    preprocess.add_argument("--size", type=int, nargs=2, metavar=("ROWS", "COLUMNS"), help="fixed size instead of --scale")
+
+    train = commands.add_parser("train", help="train a U-Net on preprocessed slices with sparse labels")
+    train.add_argument(
+        "--preprocessed", type=Path, nargs="+", required=True, metavar="DIR", help="preprocessed slice folders"
+    )
+    train.add_argument(
+        "--labels",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="DIR",
+        help="label folders: one for all preprocessed folders, or one each, in the same order",
+    )
+    train.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="writes unet.weights.h5 (+ .json), training_history.tsv, training_curves.png and "
+        "checkpoints/ (a rerun resumes from them)",
+    )
+    train.add_argument("--initial-weights", type=Path, help="start from these weights (fine-tuning)")
+
+    segment = commands.add_parser("segment", help="segment preprocessed slices with trained weights")
+    segment.add_argument("preprocessed_dir", type=Path, help="a preprocessed slice folder")
+    segment.add_argument("--weights", type=Path, required=True, help="weights file from 'vem3d train'")
+    segment.add_argument("--out-dir", type=Path, required=True, help="writes probabilities/ and masks/")
+
+    if network_options:
+        from vem3d.segment import segment_folder
+        from vem3d.train import TrainingConfig
+        from vem3d.unet import UNetConfig
+
+        for flag, name, kind, text in (
+            ("--tile-size", "tile_size", int, "tile side, a multiple of 2^depth"),
+            ("--overlap", "overlap", int, "pixels shared by neighbouring tiles"),
+            ("--batch-size", "batch_size", int, "tiles per forward pass"),
+            ("--threshold", "threshold", float, "probability above which a pixel is foreground"),
+        ):
+            segment.add_argument(flag, type=kind, default=_default(segment_folder, name), help=f"{text} (default: %(default)s)")
+        for command in (train, segment):
+            _add_dataclass_options(command, UNetConfig, "model (the same for train and segment)")
+        _add_dataclass_options(train, TrainingConfig, "training")
+
+    mesh = commands.add_parser("mesh", help="mesh masks: meshes/{class}.stl and mesh_summary.tsv")
+    _add_mask_options(mesh, mesh_from_masks)
+    stats = commands.add_parser("stats", help="measure each 3D object: objects.tsv and objects_summary.tsv")
+    _add_mask_options(stats, statistics_from_masks)
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    """Carry out a parsed command."""
+    if args.command == "synth":
+        write_demo_stack(args.out_dir, n_slices=args.slices, size=args.size, seed=args.seed, label_every=args.label_every)
+    elif args.command == "preprocess":
+        names = stack_slice_names(args.source)
+        preprocess_stack(
+            args.source,
+            names,
+            args.out_dir,
+            reference_name=names[0],
+            low_percentile=args.low_percentile,
+            high_percentile=args.high_percentile,
+            scale=args.scale,
+            size=args.size,
+        )
+    elif args.command == "train":
+        from vem3d.train import TrainingConfig, train_from_folders
+        from vem3d.unet import UNetConfig
+
+        labels = args.labels * len(args.preprocessed) if len(args.labels) == 1 else args.labels
+        if len(labels) != len(args.preprocessed):
+            raise SystemExit(f"vem3d train: {len(args.preprocessed)} preprocessed folders but {len(labels)} label folders")
+        train_from_folders(
+            args.preprocessed,
+            labels,
+            weights_path=args.out_dir / "unet.weights.h5",
+            history_path=args.out_dir / "training_history.tsv",
+            curves_path=args.out_dir / "training_curves.png",
+            checkpoint_dir=args.out_dir / "checkpoints",
+            unet_config=_settings(args, UNetConfig),
+            config=_settings(args, TrainingConfig),
+            initial_weights=args.initial_weights,
+        )
+    elif args.command == "segment":
+        from vem3d.segment import segment_folder
+        from vem3d.unet import UNetConfig
+
+        segment_folder(
+            args.preprocessed_dir,
+            args.weights,
+            args.out_dir / "probabilities",
+            args.out_dir / "masks",
+            unet_config=_settings(args, UNetConfig),
+            tile_size=args.tile_size,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+        )
+    elif args.command == "mesh":
+        mesh_from_masks(
+            args.mask_dirs,
+            args.voxel_size,
+            args.out_dir / "meshes",
+            args.out_dir / "mesh_summary.tsv",
+            class_name=args.class_name,
+            min_object_voxels=args.min_object_voxels,
+            smoothing_sigma=args.smoothing_sigma,
+        )
+    elif args.command == "stats":
+        statistics_from_masks(
+            args.mask_dirs,
+            args.voxel_size,
+            args.out_dir / "objects.tsv",
+            args.out_dir / "objects_summary.tsv",
+            class_name=args.class_name,
+            min_object_voxels=args.min_object_voxels,
+            smoothing_sigma=args.smoothing_sigma,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vem3d`` command; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(network_options=bool(argv) and argv[0] in NETWORK_COMMANDS)
+    args = parser.parse_args(argv)
+    with log_to(None):
+        run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

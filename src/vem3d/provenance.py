@@ -1,0 +1,153 @@
+"""Machine-readable provenance of a sample's results: inputs, weights, settings, software, times."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+
+import pandas as pd
+
+from vem3d.atomic import write_text_atomically
+
+PACKAGES = (
+    "vem3d",
+    "numpy",
+    "scipy",
+    "scikit-image",
+    "imageio",
+    "tifffile",
+    "numpy-stl",
+    "pandas",
+    "matplotlib",
+    "plotly",
+    "keras",
+    "tensorflow",
+    "snakemake",
+)
+
+
+def file_sha256(path: str | os.PathLike, block_bytes: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions(names=PACKAGES) -> dict[str, str | None]:
+    """Installed version of each named distribution (None where it is not installed)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _plain(value):
+    """JSON form of numpy scalars (from the sample sheet) and paths."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def step_times(benchmark_files: dict[str, str | os.PathLike]) -> list[dict]:
+    """When each step ran, from Snakemake benchmark files.
+
+    Parameters
+    ----------
+    benchmark_files : dict of str to path
+        Step name (e.g. ``segment/chunk0000``) to its benchmark TSV; missing files are
+        skipped.
+
+    Returns
+    -------
+    list of dict
+        ``step``, ``started`` and ``finished`` (ISO 8601, UTC) and ``seconds`` (wall
+        time). ``finished`` is the benchmark file's modification time, written as the
+        job ended; ``started`` is that less the wall time.
+    """
+    steps = []
+    for step, path in benchmark_files.items():
+        if not Path(path).is_file():
+            continue
+        seconds = float(pd.read_csv(path, sep="\t")["s"].iloc[0])
+        finished = Path(path).stat().st_mtime
+        steps.append(
+            {"step": step, "started": _timestamp(finished - seconds), "finished": _timestamp(finished), "seconds": seconds}
+        )
+    return sorted(steps, key=lambda row: row["started"])
+
+
+def write_provenance(
+    path: str | os.PathLike,
+    sample: str,
+    config: dict,
+    sample_row: dict,
+    input_files: dict[str, list],
+    weights_path: str | os.PathLike,
+    benchmark_files: dict[str, str | os.PathLike],
+) -> dict:
+    """Write a JSON record of how a sample's results were made.
+
+    Parameters
+    ----------
+    path : path
+        JSON file to write.
+    sample : str
+        Sample name.
+    config : dict
+        The effective workflow configuration (defaults filled in).
+    sample_row : dict
+        The sample's row of the sample sheet (paths, voxel size in nm).
+    input_files : dict of str to list of path
+        Input files by kind (``slices``, ``labels``, ``ground_truth``); each is
+        recorded with its size in bytes and SHA-256.
+    weights_path : path
+        The weights the sample was segmented with; ``{weights_path}.json`` (written
+        by training: labelled slices, settings, best validation Dice) is included
+        where it exists.
+    benchmark_files : dict of str to path
+        As for :func:`step_times`.
+
+    Returns
+    -------
+    dict
+        The record: ``sample``, ``written``, ``python``, ``packages`` (versions in
+        the environment of the job that wrote the record), ``config``, ``sample_sheet``,
+        ``inputs``, ``weights`` (path, SHA-256, how they were made), ``steps``,
+        ``started`` and ``finished`` (first start and last end of the steps).
+    """
+    weights_record = Path(f"{weights_path}.json")
+    steps = step_times(benchmark_files)
+    record = {
+        "sample": sample,
+        "written": _timestamp(datetime.datetime.now(datetime.timezone.utc).timestamp()),
+        "python": platform.python_version(),
+        "packages": package_versions(),
+        "config": config,
+        "sample_sheet": sample_row,
+        "inputs": {
+            kind: [{"path": str(file), "bytes": Path(file).stat().st_size, "sha256": file_sha256(file)} for file in files]
+            for kind, files in input_files.items()
+        },
+        "weights": {
+            "path": str(weights_path),
+            "sha256": file_sha256(weights_path),
+            "made_by": json.loads(weights_record.read_text()) if weights_record.is_file() else None,
+        },
+        "steps": steps,
+        "started": steps[0]["started"] if steps else None,
+        "finished": max(step["finished"] for step in steps) if steps else None,
+    }
+    write_text_atomically(path, json.dumps(record, indent=1, default=_plain))
+    return record

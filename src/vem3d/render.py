@@ -1,0 +1,305 @@
+"""Pictures of a run for people: mesh previews, slice montages with masks, a 3D viewer page.
+
+Figures are drawn with matplotlib's Agg canvas (no display needed); the viewer is a
+self-contained plotly page that works offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+from vem3d.atomic import write_atomically, write_text_atomically
+from vem3d.mesh import decimate_mesh, read_stl
+from vem3d.preprocess import normalise_percentile
+from vem3d.slices import list_slices, read_slice, read_stack_slices, stack_slice_names
+
+log = logging.getLogger(__name__)
+
+NM_PER_UM = 1000.0
+MESH_COLOUR = np.array([0.85, 0.45, 0.25])
+# (title, elevation, azimuth in degrees, axis seen end-on) of the three preview cameras.
+PREVIEW_VIEWS = (("oblique", 30, -60, None), ("top (along z)", 90, -90, "z"), ("side (along y)", 0, -90, "y"))
+MASK_COLOUR = (1.0, 0.15, 0.1)
+REFERENCE_COLOUR = "yellow"
+
+
+def _save_figure(figure: Figure, path: str | os.PathLike, dpi: int) -> None:
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format="png", dpi=dpi))
+
+
+def _message_figure(message: str) -> Figure:
+    figure = Figure(figsize=(6, 2))
+    figure.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return figure
+
+
+def shaded_face_colours(triangles: np.ndarray, light=(0.3, -0.5, 0.8)) -> np.ndarray:
+    """Lambert-shaded RGB colour per triangle (both sides lit alike).
+
+    Parameters
+    ----------
+    triangles : ndarray, shape (n_faces, 3, 3)
+        Corner coordinates (x, y, z).
+    light : (float, float, float)
+        Direction towards the light.
+
+    Returns
+    -------
+    ndarray of float, shape (n_faces, 3)
+        RGB in [0, 1].
+    """
+    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    direction = np.asarray(light, dtype=np.float64) / np.linalg.norm(light)
+    brightness = 0.35 + 0.65 * np.abs(normals @ direction)
+    return brightness[:, np.newaxis] * MESH_COLOUR
+
+
+def render_mesh_views(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    path: str | os.PathLike,
+    max_faces: int = 20_000,
+    title: str = "",
+) -> int:
+    """Render a mesh from three angles (oblique, top, side) into one PNG.
+
+    Parameters
+    ----------
+    vertices : ndarray, shape (n_vertices, 3)
+        Coordinates (x, y, z) in nanometres, as in the STL files; axes are drawn in um.
+    faces : ndarray of int, shape (n_faces, 3)
+        An empty mesh gives a picture saying so.
+    path : path
+        PNG to write.
+    max_faces : int
+        Meshes with more faces are simplified first (:func:`vem3d.mesh.decimate_mesh`).
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    int
+        Number of faces drawn.
+    """
+    if len(faces) == 0:
+        figure = _message_figure(f"{title}\nno mesh: nothing was segmented")
+        _save_figure(figure, path, dpi=100)
+        return 0
+    vertices, faces = decimate_mesh(vertices, faces, max_faces)
+    triangles = vertices[faces].astype(np.float64) / NM_PER_UM
+    colours = shaded_face_colours(triangles)
+    low, high = triangles.reshape(-1, 3).min(axis=0), triangles.reshape(-1, 3).max(axis=0)
+    figure = Figure(figsize=(13, 4.6))
+    for column, (view, elevation, azimuth, end_on) in enumerate(PREVIEW_VIEWS, start=1):
+        axis = figure.add_subplot(1, 3, column, projection="3d")
+        axis.add_collection3d(Poly3DCollection(triangles, facecolors=colours, edgecolors="none"))
+        axis.set_xlim(low[0], high[0])
+        axis.set_ylim(low[1], high[1])
+        axis.set_zlim(low[2], high[2])
+        axis.set_box_aspect(np.maximum(high - low, 1e-6 * (high - low).max()))
+        axis.view_init(elev=elevation, azim=azimuth)
+        for name in "xyz":
+            if name == end_on:  # its ticks would pile up in one spot
+                getattr(axis, f"set_{name}ticks")([])
+            else:
+                getattr(axis, f"set_{name}label")(f"{name} (um)")
+        axis.set_title(view)
+    figure.suptitle(f"{title} ({len(faces)} faces drawn)" if title else f"{len(faces)} faces drawn")
+    _save_figure(figure, path, dpi=90)
+    return len(faces)
+
+
+def _read_mesh_or_empty(stl_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh of an STL file, or an empty one where the file is missing (nothing segmented)."""
+    if stl_path.is_file():
+        return read_stl(stl_path)
+    return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+
+
+def render_mesh_preview(stl_path: str | os.PathLike, png_path: str | os.PathLike, max_faces: int = 20_000) -> int:
+    """Render an STL file (nm) with :func:`render_mesh_views`; a missing file means an empty mesh."""
+    stl_path = Path(stl_path)
+    vertices, faces = _read_mesh_or_empty(stl_path)
+    drawn = render_mesh_views(vertices, faces, png_path, max_faces, title=stl_path.stem)
+    log.info("rendered %s: %d of %d faces drawn", stl_path, drawn, len(faces))
+    return drawn
+
+
+def choose_montage_slices(n_slices: int, n_panels: int) -> list[int]:
+    """Indices of up to ``n_panels`` slices spread evenly from the first to the last."""
+    return sorted({int(round(index)) for index in np.linspace(0, n_slices - 1, min(n_panels, n_slices))})
+
+
+def render_montage(
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    references: list[np.ndarray | None],
+    titles: list[str],
+    path: str | os.PathLike,
+    reference_name: str = "reference",
+    columns: int = 3,
+) -> None:
+    """Draw slices with the predicted mask (red, translucent) and a reference (yellow outline).
+
+    Parameters
+    ----------
+    images : list of ndarray, shape (rows, columns)
+        Grey slices of any dtype, shown between their 0.5 and 99.5 percentiles.
+    masks : list of ndarray, shape (rows, columns)
+        Predicted masks (non-zero = foreground), same shapes as the images.
+    references : list of (ndarray or None)
+        Label or ground-truth mask per slice, or None where the slice has none.
+    titles : list of str
+        Panel titles (slice names).
+    path : path
+        PNG to write.
+    reference_name : str
+        What the references are, for the legend ("ground truth", "label").
+    columns : int
+        Panels per row.
+    """
+    n_rows = -(-len(images) // columns)
+    figure = Figure(figsize=(4 * columns, 4 * n_rows + 0.5), constrained_layout=True)
+    for panel, (image, mask, reference, title) in enumerate(zip(images, masks, references, titles, strict=True)):
+        axis = figure.add_subplot(n_rows, columns, panel + 1)
+        axis.imshow(normalise_percentile(image), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        overlay = np.zeros(mask.shape + (4,), np.float32)
+        overlay[mask > 0] = (*MASK_COLOUR, 0.4)
+        axis.imshow(overlay, interpolation="nearest")
+        if reference is not None and (reference > 0).any() and not (reference > 0).all():
+            axis.contour(reference > 0, levels=[0.5], colors=REFERENCE_COLOUR, linewidths=1.0)
+        axis.set_title(title if reference is None else f"{title} (with {reference_name})", fontsize=10)
+        axis.set_axis_off()
+    figure.suptitle(f"predicted mask: translucent red; {reference_name}: yellow outline")
+    _save_figure(figure, path, dpi=80)
+
+
+def montage_from_folders(
+    source: str | os.PathLike,
+    mask_dirs,
+    path: str | os.PathLike,
+    reference_dir: str | os.PathLike | None = None,
+    reference_name: str = "reference",
+    n_panels: int = 6,
+) -> list[str]:
+    """Montage of a sample's slices with predicted masks and, where present, references.
+
+    With a reference folder (ground truth or sparse labels) the panels are spread
+    over the slices that have a reference mask, so that every panel can be compared;
+    otherwise over all slices.
+
+    Parameters
+    ----------
+    source : path
+        The sample's raw slices: a folder or a multi-page TIFF.
+    mask_dirs : list of path
+        Predicted mask chunk folders (slice names as in ``source``).
+    path : path
+        PNG to write.
+    reference_dir : path, optional
+        Folder of reference masks named like the slices.
+    reference_name : str
+        What the references are, for titles and legend.
+    n_panels : int
+        Number of slices shown.
+
+    Returns
+    -------
+    list of str
+        Names of the slices shown.
+    """
+    masks = {mask_path.stem: mask_path for folder in mask_dirs for mask_path in list_slices(folder)}
+    references = {ref.stem: ref for ref in list_slices(reference_dir)} if reference_dir else {}
+    names = [name for name in stack_slice_names(source) if name in masks]
+    candidates = [name for name in names if name in references] or names
+    shown = [candidates[index] for index in choose_montage_slices(len(candidates), n_panels)]
+    render_montage(
+        list(read_stack_slices(source, shown)),
+        [read_slice(masks[name]) for name in shown],
+        [read_slice(references[name]) if name in references else None for name in shown],
+        shown,
+        path,
+        reference_name=reference_name,
+    )
+    log.info("montage of slices %s", shown)
+    return shown
+
+
+def write_mesh_viewer(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    path: str | os.PathLike,
+    max_faces: int = 200_000,
+    title: str = "",
+) -> int:
+    """Write a self-contained HTML page that shows a mesh in 3D (rotate, zoom, pan).
+
+    The page embeds plotly.js, so it opens offline and inside the Snakemake report.
+
+    Parameters
+    ----------
+    vertices : ndarray, shape (n_vertices, 3)
+        Coordinates (x, y, z) in nanometres; shown in um.
+    faces : ndarray of int, shape (n_faces, 3)
+        An empty mesh gives a page saying so.
+    path : path
+        HTML file to write.
+    max_faces : int
+        Meshes with more faces are simplified first (:func:`vem3d.mesh.decimate_mesh`),
+        so that a browser stays responsive.
+    title : str
+        Page and plot title.
+
+    Returns
+    -------
+    int
+        Number of faces in the page.
+    """
+    if len(faces):
+        vertices, faces = decimate_mesh(vertices, faces, max_faces)
+    points = vertices.astype(np.float32) / NM_PER_UM
+    surface = go.Mesh3d(
+        x=points[:, 0],
+        y=points[:, 1],
+        z=points[:, 2],
+        i=faces[:, 0].astype(np.int32),
+        j=faces[:, 1].astype(np.int32),
+        k=faces[:, 2].astype(np.int32),
+        color="rgb({},{},{})".format(*(MESH_COLOUR * 255).astype(int)),
+        flatshading=False,
+        lighting={"ambient": 0.35, "diffuse": 0.8, "specular": 0.2},
+        name=title,
+    )
+    heading = f"{title}: {len(faces)} faces" if len(faces) else f"{title}: no mesh, nothing was segmented"
+    figure = go.Figure(
+        data=[surface],
+        layout={
+            "title": {"text": heading},
+            "scene": {
+                "aspectmode": "data",
+                "xaxis": {"title": {"text": "x (um)"}},
+                "yaxis": {"title": {"text": "y (um)"}},
+                "zaxis": {"title": {"text": "z (um)"}},
+            },
+            "margin": {"l": 0, "r": 0, "b": 0, "t": 40},
+        },
+    )
+    write_text_atomically(path, figure.to_html(include_plotlyjs=True, full_html=True))
+    return len(faces)
+
+
+def mesh_viewer_from_stl(stl_path: str | os.PathLike, html_path: str | os.PathLike, max_faces: int = 200_000) -> int:
+    """:func:`write_mesh_viewer` for an STL file (nm); a missing file means an empty mesh."""
+    stl_path = Path(stl_path)
+    vertices, faces = _read_mesh_or_empty(stl_path)
+    shown = write_mesh_viewer(vertices, faces, html_path, max_faces, title=stl_path.stem)
+    log.info("3D viewer of %s: %d of %d faces", stl_path, shown, len(faces))
+    return shown

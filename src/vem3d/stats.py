@@ -1,0 +1,233 @@
+"""Per-object statistics of a segmented volume: size, shape and position of each 3D object.
+
+Objects are the 26-connected components of the foreground, as in
+:func:`vem3d.volume.remove_small_objects`. Coordinates are in the frame of the STL
+meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of voxel
+(0, 0, 0), but listed in array order (z, y, x).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from vem3d.atomic import write_text_atomically
+from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, enclosed_volume, read_mask_volume, surface_area, volume_to_mesh
+from vem3d.volume import remove_small_objects
+
+log = logging.getLogger(__name__)
+
+AXES = ("z", "y", "x")
+PROGRESS_EVERY = 100  # objects between progress lines in the log
+OBJECT_COLUMNS = [
+    "object",
+    "voxels",
+    "volume_um3",
+    "mesh_volume_um3",
+    "surface_area_um2",
+    "sphericity",
+    *(f"centroid_{axis}_nm" for axis in AXES),
+    *(f"bbox_{axis}_min_nm" for axis in AXES),
+    *(f"bbox_{axis}_max_nm" for axis in AXES),
+]
+
+
+def label_objects(volume: np.ndarray) -> tuple[np.ndarray, int]:
+    """Number the 26-connected foreground objects of a volume.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+
+    Returns
+    -------
+    labels : ndarray of int32, shape as ``volume``
+        0 for background, 1 to ``n_objects`` for the objects, in raster (z, y, x) order
+        of their first voxel.
+    n_objects : int
+    """
+    labels, n_objects = ndimage.label(volume.astype(bool), structure=np.ones((3, 3, 3), dtype=bool))
+    return labels, int(n_objects)
+
+
+def sphericity(volume: float, area: float) -> float:
+    """Sphericity ``pi^(1/3) (6 V)^(2/3) / A``: 1 for a ball, less for any other shape.
+
+    ``volume`` and ``area`` in consistent units (e.g. um^3 and um^2); NaN when the
+    area is 0.
+    """
+    if area <= 0:
+        return float("nan")
+    return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
+
+
+def object_statistics(
+    volume: np.ndarray, voxel_size_nm: tuple[float, float, float], smoothing_sigma: float = 0.75
+) -> pd.DataFrame:
+    """Measure every 26-connected object of a binary volume.
+
+    Each object is meshed on its own (marching cubes after Gaussian smoothing, as
+    :func:`vem3d.mesh.volume_to_mesh`), so touching neighbours do not share surface.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    voxel_size_nm : (float, float, float)
+        Voxel size along z, y, x in nanometres.
+    smoothing_sigma : float
+        Gaussian smoothing before marching cubes, in voxels.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per object, columns :data:`OBJECT_COLUMNS`: ``object`` (id, as numbered
+        by :func:`label_objects`), ``voxels``, ``volume_um3`` (voxel count times voxel
+        volume), ``mesh_volume_um3`` (enclosed by the smoothed mesh),
+        ``surface_area_um2`` (of the mesh), ``sphericity`` (from the mesh volume and
+        area), ``centroid_{z,y,x}_nm`` (mean voxel centre) and
+        ``bbox_{z,y,x}_{min,max}_nm`` (outer faces of the extreme voxels). Empty,
+        with these columns, when there is no foreground.
+    """
+    spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    labels, n_objects = label_objects(volume)
+    rows = []
+    started = time.monotonic()
+    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[window] == index
+        vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+        area_um2 = surface_area(vertices, faces) / NM2_PER_UM2
+        mesh_volume_um3 = enclosed_volume(vertices, faces) / NM3_PER_UM3 if len(faces) else 0.0
+        offset = np.array([axis.start for axis in window])
+        centroid = (np.argwhere(inside).mean(axis=0) + offset) * spacing
+        first = offset - 0.5
+        last = np.array([axis.stop for axis in window]) - 0.5
+        voxels = int(np.count_nonzero(inside))
+        rows.append(
+            [
+                index,
+                voxels,
+                voxels * spacing.prod() / NM3_PER_UM3,
+                mesh_volume_um3,
+                area_um2,
+                sphericity(mesh_volume_um3, area_um2),
+                *centroid,
+                *(first * spacing),
+                *(last * spacing),
+            ]
+        )
+        if index % PROGRESS_EVERY == 0:
+            elapsed = time.monotonic() - started
+            log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
+    log.info("measured %d objects", n_objects)
+    return pd.DataFrame(rows, columns=OBJECT_COLUMNS).astype({"object": np.int64, "voxels": np.int64})
+
+
+def summarise_objects(objects: pd.DataFrame, n_voxels: int) -> dict[str, float | int]:
+    """Summary of an object table.
+
+    Parameters
+    ----------
+    objects : pandas.DataFrame
+        As returned by :func:`object_statistics`.
+    n_voxels : int
+        Number of voxels of the whole volume (for the volume fraction).
+
+    Returns
+    -------
+    dict
+        ``objects`` (count), ``total_volume_um3``, ``median_volume_um3`` (NaN without
+        objects), ``volume_fraction`` (foreground voxels / all voxels),
+        ``total_surface_area_um2`` and ``median_sphericity`` (NaN without objects).
+    """
+    return {
+        "objects": len(objects),
+        "total_volume_um3": float(objects["volume_um3"].sum()),
+        "median_volume_um3": float(objects["volume_um3"].median()),
+        "volume_fraction": float(objects["voxels"].sum() / n_voxels),
+        "total_surface_area_um2": float(objects["surface_area_um2"].sum()),
+        "median_sphericity": float(objects["sphericity"].median()),
+    }
+
+
+def _write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> None:
+    write_text_atomically(path, table.to_csv(sep="\t", index=False, na_rep="NA", float_format="%.6g"))
+
+
+def statistics_from_masks(
+    mask_dirs,
+    voxel_size_nm: tuple[float, float, float],
+    objects_path: str | os.PathLike,
+    summary_path: str | os.PathLike,
+    class_name: str = "foreground",
+    min_object_voxels: int = 0,
+    smoothing_sigma: float = 0.75,
+) -> dict:
+    """Measure the objects of a sample's masks; write the object table and a summary row.
+
+    The volume is cleaned as in :func:`vem3d.mesh.mesh_from_masks` (objects under
+    ``min_object_voxels`` removed), so the statistics describe the objects of the mesh.
+
+    Parameters
+    ----------
+    mask_dirs : list of path
+        Mask chunk folders in z order (non-zero = foreground).
+    voxel_size_nm : (float, float, float)
+        Voxel size z, y, x in nm.
+    objects_path : path
+        TSV with a ``class`` column and the columns of :func:`object_statistics`.
+    summary_path : path
+        TSV with one row: ``class``, the voxel size, and :func:`summarise_objects`.
+    class_name : str
+        Name of the segmented structure.
+    min_object_voxels : int
+        Objects with fewer voxels are left out.
+    smoothing_sigma : float
+        As for :func:`object_statistics`.
+
+    Returns
+    -------
+    dict
+        The summary row.
+    """
+    volume = remove_small_objects(read_mask_volume(mask_dirs), min_object_voxels)
+    objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
+    objects.insert(0, "class", class_name)
+    _write_tsv(objects_path, objects)
+    summary = {
+        "class": class_name,
+        **{f"voxel_size_{axis}_nm": float(size) for axis, size in zip(AXES, voxel_size_nm)},
+        **summarise_objects(objects, volume.size),
+    }
+    _write_tsv(summary_path, pd.DataFrame([summary]))
+    log.info("%s objects: %s", class_name, summary)
+    return summary
+
+
+def study_table(summary_paths, sample_names, out_path: str | os.PathLike) -> pd.DataFrame:
+    """Gather per-sample summaries into one table, a row per sample and class.
+
+    Parameters
+    ----------
+    summary_paths : list of path
+        Summary TSVs written by :func:`statistics_from_masks`.
+    sample_names : list of str
+        The sample each summary belongs to, in the same order.
+    out_path : path
+        TSV written with a leading ``sample`` column.
+    """
+    if len(summary_paths) != len(sample_names):
+        raise ValueError(f"{len(summary_paths)} summaries but {len(sample_names)} sample names")
+    table = pd.concat(
+        [pd.read_csv(path, sep="\t").assign(sample=name) for path, name in zip(summary_paths, sample_names)],
+        ignore_index=True,
+    )
+    table = table[["sample", *(column for column in table if column != "sample")]]
+    _write_tsv(out_path, table)
+    return table

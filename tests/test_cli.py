@@ -1,0 +1,79 @@
+"""The vem3d command line: every subcommand on tiny data, in process and as a program."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import pandas as pd
+import pytest
+
+from vem3d.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("synth", "preprocess", "train", "segment", "mesh", "stats")
+TINY_MODEL = ["--depth", "2", "--base-filters", "4"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--help"])
+    assert stopped.value.code == 0
+    assert f"usage: vem3d {command}" in capsys.readouterr().out
+
+
+def test_the_program_runs_and_lists_its_subcommands():
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-m", "vem3d.cli", "--help"], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+def test_missing_subcommand_or_voxel_size_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["stats", str(tmp_path), "--out-dir", str(tmp_path)])
+    assert "--voxel-size" in capsys.readouterr().err
+
+
+def test_synth_to_stats_on_a_tiny_stack(tmp_path):
+    assert main(["synth", str(tmp_path / "demo"), "--slices", "4", "--size", "64", "--seed", "1", "--label-every", "2"]) == 0
+    assert len(list((tmp_path / "demo/slices").glob("*.png"))) == 4
+    main(["preprocess", str(tmp_path / "demo/slices"), str(tmp_path / "pre")])
+    assert (tmp_path / "pre/shapes.tsv").is_file()
+    main(
+        ["train", "--preprocessed", str(tmp_path / "pre"), "--labels", str(tmp_path / "demo/labels"),
+         "--out-dir", str(tmp_path / "model"), *TINY_MODEL,
+         "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "32"]
+    )
+    assert (tmp_path / "model/unet.weights.h5").is_file()
+    assert len(pd.read_csv(tmp_path / "model/training_history.tsv", sep="\t")) == 1
+    main(
+        ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
+         "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8"]
+    )
+    masks = sorted((tmp_path / "sample/masks").glob("*.png"))
+    assert len(masks) == 4 and iio.imread(masks[0]).shape == (64, 64)
+
+    # Mesh and measure the ground truth, which certainly holds objects.
+    truth = str(tmp_path / "demo/ground_truth")
+    main(["mesh", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "sample"), "--class-name", "mito"])
+    assert (tmp_path / "sample/meshes/mito.stl").is_file()
+    main(["stats", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "sample"), "--class-name", "mito"])
+    objects = pd.read_csv(tmp_path / "sample/objects.tsv", sep="\t")
+    summary = pd.read_csv(tmp_path / "sample/objects_summary.tsv", sep="\t").iloc[0]
+    mesh_summary = pd.read_csv(tmp_path / "sample/mesh_summary.tsv", sep="\t").iloc[0]
+    assert len(objects) == summary["objects"] == mesh_summary["objects"] > 0
+    assert objects["voxels"].sum() == mesh_summary["foreground_voxels"]
+
+
+def test_train_needs_one_label_folder_or_one_per_preprocessed_folder(tmp_path):
+    with pytest.raises(SystemExit, match="2 preprocessed folders but 3 label folders"):
+        main(["train", "--preprocessed", "a", "b", "--labels", "x", "y", "z", "--out-dir", str(tmp_path)])

@@ -1,0 +1,88 @@
+import re
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from vem3d.mesh import decimate_mesh, enclosed_volume, read_stl, surface_area, volume_to_mesh, write_stl
+from vem3d.render import (
+    choose_montage_slices,
+    mesh_viewer_from_stl,
+    montage_from_folders,
+    render_mesh_preview,
+    write_mesh_viewer,
+)
+from vem3d.synth import write_demo_stack
+
+
+@pytest.fixture(scope="module")
+def ball_mesh():
+    grids = np.meshgrid(*[np.arange(48)] * 3, indexing="ij")
+    ball = sum((grid - 24) ** 2 for grid in grids) <= 18**2
+    return volume_to_mesh(ball, (10.0, 10.0, 10.0))
+
+
+def test_stl_reads_back_as_the_indexed_mesh_written(tmp_path, ball_mesh):
+    vertices, faces = ball_mesh
+    write_stl(tmp_path / "ball.stl", vertices, faces)
+    read_vertices, read_faces = read_stl(tmp_path / "ball.stl")
+    assert len(read_faces) == len(faces) and len(read_vertices) == len(vertices)
+    assert surface_area(read_vertices, read_faces) == pytest.approx(surface_area(vertices, faces), rel=1e-6)
+
+
+def test_decimation_meets_the_face_budget_and_keeps_the_shape(ball_mesh):
+    vertices, faces = ball_mesh
+    assert decimate_mesh(vertices, faces, len(faces))[1] is faces  # within budget: unchanged
+    small_vertices, small_faces = decimate_mesh(vertices, faces, len(faces) // 10)
+    assert len(faces) // 20 < len(small_faces) <= len(faces) // 10
+    assert small_faces.max() < len(small_vertices)
+    assert surface_area(small_vertices, small_faces) == pytest.approx(surface_area(vertices, faces), rel=0.03)
+    # Orientation kept: the enclosed volume stays positive and close.
+    assert enclosed_volume(small_vertices, small_faces) == pytest.approx(enclosed_volume(vertices, faces), rel=0.03)
+    with pytest.raises(ValueError, match="max_faces"):
+        decimate_mesh(vertices, faces, 0)
+
+
+def test_mesh_preview_draws_the_mesh_from_three_angles(tmp_path, ball_mesh):
+    write_stl(tmp_path / "ball.stl", *ball_mesh)
+    drawn = render_mesh_preview(tmp_path / "ball.stl", tmp_path / "preview.png", max_faces=2000)
+    assert 0 < drawn <= 2000
+    picture = iio.imread(tmp_path / "preview.png")
+    assert picture.shape[1] > 2 * picture.shape[0]  # three panels side by side
+    # The mesh colour (orange-brown: red well above blue) covers part of the picture.
+    rgb = picture[..., :3].astype(int)
+    assert ((rgb[..., 0] - rgb[..., 2]) > 60).mean() > 0.01
+
+
+def test_missing_mesh_gives_a_picture_and_a_page_that_say_so(tmp_path):
+    assert render_mesh_preview(tmp_path / "none.stl", tmp_path / "preview.png") == 0
+    assert iio.imread(tmp_path / "preview.png").ndim == 3
+    assert mesh_viewer_from_stl(tmp_path / "none.stl", tmp_path / "viewer.html") == 0
+    assert "nothing was segmented" in (tmp_path / "viewer.html").read_text()
+
+
+def test_viewer_page_is_self_contained_and_within_its_face_budget(tmp_path, ball_mesh):
+    shown = write_mesh_viewer(*ball_mesh, tmp_path / "viewer.html", max_faces=3000, title="ball")
+    assert 0 < shown <= 3000
+    page = (tmp_path / "viewer.html").read_text()
+    assert "Mesh3d".lower() in page.lower() and f"ball: {shown} faces" in page
+    # plotly.js is inline: no script is fetched from anywhere.
+    assert re.findall(r"<script[^>]*>", page) and not re.findall(r"<script[^>]*\bsrc=", page)
+    assert len(page) > 3_000_000  # the embedded library
+
+
+def test_montage_shows_labelled_slices_with_outlines(tmp_path):
+    folders = write_demo_stack(tmp_path / "demo", n_slices=8, size=64, seed=1, label_every=2)
+    shown = montage_from_folders(
+        folders["slices"], [folders["ground_truth"]], tmp_path / "montage.png", folders["labels"], "label", n_panels=3
+    )
+    assert shown == ["slice_0001", "slice_0005", "slice_0007"]  # spread over the labelled slices
+    picture = iio.imread(tmp_path / "montage.png")[..., :3].astype(int)
+    assert ((picture[..., 0] > 200) & (picture[..., 1] > 200) & (picture[..., 2] < 80)).any()  # yellow outline
+    unlabelled = montage_from_folders(folders["slices"], [folders["ground_truth"]], tmp_path / "all.png", n_panels=20)
+    assert len(unlabelled) == 8
+
+
+def test_montage_slices_spread_from_first_to_last():
+    assert choose_montage_slices(64, 4) == [0, 21, 42, 63]
+    assert choose_montage_slices(2, 6) == [0, 1]

@@ -1,0 +1,83 @@
+rule mesh_preview:
+    input:
+        "results/{sample}/meshes",
+    output:
+        report(
+            "results/{sample}/mesh_preview.png",
+            caption="../report/mesh_preview.rst",
+            category="Meshes",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/{sample}/mesh_preview.log",
+    benchmark:
+        "results/benchmarks/{sample}/mesh_preview.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        stl=lambda wildcards, input: f"{input[0]}/{config['model']['class_name']}.stl",
+        max_faces=config["report"]["preview_max_faces"],
+    script:
+        "../scripts/mesh_preview.py"
+
+
+rule mesh_viewer:
+    input:
+        "results/{sample}/meshes",
+    output:
+        report(
+            "results/{sample}/mesh_viewer.html",
+            caption="../report/mesh_viewer.rst",
+            category="Meshes",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/{sample}/mesh_viewer.log",
+    benchmark:
+        "results/benchmarks/{sample}/mesh_viewer.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        stl=lambda wildcards, input: f"{input[0]}/{config['model']['class_name']}.stl",
+        max_faces=config["report"]["viewer_max_faces"],
+    script:
+        "../scripts/mesh_viewer.py"
+
+
+rule montage:
+    input:
+        slices=lambda wildcards: slice_files(
+            wildcards.sample, SLICE_NAMES[wildcards.sample]
+        ),
+        masks=chunk_dirs("masks"),
+        references=lambda wildcards: (
+            label_files(wildcards.sample, montage_reference(wildcards.sample))
+            if montage_reference(wildcards.sample)
+            else []
+        ),
+    output:
+        report(
+            "results/{sample}/montage.png",
+            caption="../report/montage.rst",
+            category="Segmentation",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/{sample}/montage.log",
+    benchmark:
+        "results/benchmarks/{sample}/montage.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        source=lambda wildcards: samples.loc[wildcards.sample, "slices"],
+        reference_dir=lambda wildcards: (
+            samples.loc[wildcards.sample, montage_reference(wildcards.sample)]
+            if montage_reference(wildcards.sample)
+            else None
+        ),
+        reference_name=lambda wildcards: (
+            montage_reference(wildcards.sample) or "reference"
+        ).replace("_", " "),
+        n_panels=config["report"]["montage_slices"],
+    script:
+        "../scripts/montage.py"

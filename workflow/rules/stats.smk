@@ -1,0 +1,48 @@
+rule object_statistics:
+    input:
+        chunk_dirs("masks"),
+    output:
+        objects=report(
+            "results/{sample}/objects.tsv",
+            caption="../report/objects.rst",
+            category="Objects",
+            subcategory="{sample}",
+        ),
+        summary=report(
+            "results/{sample}/objects_summary.tsv",
+            caption="../report/objects_summary.rst",
+            category="Objects",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/{sample}/object_statistics.log",
+    benchmark:
+        "results/benchmarks/{sample}/object_statistics.tsv"
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
+        class_name=config["model"]["class_name"],
+        min_object_voxels=config["mesh"]["min_object_voxels"],
+        smoothing_sigma=config["mesh"]["smoothing_sigma"],
+    script:
+        "../scripts/object_statistics.py"
+
+
+rule study_objects:
+    input:
+        expand("results/{sample}/objects_summary.tsv", sample=samples.index),
+    output:
+        report(
+            "results/study_objects.tsv",
+            caption="../report/study_objects.rst",
+            category="Objects",
+        ),
+    log:
+        "logs/study_objects.log",
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        samples=list(samples.index),
+    script:
+        "../scripts/study_objects.py"

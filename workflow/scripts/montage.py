@@ -1,0 +1,12 @@
+from vem3d.logs import log_to
+from vem3d.render import montage_from_folders
+
+with log_to(snakemake.log[0]):
+    montage_from_folders(
+        snakemake.params.source,
+        snakemake.input.masks,
+        snakemake.output[0],
+        reference_dir=snakemake.params.reference_dir,
+        reference_name=snakemake.params.reference_name,
+        n_panels=snakemake.params.n_panels,
+    )

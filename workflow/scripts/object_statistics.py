@@ -1,0 +1,13 @@
+from vem3d.logs import log_to
+from vem3d.stats import statistics_from_masks
+
+with log_to(snakemake.log[0]):
+    statistics_from_masks(
+        snakemake.input,
+        snakemake.params.voxel_size_nm,
+        snakemake.output.objects,
+        snakemake.output.summary,
+        class_name=snakemake.params.class_name,
+        min_object_voxels=snakemake.params.min_object_voxels,
+        smoothing_sigma=snakemake.params.smoothing_sigma,
+    )

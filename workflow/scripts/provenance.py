@@ -1,0 +1,16 @@
+from vem3d.logs import log_to
+from vem3d.provenance import write_provenance
+
+with log_to(snakemake.log[0]):
+    write_provenance(
+        snakemake.output[0],
+        snakemake.wildcards.sample,
+        snakemake.config,
+        snakemake.params.sample_row,
+        {
+            kind: list(snakemake.input[kind])
+            for kind in ("slices", "labels", "ground_truth")
+        },
+        snakemake.input.weights,
+        snakemake.params.benchmarks,
+    )
