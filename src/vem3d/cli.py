@@ -30,7 +30,8 @@ def _attribute_help(cls) -> dict[str, str]:
     """Description of each attribute in a class's numpydoc ``Attributes`` section, on one line."""
     section = (cls.__doc__ or "").split("Attributes", 1)[-1]
     entries = re.findall(r"^ {4}(\w+) : [^\n]*\n((?: {8}[^\n]*\n?)+)", section, flags=re.MULTILINE)
-    return {name: " ".join(text.split()).replace("``", "") for name, text in entries}
+    # argparse formats help with %, so literal percent signs are doubled.
+    return {name: " ".join(text.split()).replace("``", "").replace("%", "%%") for name, text in entries}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
