@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from vem3d.slices import write_image
-from vem3d.stats import OBJECT_COLUMNS, label_objects, object_statistics, sphericity, statistics_from_masks, study_table
+from vem3d.stats import OBJECT_COLUMNS, object_statistics, sphericity, statistics_from_masks, study_table
+from vem3d.volume import label_objects
 
 # (centre (z, y, x) nm, radius nm) of balls far enough apart to be separate objects.
 BALLS = [((200, 200, 200), 150), ((200, 400, 700), 120), ((200, 600, 1000), 100)]

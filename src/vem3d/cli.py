@@ -90,6 +90,12 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
         default=_default(function, "smoothing_sigma"),
         help="Gaussian smoothing before marching cubes, voxels; 0 meshes raw voxels (default: %(default)s)",
     )
+    parser.add_argument(
+        "--fill-cavities",
+        action=argparse.BooleanOptionalAction,
+        default=_default(function, "fill_cavities"),
+        help="fill background cavities enclosed in 3D (default: %(default)s)",
+    )
 
 
 def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
@@ -237,6 +243,7 @@ def run(args: argparse.Namespace) -> None:
             class_name=args.class_name,
             min_object_voxels=args.min_object_voxels,
             smoothing_sigma=args.smoothing_sigma,
+            fill_cavities=args.fill_cavities,
         )
     elif args.command == "stats":
         statistics_from_masks(
@@ -247,6 +254,7 @@ def run(args: argparse.Namespace) -> None:
             class_name=args.class_name,
             min_object_voxels=args.min_object_voxels,
             smoothing_sigma=args.smoothing_sigma,
+            fill_cavities=args.fill_cavities,
         )
 
 

@@ -14,7 +14,7 @@ from stl import mesh as stl_mesh
 
 from vem3d.atomic import write_atomically, write_text_atomically
 from vem3d.slices import list_slices, read_slice
-from vem3d.volume import assemble_volume, fill_holes, remove_small_objects
+from vem3d.volume import assemble_volume, clean_volume, label_objects
 
 log = logging.getLogger(__name__)
 
@@ -245,17 +245,15 @@ def mesh_from_masks(
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
     fill_cavities : bool
-        Fill enclosed background cavities (see :func:`vem3d.volume.fill_holes`).
+        Fill enclosed background cavities (see :func:`vem3d.volume.clean_volume`).
 
     Returns
     -------
     dict
         The summary row.
     """
-    volume = remove_small_objects(read_mask_volume(mask_dirs), min_object_voxels)
-    if fill_cavities:
-        volume = fill_holes(volume)
-    _, n_objects = ndimage.label(volume, structure=np.ones((3, 3, 3), dtype=bool))
+    volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
+    _, n_objects = label_objects(volume)
     vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
     if len(faces):

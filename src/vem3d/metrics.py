@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
 from vem3d.slices import list_slices, read_slice
+from vem3d.volume import label_objects
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,8 @@ def object_scores(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float
     """
     if predicted.shape != truth.shape:
         raise ValueError(f"prediction shape {predicted.shape} differs from truth shape {truth.shape}")
-    structure = np.ones((3,) * predicted.ndim, dtype=bool)
-    predicted_labels, n_predicted = ndimage.label(predicted.astype(bool), structure=structure)
-    true_labels, n_true = ndimage.label(truth.astype(bool), structure=structure)
+    predicted_labels, n_predicted = label_objects(predicted)
+    true_labels, n_true = label_objects(truth)
     # Overlap of every (predicted, true) pair from one pass of bincount.
     pairs = predicted_labels.astype(np.int64) * (n_true + 1) + true_labels
     overlap = np.bincount(pairs.ravel(), minlength=(n_predicted + 1) * (n_true + 1)).reshape(n_predicted + 1, n_true + 1)

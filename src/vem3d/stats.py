@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, enclosed_volume, read_mask_volume, surface_area, volume_to_mesh
-from vem3d.volume import remove_small_objects
+from vem3d.volume import clean_volume, label_objects
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +35,6 @@ OBJECT_COLUMNS = [
     *(f"bbox_{axis}_min_nm" for axis in AXES),
     *(f"bbox_{axis}_max_nm" for axis in AXES),
 ]
-
-
-def label_objects(volume: np.ndarray) -> tuple[np.ndarray, int]:
-    """Number the 26-connected foreground objects of a volume.
-
-    Parameters
-    ----------
-    volume : ndarray, shape (slices, rows, columns)
-        Foreground where non-zero.
-
-    Returns
-    -------
-    labels : ndarray of int32, shape as ``volume``
-        0 for background, 1 to ``n_objects`` for the objects, in raster (z, y, x) order
-        of their first voxel.
-    n_objects : int
-    """
-    labels, n_objects = ndimage.label(volume.astype(bool), structure=np.ones((3, 3, 3), dtype=bool))
-    return labels, int(n_objects)
 
 
 def sphericity(volume: float, area: float) -> float:
@@ -168,6 +149,7 @@ def statistics_from_masks(
     class_name: str = "foreground",
     min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
+    fill_cavities: bool = True,
 ) -> dict:
     """Measure the objects of a sample's masks; write the object table and a summary row.
 
@@ -190,13 +172,15 @@ def statistics_from_masks(
         Objects with fewer voxels are left out.
     smoothing_sigma : float
         As for :func:`object_statistics`.
+    fill_cavities : bool
+        Fill enclosed cavities first, as the mesh step does.
 
     Returns
     -------
     dict
         The summary row.
     """
-    volume = remove_small_objects(read_mask_volume(mask_dirs), min_object_voxels)
+    volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
     objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
     objects.insert(0, "class", class_name)
     _write_tsv(objects_path, objects)

@@ -38,6 +38,25 @@ def assemble_volume(masks: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
     return np.stack(planes)
 
 
+def label_objects(volume: np.ndarray) -> tuple[np.ndarray, int]:
+    """Number the 26-connected foreground objects of a volume.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+
+    Returns
+    -------
+    labels : ndarray of int32, shape as ``volume``
+        0 for background, 1 to ``n_objects`` for the objects, in raster (z, y, x) order
+        of their first voxel.
+    n_objects : int
+    """
+    labels, n_objects = ndimage.label(volume.astype(bool), structure=np.ones((3,) * volume.ndim, dtype=bool))
+    return labels, int(n_objects)
+
+
 def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     """Remove 3D connected objects (26-connectivity) smaller than ``min_voxels``.
 
@@ -55,7 +74,7 @@ def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     foreground = volume.astype(bool)
     if min_voxels <= 1:
         return foreground
-    labels, _ = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = label_objects(foreground)
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_voxels
     keep[0] = False
@@ -75,3 +94,23 @@ def fill_holes(volume: np.ndarray) -> np.ndarray:
     ndarray of bool, shape as ``volume``
     """
     return ndimage.binary_fill_holes(volume.astype(bool))
+
+
+def clean_volume(volume: np.ndarray, min_object_voxels: int = 0, fill_cavities: bool = True) -> np.ndarray:
+    """The 3D clean-up before meshing and measuring: small objects out, cavities filled.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    min_object_voxels : int
+        See :func:`remove_small_objects`.
+    fill_cavities : bool
+        Fill enclosed cavities afterwards (:func:`fill_holes`).
+
+    Returns
+    -------
+    ndarray of bool, shape as ``volume``
+    """
+    cleaned = remove_small_objects(volume, min_object_voxels)
+    return fill_holes(cleaned) if fill_cavities else cleaned

@@ -25,6 +25,7 @@ rule object_statistics:
         class_name=config["model"]["class_name"],
         min_object_voxels=config["mesh"]["min_object_voxels"],
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
+        fill_cavities=config["mesh"]["fill_cavities"],
     script:
         "../scripts/object_statistics.py"
 

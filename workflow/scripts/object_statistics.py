@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         class_name=snakemake.params.class_name,
         min_object_voxels=snakemake.params.min_object_voxels,
         smoothing_sigma=snakemake.params.smoothing_sigma,
+        fill_cavities=snakemake.params.fill_cavities,
     )
