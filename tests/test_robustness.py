@@ -6,7 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from test_workflow import DEMO_ROW, make_project, own_stack, row, snakemake
+from test_workflow import DEMO_ROW, TINY_CONFIG, make_project, own_stack, row, snakemake
 from vem3d.mesh import mesh_from_masks
 from vem3d.preprocess import preprocess_stack, read_preprocessed
 from vem3d.slices import read_slice
@@ -95,3 +95,14 @@ def test_repeated_runs_give_identical_results_and_a_finished_run_does_nothing(tm
     assert _outputs(project) == (masks, summary)
     third = snakemake(project)
     assert third.returncode == 0 and "Nothing to be done" in third.stdout + third.stderr
+
+
+def test_weights_trained_for_another_network_are_refused_before_any_work(tmp_path):
+    weights = tmp_path / "other.weights.h5"
+    weights.write_bytes(b"not read: the record beside it already disagrees")
+    (tmp_path / "other.weights.h5.json").write_text('{"settings": {"unet": {"depth": 4, "base_filters": 32}}}')
+    project = make_project(tmp_path, train={"enabled": False}, model={**TINY_CONFIG["model"], "weights": str(weights)})
+    result = snakemake(project, "-n")
+    assert result.returncode != 0
+    assert "depth: trained with 4, configured 2" in result.stdout + result.stderr
+    assert not (project / "results").exists()

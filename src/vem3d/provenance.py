@@ -151,3 +151,31 @@ def write_provenance(
     }
     write_text_atomically(path, json.dumps(record, indent=1, default=_plain))
     return record
+
+
+def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict) -> None:
+    """Check, before any work, that weights were trained for the configured network.
+
+    vem3d writes ``{weights}.json`` beside the weights it trains, recording the U-Net
+    settings; this compares them with ``unet_settings`` (the config's ``model``
+    keys). Weights without that record are checked only when they are loaded.
+
+    Raises
+    ------
+    ValueError
+        If the weights file is missing, or its record names other settings (each
+        differing key with both values).
+    """
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise ValueError(f"{weights_path}: weights file does not exist")
+    record = Path(f"{weights_path}.json")
+    if not record.is_file():
+        return
+    trained = json.loads(record.read_text()).get("settings", {}).get("unet", {})
+    differing = {
+        key: (trained[key], value) for key, value in unet_settings.items() if key in trained and trained[key] != value
+    }
+    if differing:
+        details = ", ".join(f"{key}: trained with {old!r}, configured {new!r}" for key, (old, new) in differing.items())
+        raise ValueError(f"{weights_path}: weights do not match the configured model ({details})")

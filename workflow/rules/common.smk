@@ -9,6 +9,7 @@ from snakemake.utils import validate
 # jobs' environments install it (pip install -e ., or envs/*.post-deploy.sh).
 sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
+from vem3d.provenance import check_weights_settings
 from vem3d.slices import SliceError, is_tiff_stack, list_slices, stack_slice_names
 from vem3d.synth import demo_slice_names
 
@@ -163,20 +164,6 @@ if config["train"]["enabled"] and not TRAINING_CHUNKS:
         "train.enabled is true but no sample in the sample sheet has labels matching its "
         "slices: fill the 'labels' column, or set train.enabled to false and model.weights"
     )
-if not config["train"]["enabled"] and not Path(WEIGHTS).is_file():
-    raise ValueError(
-        f"train.enabled is false, so model.weights must name an existing weights file; "
-        f"got {WEIGHTS!r}"
-    )
-for key in ("initial_weights",):
-    if config["train"][key] and not Path(config["train"][key]).is_file():
-        raise ValueError(f"train.{key}: {config['train'][key]!r} does not exist")
-
-
-def network_threads(wildcards):
-    """Threads of train and segment: every core given with --cores; 1 where none is given
-    (snakemake --report), which workflow.cores would refuse."""
-    return workflow.resource_settings.cores or 1
 
 
 def unet_settings():
@@ -185,6 +172,28 @@ def unet_settings():
         key: config["model"][key]
         for key in ("depth", "base_filters", "batch_norm", "dropout")
     }
+
+
+if not config["train"]["enabled"] and not WEIGHTS:
+    raise ValueError(
+        "train.enabled is false, so model.weights must name a weights file"
+    )
+# Weights named in the config must exist and fit the configured network, before any work.
+for key, path in (
+    ("model.weights", "" if config["train"]["enabled"] else WEIGHTS),
+    ("train.initial_weights", config["train"]["initial_weights"]),
+):
+    if path:
+        try:
+            check_weights_settings(path, unet_settings())
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from error
+
+
+def network_threads(wildcards):
+    """Threads of train and segment: every core given with --cores; 1 where none is given
+    (snakemake --report), which workflow.cores would refuse."""
+    return workflow.resource_settings.cores or 1
 
 
 def voxel_size_nm(sample):
