@@ -174,6 +174,12 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
             ("--threshold", "threshold", float, "probability above which a pixel is foreground"),
         ):
             segment.add_argument(flag, type=kind, default=_default(segment_folder, name), help=f"{text} (default: %(default)s)")
+        segment.add_argument(
+            "--test-time-augmentation",
+            action=argparse.BooleanOptionalAction,
+            default=_default(segment_folder, "test_time_augmentation"),
+            help="average predictions over the 8 flips and rotations of each tile, 8 times slower (default: %(default)s)",
+        )
         for command in (train, segment):
             _add_dataclass_options(command, UNetConfig, "model (the same for train and segment)")
         _add_dataclass_options(train, TrainingConfig, "training")
@@ -233,6 +239,7 @@ def run(args: argparse.Namespace) -> None:
             overlap=args.overlap,
             batch_size=args.batch_size,
             threshold=args.threshold,
+            test_time_augmentation=args.test_time_augmentation,
         )
     elif args.command == "mesh":
         mesh_from_masks(
