@@ -264,11 +264,24 @@ def test_only_changed_slices_are_reprocessed(tmp_path):
     assert "Nothing to be done" in touched.stdout + touched.stderr
     # New content in the second chunk (slices 4-5): that chunk and what depends on it.
     iio.imwrite(stack / "img5.png", np.full((32, 32), 99, np.uint8))
-    changed = snakemake(project, "-n", "--quiet", "rules")
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", changed.stdout, flags=re.MULTILINE))
-    assert {rule: jobs.get(rule) for rule in ("preprocess", "segment", "train", "mesh")} == {
-        "preprocess": "1",
-        "segment": "1",
-        "train": None,
-        "mesh": "1",
-    }, changed.stdout
+    assert planned_jobs(project) == {"preprocess": 1, "segment": 1, "train": 0, "mesh": 1}
+    assert snakemake(project).returncode == 0
+    # Appended slices: the partial last chunk and the new one, nothing before them.
+    for z in (6, 7, 8):
+        iio.imwrite(stack / f"img{z}.png", np.full((32, 32), 10 * z, np.uint8))
+    assert planned_jobs(project) == {"preprocess": 2, "segment": 2, "train": 0, "mesh": 1}
+    assert snakemake(project).returncode == 0
+    # A preprocessing setting: every chunk of both samples (4 slices each), retraining too.
+    make_project(tmp_path, rows=(DEMO_ROW, row("own", stack)), preprocess={"high_percentile": 99.0})
+    assert planned_jobs(project) == {"preprocess": 5, "segment": 5, "train": 1, "mesh": 2}
+    # Retraining alone (another number of epochs): segmentation again, preprocessing not.
+    make_project(tmp_path, rows=(DEMO_ROW, row("own", stack)), train={**TINY_CONFIG["train"], "epochs": 3})
+    assert planned_jobs(project) == {"preprocess": 0, "segment": 5, "train": 1, "mesh": 2}
+
+
+def planned_jobs(project):
+    """Jobs per rule that a dry run of the project plans, for the per-slice and model rules."""
+    dry_run = snakemake(project, "-n", "--quiet", "rules")
+    assert dry_run.returncode == 0, dry_run.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry_run.stdout, flags=re.MULTILINE))
+    return {rule: int(counts.get(rule, 0)) for rule in ("preprocess", "segment", "train", "mesh")}
