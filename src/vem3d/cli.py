@@ -241,28 +241,25 @@ def run(args: argparse.Namespace) -> None:
             threshold=args.threshold,
             test_time_augmentation=args.test_time_augmentation,
         )
-    elif args.command == "mesh":
-        mesh_from_masks(
-            args.mask_dirs,
-            args.voxel_size,
-            args.out_dir / "meshes",
-            args.out_dir / "mesh_summary.tsv",
-            class_name=args.class_name,
-            min_object_voxels=args.min_object_voxels,
-            smoothing_sigma=args.smoothing_sigma,
-            fill_cavities=args.fill_cavities,
-        )
-    elif args.command == "stats":
-        statistics_from_masks(
-            args.mask_dirs,
-            args.voxel_size,
-            args.out_dir / "objects.tsv",
-            args.out_dir / "objects_summary.tsv",
-            class_name=args.class_name,
-            min_object_voxels=args.min_object_voxels,
-            smoothing_sigma=args.smoothing_sigma,
-            fill_cavities=args.fill_cavities,
-        )
+    elif args.command in ("mesh", "stats"):
+        cleaning = {
+            "class_name": args.class_name,
+            "min_object_voxels": args.min_object_voxels,
+            "smoothing_sigma": args.smoothing_sigma,
+            "fill_cavities": args.fill_cavities,
+        }
+        if args.command == "mesh":
+            mesh_from_masks(
+                args.mask_dirs, args.voxel_size, args.out_dir / "meshes", args.out_dir / "mesh_summary.tsv", **cleaning
+            )
+        else:
+            statistics_from_masks(
+                args.mask_dirs,
+                args.voxel_size,
+                args.out_dir / "objects.tsv",
+                args.out_dir / "objects_summary.tsv",
+                **cleaning,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

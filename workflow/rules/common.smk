@@ -1,3 +1,4 @@
+import contextlib
 import re
 import sys
 from pathlib import Path
@@ -70,12 +71,19 @@ def demo_files(folder, names):
     return [str(DEMO_FOLDERS[folder] / f"{name}.png") for name in names]
 
 
-def _checked_names(sample, column):
-    """Slice names of a sample's folder or stack, stopping with a message naming the sample."""
+@contextlib.contextmanager
+def naming_sample(sample, column):
+    """Turn an unusable slice folder or stack into an error naming the sample-sheet cell."""
     try:
-        return stack_slice_names(samples.loc[sample, column])
+        yield
     except SliceError as error:
         raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
+
+
+def _checked_names(sample, column):
+    """Slice names of a sample's folder or stack."""
+    with naming_sample(sample, column):
+        return stack_slice_names(samples.loc[sample, column])
 
 
 SLICE_NAMES = {
@@ -126,10 +134,8 @@ def label_files(sample, column="labels"):
         return demo_files(
             column, DEMO_LABEL_NAMES if column == "labels" else DEMO_SLICE_NAMES
         )
-    try:
+    with naming_sample(sample, column):
         return [str(path) for path in list_slices(folder)]
-    except SliceError as error:
-        raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
 
 
 def montage_reference(sample):
