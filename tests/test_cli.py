@@ -59,7 +59,7 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
         ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
          "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8"]
     )
-    masks = sorted((tmp_path / "sample/masks").glob("*.png"))
+    masks = sorted((tmp_path / "sample/masks/foreground").glob("*.png"))
     assert len(masks) == 4 and iio.imread(masks[0]).shape == (64, 64)
 
     # Mesh and measure the ground truth, which certainly holds objects.

@@ -42,7 +42,7 @@ def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path):
     masks.mkdir(parents=True)
     for z in range(3):
         iio.imwrite(masks / f"s{z}.png", np.zeros((16, 16), np.uint8))
-    summary = mesh_from_masks([masks], (10, 5, 5), tmp_path / "meshes", tmp_path / "summary.tsv", "mito")
+    summary = mesh_from_masks({"mito": [masks]}, (10, 5, 5), tmp_path / "meshes", tmp_path / "summary.tsv").iloc[0]
     assert summary["objects"] == 0 and summary["faces"] == 0
     assert list((tmp_path / "meshes").iterdir()) == []
     assert (tmp_path / "summary.tsv").read_text().splitlines()[1].startswith("mito\t0\t0")

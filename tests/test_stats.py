@@ -59,7 +59,9 @@ def test_empty_volume_gives_an_empty_table_and_a_zero_summary(tmp_path):
     masks = tmp_path / "masks" / "chunk0000"
     for z in range(3):
         write_image(masks / f"s{z}.png", np.zeros((8, 8), np.uint8))
-    summary = statistics_from_masks([masks], (20, 10, 10), tmp_path / "objects.tsv", tmp_path / "summary.tsv")
+    summary = statistics_from_masks(
+        {"foreground": [masks]}, (20, 10, 10), tmp_path / "objects.tsv", tmp_path / "summary.tsv"
+    ).iloc[0]
     assert summary["objects"] == 0 and summary["total_volume_um3"] == 0 and summary["volume_fraction"] == 0
     assert np.isnan(summary["median_volume_um3"])
     assert pd.read_csv(tmp_path / "objects.tsv", sep="\t").empty
@@ -75,8 +77,8 @@ def test_masks_give_object_table_summary_and_study_table(tmp_path):
         write_image(masks / f"chunk{z // 8:04d}" / f"slice{z}.png", plane.astype(np.uint8) * 255)
     chunks = sorted(masks.iterdir())
     summary = statistics_from_masks(
-        chunks, voxel_size_nm, tmp_path / "objects.tsv", tmp_path / "summary.tsv", class_name="ball", min_object_voxels=2
-    )
+        {"ball": chunks}, voxel_size_nm, tmp_path / "objects.tsv", tmp_path / "summary.tsv", min_object_voxels=2
+    ).iloc[0]
     objects = pd.read_csv(tmp_path / "objects.tsv", sep="\t")
     assert list(objects.columns) == ["class", *OBJECT_COLUMNS]
     assert len(objects) == 3 and set(objects["class"]) == {"ball"}

@@ -25,7 +25,7 @@ TINY_CONFIG = {
     "samples": "config/samples.tsv",
     "chunk_size": 4,
     "demo": {"path": "resources/demo", "n_slices": 8, "size": 64, "seed": 1, "label_every": 2},
-    "model": {"class_name": "mitochondrion", "depth": 2, "base_filters": 4},
+    "model": {"classes": ["mitochondrion"], "depth": 2, "base_filters": 4},
     "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "patch_size": 32},
     "segment": {"tile_size": 32, "overlap": 8, "threshold": 0.5},
     "mesh": {"min_object_voxels": 0},
@@ -36,7 +36,7 @@ DEMO_ROW = "demo\tresources/demo/slices\tresources/demo/labels\tresources/demo/g
 
 def make_project(tmp_path, rows=(DEMO_ROW,), **overrides):
     config = {**TINY_CONFIG, **overrides}
-    (tmp_path / "config").mkdir(exist_ok=True)
+    (tmp_path / "config").mkdir(parents=True, exist_ok=True)
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "config" / "samples.tsv").write_text(HEADER + "".join(rows))
     return tmp_path
@@ -70,9 +70,11 @@ def check_tiny_demo_outputs(project, result):
     """Every core output of a tiny demo run with EVERYTHING_FOREGROUND is there and plausible."""
     names = [f"slice_{z:04d}" for z in range(8)]
     for step in ("preprocessed", "probabilities", "masks"):
-        found = sorted(path.stem for path in (project / "results/demo" / step).glob("chunk*/*.png"))
+        found = sorted(path.stem for path in (project / "results/demo" / step).glob("**/chunk*/*.png"))
         assert found == names, step
-    masks = np.stack([iio.imread(path) for path in sorted((project / "results/demo/masks").glob("chunk*/*.png"))])
+    masks = np.stack(
+        [iio.imread(path) for path in sorted((project / "results/demo/masks/mitochondrion").glob("chunk*/*.png"))]
+    )
     assert masks.shape == (8, 64, 64) and set(np.unique(masks)) <= {0, 255}
     solid = stl_mesh.Mesh.from_file(project / "results/demo/meshes/mitochondrion.stl")
     assert len(solid.vectors) > 0
@@ -82,8 +84,8 @@ def check_tiny_demo_outputs(project, result):
     for name in ("unet.weights.h5", "training_history.tsv", "training_curves.png", "unet.weights.h5.json"):
         assert (project / "results/model" / name).is_file(), name
     scores = (project / "results/demo/evaluation/scores.tsv").read_text()
-    assert scores.splitlines()[-1].startswith("volume")
-    assert "vem3d: demo: Dice" in result.stdout + result.stderr
+    assert scores.splitlines()[-1].startswith("mitochondrion\tvolume")
+    assert "vem3d: demo: mitochondrion: Dice" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -91,9 +93,9 @@ def test_tiny_demo_runs_end_to_end(tiny_demo_run):
     project, result = tiny_demo_run
     check_tiny_demo_outputs(project, result)
     names = [f"slice_{z:04d}" for z in range(8)]
-    for picture in ("mesh_preview.png", "montage.png"):
-        assert iio.imread(project / "results/demo" / picture).std() > 10, picture
-    assert "plotly" in (project / "results/demo/mesh_viewer.html").read_text()
+    for picture in ("mesh_preview", "montage"):
+        assert iio.imread(project / "results/demo" / picture / "mitochondrion.png").std() > 10, picture
+    assert "plotly" in (project / "results/demo/mesh_viewer/mitochondrion.html").read_text()
     objects = pd.read_csv(project / "results/demo/objects.tsv", sep="\t")
     assert list(objects["voxels"]) == [8 * 64 * 64] and list(objects["class"]) == ["mitochondrion"]
     study = pd.read_csv(project / "results/study_objects.tsv", sep="\t")
@@ -133,7 +135,7 @@ def test_report_holds_pictures_tables_and_the_3d_view(tiny_demo_run):
     print(f"report built in {time.monotonic() - started:.1f} s, {(project / 'report.html').stat().st_size} bytes")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in (
-        "mesh_preview.png", "mesh_viewer.html", "montage.png", "objects.tsv", "objects_summary.tsv",
+        "mitochondrion.png", "mitochondrion.html", "objects.tsv", "objects_summary.tsv",
         "study_objects.tsv", "training_curves.png", "training_history.tsv", "scores.tsv", "mesh_summary.tsv",
         "provenance.json",
     ):
@@ -159,7 +161,9 @@ def test_report_renders_in_headless_chromium(tiny_demo_run):
 def test_3d_viewer_page_runs_without_network(tiny_demo_run):
     project, _ = tiny_demo_run
     # No proxy reachable and no DNS: any fetch would fail, so a drawn plot proves the page stands alone.
-    dom = chromium("--proxy-server=127.0.0.1:9", "--dump-dom", "results/demo/mesh_viewer.html", cwd=project)
+    dom = chromium(
+        "--proxy-server=127.0.0.1:9", "--dump-dom", "results/demo/mesh_viewer/mitochondrion.html", cwd=project
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     # plotly marks the graph's div once it has drawn it (the name alone is also in the library).
     assert re.search(r'<div[^>]*class="[^"]*js-plotly-plot', dom.stdout)
@@ -285,3 +289,72 @@ def planned_jobs(project):
     assert dry_run.returncode == 0, dry_run.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", dry_run.stdout, flags=re.MULTILINE))
     return {rule: int(counts.get(rule, 0)) for rule in ("preprocess", "segment", "train", "mesh")}
+
+
+def two_class_stack(root, n_slices=6, size=48):
+    """Grey slices with a dark square (class 'dark', label value 100) and a bright one ('bright', 200)."""
+    for folder in ("slices", "labels"):
+        (root / folder).mkdir(parents=True)
+    for z in range(n_slices):
+        image = np.full((size, size), 128, np.uint8)
+        label_map = np.zeros((size, size), np.uint8)
+        image[8:20, 8:20], label_map[8:20, 8:20] = 25, 100
+        image[28:40, 26 + z % 3 : 40], label_map[28:40, 26 + z % 3 : 40] = 230, 200
+        iio.imwrite(root / "slices" / f"s{z}.png", image)
+        iio.imwrite(root / "labels" / f"s{z}.png", label_map)
+    return root
+
+
+@pytest.mark.slow
+def test_several_classes_give_a_mask_folder_an_stl_and_scores_per_class(tmp_path):
+    data = two_class_stack(tmp_path / "data")
+    project = make_project(
+        tmp_path / "project",
+        rows=[f"two\t{data}/slices\t{data}/labels\t{data}/labels\t40\t10\t10\n"],
+        chunk_size=8,
+        model={"classes": ["dark", "bright"], "label_values": {"dark": [100], "bright": [200]}, "depth": 2,
+               "base_filters": 8},
+        train={**TINY_CONFIG["train"], "epochs": 6, "steps_per_epoch": 8, "learning_rate": 0.01},
+        segment={"tile_size": 48, "overlap": 0},
+    )
+    result = snakemake(project)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = project / "results/two"
+    for name in ("dark", "bright"):
+        for step in ("masks", "probabilities"):
+            assert sorted(path.stem for path in (results / step / name).glob("chunk*/*.png")) == [
+                f"s{z}" for z in range(6)
+            ], (step, name)
+        assert iio.imread(results / "montage" / f"{name}.png").std() > 10
+    summary = pd.read_csv(results / "mesh_summary.tsv", sep="\t")
+    assert list(summary["class"]) == ["dark", "bright"]
+    scores = pd.read_csv(results / "evaluation/scores.tsv", sep="\t")
+    volume = scores[scores["slice"] == "volume"].set_index("class")
+    assert list(volume.index) == ["dark", "bright"]
+    # Two classes of plain squares on grey: six short epochs learn them.
+    assert (volume["iou"] > 0.5).all(), volume
+    for name in ("dark", "bright"):
+        assert (results / "meshes" / f"{name}.stl").is_file()
+    assert "vem3d: two: bright: Dice" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "model, label_folders, message",
+    [
+        ({"classes": ["mitochondrion"], "label_values": {"mitocondrion": [1]}}, (), r"unknown class name\(s\) \['mitocondrion'\]"),
+        ({"classes": ["a", "b"]}, ("a", "c"), r"unknown class name\(s\) \['c'\]"),
+    ],
+    ids=["in-label-values", "as-a-label-folder"],
+)
+def test_an_unknown_class_name_stops_before_any_work(tmp_path, model, label_folders, message):
+    stack = own_stack(tmp_path)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for name in label_folders:
+        (labels / name).mkdir()
+        iio.imwrite(labels / name / "img0.png", np.zeros((32, 32), np.uint8))
+    project = make_project(tmp_path, rows=[f"s1\t{stack}\t{labels}\t\t20\t10\t10\n"], model=model)
+    result = snakemake(project, "-n")
+    assert result.returncode != 0
+    assert re.search(message, result.stdout + result.stderr), result.stdout + result.stderr[-2000:]
+    assert not (project / "results").exists()

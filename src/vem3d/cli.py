@@ -54,6 +54,23 @@ def _settings(args: argparse.Namespace, cls, skip=()):
     return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if field.name not in skip})
 
 
+def _unet_settings(args: argparse.Namespace):
+    """The U-Net of ``train`` and ``segment``: its options, with one output channel per class plus background."""
+    from vem3d.unet import UNetConfig
+
+    n_classes = 1 if len(args.classes) == 1 else len(args.classes) + 1
+    return dataclasses.replace(_settings(args, UNetConfig, skip=("n_classes",)), n_classes=n_classes)
+
+
+def _class_values(text: str) -> tuple[str, list[int]]:
+    """Parse ``CLASS=V[,V...]`` of ``--label-values``."""
+    name, _, values = text.partition("=")
+    try:
+        return name, [int(value) for value in values.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CLASS=V[,V...] with integer pixel values") from None
+
+
 def _default(function, name: str):
     """Default of a package function's parameter, so that the command line cannot drift from it."""
     return inspect.signature(function).parameters[name].default
@@ -75,9 +92,7 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
     parser.add_argument("mask_dirs", nargs="+", type=Path, metavar="MASK_DIR", help="mask folders in z order")
     _add_voxel_size(parser)
     parser.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
-    parser.add_argument(
-        "--class-name", default=_default(function, "class_name"), help="segmented structure (default: %(default)s)"
-    )
+    parser.add_argument("--class-name", default="foreground", help="segmented structure (default: %(default)s)")
     parser.add_argument(
         "--min-object-voxels",
         type=int,
@@ -156,6 +171,15 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         "checkpoints/ (a rerun resumes from them)",
     )
     train.add_argument("--initial-weights", type=Path, help="start from these weights (fine-tuning)")
+    train.add_argument(
+        "--label-values",
+        nargs="+",
+        default=[],
+        type=_class_values,
+        metavar="CLASS=V[,V...]",
+        help="pixel values of a class in integer label maps, e.g. mitochondrion=191 membrane=0,32,64 "
+        "(default: a class's position, 1 for the first; a single class: any non-zero value)",
+    )
 
     segment = commands.add_parser("segment", help="segment preprocessed slices with trained weights")
     segment.add_argument("preprocessed_dir", type=Path, help="a preprocessed slice folder")
@@ -181,7 +205,15 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
             help="average predictions over the 8 flips and rotations of each tile, 8 times slower (default: %(default)s)",
         )
         for command in (train, segment):
-            _add_dataclass_options(command, UNetConfig, "model (the same for train and segment)")
+            command.add_argument(
+                "--classes",
+                nargs="+",
+                default=["foreground"],
+                metavar="CLASS",
+                help="structures to segment, background excluded; one gives a binary network, several a softmax "
+                "(the same for train and segment; sets the model's n_classes) (default: %(default)s)",
+            )
+            _add_dataclass_options(command, UNetConfig, "model (the same for train and segment)", skip=("n_classes",))
         _add_dataclass_options(train, TrainingConfig, "training")
 
     mesh = commands.add_parser("mesh", help="mesh masks: meshes/{class}.stl and mesh_summary.tsv")
@@ -209,7 +241,6 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command == "train":
         from vem3d.train import TrainingConfig, train_from_folders
-        from vem3d.unet import UNetConfig
 
         labels = args.labels * len(args.preprocessed) if len(args.labels) == 1 else args.labels
         if len(labels) != len(args.preprocessed):
@@ -221,20 +252,21 @@ def run(args: argparse.Namespace) -> None:
             history_path=args.out_dir / "training_history.tsv",
             curves_path=args.out_dir / "training_curves.png",
             checkpoint_dir=args.out_dir / "checkpoints",
-            unet_config=_settings(args, UNetConfig),
+            unet_config=_unet_settings(args),
             config=_settings(args, TrainingConfig),
             initial_weights=args.initial_weights,
+            classes=args.classes,
+            label_values=dict(args.label_values),
         )
     elif args.command == "segment":
         from vem3d.segment import segment_folder
-        from vem3d.unet import UNetConfig
 
         segment_folder(
             args.preprocessed_dir,
             args.weights,
-            args.out_dir / "probabilities",
-            args.out_dir / "masks",
-            unet_config=_settings(args, UNetConfig),
+            [args.out_dir / "probabilities" / name for name in args.classes],
+            [args.out_dir / "masks" / name for name in args.classes],
+            unet_config=_unet_settings(args),
             tile_size=args.tile_size,
             overlap=args.overlap,
             batch_size=args.batch_size,
@@ -243,21 +275,23 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command in ("mesh", "stats"):
         cleaning = {
-            "class_name": args.class_name,
+            "mask_dirs": {args.class_name: args.mask_dirs},
             "min_object_voxels": args.min_object_voxels,
             "smoothing_sigma": args.smoothing_sigma,
             "fill_cavities": args.fill_cavities,
         }
         if args.command == "mesh":
             mesh_from_masks(
-                args.mask_dirs, args.voxel_size, args.out_dir / "meshes", args.out_dir / "mesh_summary.tsv", **cleaning
+                voxel_size_nm=args.voxel_size,
+                mesh_dir=args.out_dir / "meshes",
+                summary_path=args.out_dir / "mesh_summary.tsv",
+                **cleaning,
             )
         else:
             statistics_from_masks(
-                args.mask_dirs,
-                args.voxel_size,
-                args.out_dir / "objects.tsv",
-                args.out_dir / "objects_summary.tsv",
+                voxel_size_nm=args.voxel_size,
+                objects_path=args.out_dir / "objects.tsv",
+                summary_path=args.out_dir / "objects_summary.tsv",
                 **cleaning,
             )
 

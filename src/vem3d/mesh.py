@@ -13,8 +13,7 @@ from scipy import ndimage
 from stl import mesh as stl_mesh
 
 from vem3d.atomic import write_atomically, write_text_atomically
-from vem3d.slices import list_slices, read_slice
-from vem3d.volume import assemble_volume, clean_volume, label_objects
+from vem3d.volume import class_volumes, label_objects
 
 log = logging.getLogger(__name__)
 
@@ -209,58 +208,54 @@ def mesh_summary(
     }
 
 
-def read_mask_volume(mask_dirs) -> np.ndarray:
-    """Read the mask PNGs of chunk folders (in the order given, slices in natural order) as a 3D bool volume."""
-    return assemble_volume(
-        (path.name, read_slice(path) > 0) for folder in mask_dirs for path in list_slices(folder)
-    )
-
-
 def mesh_from_masks(
     mask_dirs,
     voxel_size_nm: tuple[float, float, float],
     mesh_dir: str | os.PathLike,
     summary_path: str | os.PathLike,
-    class_name: str = "foreground",
+    probability_dirs=None,
     min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
     fill_cavities: bool = True,
-) -> dict:
-    """Assemble masks into a volume, clean it, mesh it and write STL plus a summary TSV.
+    z_smoothing_sigma: float = 0.0,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
+    """Assemble each class's masks into a volume, clean it, mesh it; write STLs and a summary TSV.
 
     Parameters
     ----------
-    mask_dirs : list of path
-        Mask chunk folders in z order.
+    mask_dirs : mapping of class name to list of path
+        Each class's mask chunk folders in z order.
     voxel_size_nm : (float, float, float)
         Voxel size z, y, x in nm.
     mesh_dir : path
-        Folder for ``{class_name}.stl`` (not written when nothing was segmented).
+        Folder for one ``{class}.stl`` per class (none for a class with no voxels left).
     summary_path : path
-        TSV with one row: class, objects and the measurements of :func:`mesh_summary`.
-    class_name : str
-        Name of the segmented structure, used for the file name.
-    min_object_voxels : int
-        3D objects smaller than this are removed before meshing.
+        TSV with one row per class: class, objects and the measurements of :func:`mesh_summary`.
+    probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
+        The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
-    fill_cavities : bool
-        Fill enclosed background cavities (see :func:`vem3d.volume.clean_volume`).
 
     Returns
     -------
-    dict
-        The summary row.
+    pandas.DataFrame
+        The summary rows.
     """
-    volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
-    _, n_objects = label_objects(volume)
-    vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+    volumes = class_volumes(
+        mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
+    )
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
-    if len(faces):
-        write_stl(Path(mesh_dir) / f"{class_name}.stl", vertices, faces)
-    else:
-        log.warning("no %s voxels left after clean-up: no STL written", class_name)
-    summary = {"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)}
-    write_text_atomically(summary_path, pd.DataFrame([summary]).to_csv(sep="\t", index=False))
-    log.info("meshed %s: %s", class_name, summary)
+    rows = []
+    for class_name, volume in volumes.items():
+        _, n_objects = label_objects(volume)
+        vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+        if len(faces):
+            write_stl(Path(mesh_dir) / f"{class_name}.stl", vertices, faces)
+        else:
+            log.warning("no %s voxels left after clean-up: no STL written", class_name)
+        rows.append({"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)})
+        log.info("meshed %s: %s", class_name, rows[-1])
+    summary = pd.DataFrame(rows)
+    write_text_atomically(summary_path, summary.to_csv(sep="\t", index=False))
     return summary

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from vem3d.atomic import write_text_atomically
-from vem3d.slices import list_slices, read_slice
-from vem3d.volume import label_objects
+from vem3d.labels import class_values, label_slices, read_class_labels
+from vem3d.slices import list_slices
+from vem3d.volume import class_volumes, label_objects
 
 log = logging.getLogger(__name__)
 
@@ -73,43 +74,77 @@ def score_slices(pairs) -> pd.DataFrame:
 
 
 def evaluate_folders(
-    mask_dirs, truth_dir: str | os.PathLike, scores_path: str | os.PathLike, objects_path: str | os.PathLike
+    mask_dirs,
+    truth_dir: str | os.PathLike,
+    scores_path: str | os.PathLike,
+    objects_path: str | os.PathLike,
+    label_values=None,
+    probability_dirs=None,
+    z_smoothing_sigma: float = 0.0,
+    threshold: float = 0.5,
+    min_object_voxels: int = 0,
+    fill_cavities: bool = True,
 ) -> pd.DataFrame:
-    """Score predicted mask slices against ground-truth slices of the same name.
+    """Score each class's segmentation, after the 3D clean-up, against ground truth.
+
+    The volume scored is the one the meshes are made from
+    (:func:`vem3d.volume.class_volumes`), on the slices that have ground truth.
 
     Parameters
     ----------
-    mask_dirs : list of path
-        Predicted mask folders (non-zero = foreground).
+    mask_dirs : mapping of class name to list of path
+        Each class's predicted mask chunk folders in z order.
     truth_dir : path
-        Ground-truth folder; only slices present there are scored.
+        Ground truth: label maps or one mask folder per class (:mod:`vem3d.labels`),
+        matched to the slices by name; only slices present there are scored.
     scores_path : path
-        TSV written with the rows of :func:`score_slices`.
+        TSV with, per class, the rows of :func:`score_slices` (a ``class`` column first).
     objects_path : path
-        TSV written with the 3D object scores of :func:`object_scores` over the
-        scored slices stacked in order.
+        TSV with one row per class: the 3D object scores of :func:`object_scores`
+        over the scored slices stacked in order.
+    label_values : mapping, optional
+        Label-map pixel values per class (:func:`vem3d.labels.class_values`).
+    probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
+        The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The scores written to ``scores_path``.
     """
-    truth = {path.stem: path for path in list_slices(truth_dir)}
-    predicted = {path.stem: path for folder in mask_dirs for path in list_slices(folder)}
-    common = [name for name in predicted if name in truth]
-    if not common:
+    classes = list(mask_dirs)
+    truth_files = label_slices(truth_dir, classes)
+    first_class = mask_dirs[classes[0]]
+    names = [path.stem for folder in first_class for path in list_slices(folder)]
+    scored = [index for index, name in enumerate(names) if name in truth_files]
+    if not scored:
         raise ValueError(f"{truth_dir}: no ground-truth slice matches a segmented slice by name")
-    predicted_volume = np.stack([read_slice(predicted[name]) > 0 for name in common])
-    true_volume = np.stack([read_slice(truth[name]) > 0 for name in common])
-    scores = score_slices(zip(common, predicted_volume, true_volume))
+    values = class_values(classes, label_values)
+    truth = np.stack([read_class_labels(truth_files[names[index]], values) for index in scored])
+    volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
+    score_tables, object_rows = [], []
+    for class_index, (class_name, volume) in enumerate(volumes.items(), 1):
+        predicted, true = volume[scored], truth == class_index
+        scores = score_slices(zip((names[index] for index in scored), predicted, true))
+        score_tables.append(scores.assign(**{"class": class_name})[["class", *scores.columns]])
+        objects = object_scores(predicted, true)
+        object_rows.append({"class": class_name, **objects})
+        overall = scores.iloc[-1]
+        log.info(
+            "%s: %d slices scored: Dice %.4f, IoU %.4f, precision %.4f, recall %.4f, object F1 %.4f (%d of %d objects matched)",
+            class_name,
+            len(scored),
+            overall["dice"],
+            overall["iou"],
+            overall["precision"],
+            overall["recall"],
+            objects["object_f1"],
+            objects["matched"],
+            objects["true_objects"],
+        )
+    scores = pd.concat(score_tables, ignore_index=True)
     write_text_atomically(scores_path, scores.to_csv(sep="\t", index=False, float_format="%.4f"))
-    objects = object_scores(predicted_volume, true_volume)
-    write_text_atomically(objects_path, pd.DataFrame([objects]).to_csv(sep="\t", index=False, float_format="%.4f"))
-    overall = scores.iloc[-1]
-    log.info(
-        "%d slices scored: Dice %.4f, IoU %.4f, object F1 %.4f (%d of %d objects matched)",
-        len(common),
-        overall["dice"],
-        overall["iou"],
-        objects["object_f1"],
-        objects["matched"],
-        objects["true_objects"],
-    )
+    write_text_atomically(objects_path, pd.DataFrame(object_rows).to_csv(sep="\t", index=False, float_format="%.4f"))
     return scores
 
 

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from vem3d.atomic import write_atomically, write_text_atomically
+from vem3d.labels import class_values, label_slices, read_class_labels
 from vem3d.mesh import decimate_mesh, read_stl
 from vem3d.preprocess import normalise_percentile
 from vem3d.slices import list_slices, read_slice, read_stack_slices, stack_slice_names
@@ -189,8 +190,11 @@ def montage_from_folders(
     reference_dir: str | os.PathLike | None = None,
     reference_name: str = "reference",
     n_panels: int = 6,
+    classes=("foreground",),
+    class_name: str | None = None,
+    label_values=None,
 ) -> list[str]:
-    """Montage of a sample's slices with predicted masks and, where present, references.
+    """Montage of a sample's slices with one class's predicted masks and, where present, references.
 
     With a reference folder (ground truth or sparse labels) the panels are spread
     over the slices that have a reference mask, so that every panel can be compared;
@@ -205,11 +209,18 @@ def montage_from_folders(
     path : path
         PNG to write.
     reference_dir : path, optional
-        Folder of reference masks named like the slices.
+        Folder of references named like the slices: label maps or one mask
+        folder per class (:mod:`vem3d.labels`).
     reference_name : str
         What the references are, for titles and legend.
     n_panels : int
         Number of slices shown.
+    classes : sequence of str
+        All class names, to decode the references.
+    class_name : str, optional
+        The class the masks are of (default: the first).
+    label_values : mapping, optional
+        Label-map pixel values per class (:func:`vem3d.labels.class_values`).
 
     Returns
     -------
@@ -217,14 +228,16 @@ def montage_from_folders(
         Names of the slices shown.
     """
     masks = {mask_path.stem: mask_path for folder in mask_dirs for mask_path in list_slices(folder)}
-    references = {ref.stem: ref for ref in list_slices(reference_dir)} if reference_dir else {}
+    references = label_slices(reference_dir, classes) if reference_dir else {}
+    class_index = list(classes).index(class_name or classes[0]) + 1
+    values = class_values(classes, label_values)
     names = [name for name in stack_slice_names(source) if name in masks]
     candidates = [name for name in names if name in references] or names
     shown = [candidates[index] for index in choose_montage_slices(len(candidates), n_panels)]
     render_montage(
         list(read_stack_slices(source, shown)),
         [read_slice(masks[name]) for name in shown],
-        [read_slice(references[name]) if name in references else None for name in shown],
+        [read_class_labels(references[name], values) == class_index if name in references else None for name in shown],
         shown,
         path,
         reference_name=reference_name,

@@ -209,8 +209,8 @@ def segment_slices(
 def segment_folder(
     preprocessed_dir: str | os.PathLike,
     weights_path: str | os.PathLike,
-    probabilities_dir: str | os.PathLike,
-    masks_dir: str | os.PathLike,
+    probabilities_dirs,
+    masks_dirs,
     unet_config: UNetConfig,
     tile_size: int = 256,
     overlap: int = 64,
@@ -218,16 +218,28 @@ def segment_folder(
     threshold: float = 0.5,
     test_time_augmentation: bool = False,
 ) -> None:
-    """Segment every slice of a preprocessed folder; write probability and mask PNGs.
+    """Segment every slice of a preprocessed folder; write probability and mask PNGs per class.
 
-    Writes ``{slice}.png`` into ``probabilities_dir`` (foreground probability scaled
-    to 0-255, 8-bit) and into ``masks_dir`` (0/255 for a binary model), both at the
-    raw slice's size.
+    Parameters
+    ----------
+    probabilities_dirs, masks_dirs : list of path
+        One folder per class (background excluded), in class order. Each gets
+        ``{slice}.png`` at the raw slice's size: the class's probability scaled to
+        0-255 (8-bit), and its mask (0/255).
+    unet_config : UNetConfig
+        The network the weights belong to; ``n_classes`` is 1 for a binary model,
+        else the number of classes plus background.
+
+    Other parameters are those of :func:`segment_slices`.
     """
+    n_channels = unet_config.n_classes
+    if len(masks_dirs) != max(n_channels - 1, 1) or len(probabilities_dirs) != len(masks_dirs):
+        raise ValueError(f"{len(masks_dirs)} mask folders for a network of {n_channels} output channel(s)")
     model = load_model(weights_path, unet_config)
     for name, probabilities, mask in segment_slices(
         model, read_preprocessed(preprocessed_dir), tile_size, overlap, batch_size, threshold, test_time_augmentation
     ):
-        foreground = probabilities[..., -1] if probabilities.shape[-1] == 1 else 1 - probabilities[..., 0]
-        write_image(Path(probabilities_dir) / f"{name}.png", np.round(foreground * 255).astype(np.uint8))
-        write_image(Path(masks_dir) / f"{name}.png", mask * 255 if unet_config.n_classes == 1 else mask)
+        for index, (probabilities_dir, masks_dir) in enumerate(zip(probabilities_dirs, masks_dirs), 1):
+            channel = probabilities[..., 0 if n_channels == 1 else index]
+            write_image(Path(probabilities_dir) / f"{name}.png", np.round(channel * 255).astype(np.uint8))
+            write_image(Path(masks_dir) / f"{name}.png", (mask == index).astype(np.uint8) * 255)

@@ -17,8 +17,8 @@ import pandas as pd
 from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
-from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, enclosed_volume, read_mask_volume, surface_area, volume_to_mesh
-from vem3d.volume import clean_volume, label_objects
+from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, enclosed_volume, surface_area, volume_to_mesh
+from vem3d.volume import class_volumes, label_objects
 
 log = logging.getLogger(__name__)
 
@@ -146,51 +146,55 @@ def statistics_from_masks(
     voxel_size_nm: tuple[float, float, float],
     objects_path: str | os.PathLike,
     summary_path: str | os.PathLike,
-    class_name: str = "foreground",
+    probability_dirs=None,
     min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
     fill_cavities: bool = True,
-) -> dict:
-    """Measure the objects of a sample's masks; write the object table and a summary row.
+    z_smoothing_sigma: float = 0.0,
+    threshold: float = 0.5,
+) -> pd.DataFrame:
+    """Measure the objects of each class of a sample; write the object table and summary rows.
 
-    The volume is cleaned as in :func:`vem3d.mesh.mesh_from_masks` (objects under
-    ``min_object_voxels`` removed), so the statistics describe the objects of the mesh.
+    The volumes are cleaned as in :func:`vem3d.mesh.mesh_from_masks`, so the
+    statistics describe the objects of the meshes.
 
     Parameters
     ----------
-    mask_dirs : list of path
-        Mask chunk folders in z order (non-zero = foreground).
+    mask_dirs : mapping of class name to list of path
+        Each class's mask chunk folders in z order (non-zero = the class).
     voxel_size_nm : (float, float, float)
         Voxel size z, y, x in nm.
     objects_path : path
         TSV with a ``class`` column and the columns of :func:`object_statistics`.
     summary_path : path
-        TSV with one row: ``class``, the voxel size, and :func:`summarise_objects`.
-    class_name : str
-        Name of the segmented structure.
-    min_object_voxels : int
-        Objects with fewer voxels are left out.
+        TSV with one row per class: ``class``, the voxel size, and :func:`summarise_objects`.
+    probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
+        The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
     smoothing_sigma : float
         As for :func:`object_statistics`.
-    fill_cavities : bool
-        Fill enclosed cavities first, as the mesh step does.
 
     Returns
     -------
-    dict
-        The summary row.
+    pandas.DataFrame
+        The summary rows.
     """
-    volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
-    objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
-    objects.insert(0, "class", class_name)
-    _write_tsv(objects_path, objects)
-    summary = {
-        "class": class_name,
-        **{f"voxel_size_{axis}_nm": float(size) for axis, size in zip(AXES, voxel_size_nm)},
-        **summarise_objects(objects, volume.size),
-    }
-    _write_tsv(summary_path, pd.DataFrame([summary]))
-    log.info("%s objects: %s", class_name, summary)
+    volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
+    tables, rows = [], []
+    for class_name, volume in volumes.items():
+        objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
+        objects.insert(0, "class", class_name)
+        tables.append(objects)
+        rows.append(
+            {
+                "class": class_name,
+                **{f"voxel_size_{axis}_nm": float(size) for axis, size in zip(AXES, voxel_size_nm)},
+                **summarise_objects(objects, volume.size),
+            }
+        )
+        log.info("%s objects: %s", class_name, rows[-1])
+    _write_tsv(objects_path, pd.concat(tables, ignore_index=True))
+    summary = pd.DataFrame(rows)
+    _write_tsv(summary_path, summary)
     return summary
 
 

@@ -22,13 +22,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import skimage.transform
 
+from vem3d.atomic import write_atomically, write_text_atomically
 from vem3d.augment import augment_pair
+from vem3d.labels import class_values, label_slices, one_hot, read_class_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
-from vem3d.slices import list_slices, read_slice
-from vem3d.atomic import write_atomically, write_text_atomically
 from vem3d.unet import LOSSES, UNetConfig, build_unet, hard_dice
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,8 @@ class PatchSampler:
         self.images = [_pad_to(image, config.patch_size) for image in images]
         self.masks = [_pad_to(mask, config.patch_size) for mask in masks]
         self.config = config
-        self.foreground = [np.argwhere(mask.reshape(mask.shape[:2] + (-1,)).max(-1) > 0) for mask in self.masks]
+        # Any class but background (channel 0 of one-hot masks) counts as foreground.
+        self.foreground = [np.argwhere(mask if mask.ndim == 2 else mask[..., 1:].max(-1)) for mask in self.masks]
 
     def _patch(self, rng: np.random.Generator):
         size = self.config.patch_size
@@ -197,7 +197,12 @@ def save_weights(model: keras.Model, path: str | os.PathLike) -> None:
 
 
 def validate(model: keras.Model, images: np.ndarray, masks: np.ndarray, config: TrainingConfig) -> dict:
-    """Loss and foreground Dice and IoU (threshold 0.5), pooled over all validation patches."""
+    """Loss, foreground Dice and IoU pooled over all validation patches.
+
+    Binary: threshold 0.5. Several classes: the most probable class per pixel, Dice
+    and IoU averaged over the classes (background excluded), so a rare class counts
+    as much as a common one.
+    """
     predictions = np.concatenate(
         [model.predict_on_batch(images[first : first + config.batch_size]) for first in range(0, len(images), config.batch_size)]
     )
@@ -205,11 +210,15 @@ def validate(model: keras.Model, images: np.ndarray, masks: np.ndarray, config: 
     loss_value = LOSSES[config.loss](keras.ops.convert_to_tensor(masks), keras.ops.convert_to_tensor(predictions))
     loss = float(keras.ops.convert_to_numpy(loss_value))
     if predictions.shape[-1] == 1:
-        predicted, truth = predictions[..., 0] > 0.5, masks[..., 0] > 0.5
+        scores = [score_masks(predictions[..., 0] > 0.5, masks[..., 0] > 0.5)]
     else:
-        predicted, truth = predictions.argmax(-1) > 0, masks.argmax(-1) > 0
-    scores = score_masks(predicted, truth)
-    return {"val_loss": loss, "val_dice": scores["dice"], "val_iou": scores["iou"]}
+        predicted, truth = predictions.argmax(-1), masks.argmax(-1)
+        scores = [score_masks(predicted == index, truth == index) for index in range(1, predictions.shape[-1])]
+    return {
+        "val_loss": loss,
+        "val_dice": float(np.mean([score["dice"] for score in scores])),
+        "val_iou": float(np.mean([score["iou"] for score in scores])),
+    }
 
 
 def _finish_epoch(model: keras.Model, state: dict, row: dict, directory: Path, config: TrainingConfig) -> None:
@@ -382,20 +391,9 @@ def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
         ) from error
 
 
-def read_label(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
-    """Read a binary label slice (non-zero = foreground) at ``shape``, nearest-neighbour.
-
-    Returns
-    -------
-    ndarray of uint8, shape ``shape``, values 0/1
-    """
-    label = read_slice(path) > 0
-    if label.shape != tuple(shape):
-        label = skimage.transform.resize(label, shape, order=0, anti_aliasing=False, preserve_range=True) > 0.5
-    return label.astype(np.uint8)
-
-
-def labelled_pairs(preprocessed_dirs, label_dirs) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+def labelled_pairs(
+    preprocessed_dirs, label_dirs, classes=("foreground",), label_values=None
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Collect preprocessed slices that have a label, with their labels.
 
     Parameters
@@ -403,23 +401,29 @@ def labelled_pairs(preprocessed_dirs, label_dirs) -> tuple[list[str], list[np.nd
     preprocessed_dirs : list of path
         Preprocessed chunk folders (each with ``shapes.tsv``).
     label_dirs : list of path
-        Label folders; a label file is matched to a slice by name (stem). Parallel
+        Label folders (label maps, or one mask folder per class: see
+        :mod:`vem3d.labels`); a label is matched to a slice by name (stem). Parallel
         to ``preprocessed_dirs`` (one sample's label folder repeated per chunk).
+    classes : sequence of str
+        Class names, background excluded.
+    label_values : mapping, optional
+        Label-map pixel values per class (:func:`vem3d.labels.class_values`).
 
     Returns
     -------
     names, images, masks : lists
-        ``sample/slice`` names, float32 images in [0, 1] and uint8 0/1 masks at the
-        preprocessed size.
+        ``sample/slice`` names, float32 images in [0, 1] and training targets at
+        the preprocessed size (:func:`vem3d.labels.one_hot`).
     """
+    values = class_values(classes, label_values)
     names, images, masks = [], [], []
     for preprocessed_dir, label_dir in zip(preprocessed_dirs, label_dirs, strict=True):
-        labels = {path.stem: path for path in list_slices(label_dir)}
+        labels = label_slices(label_dir, classes)
         for name, image, _ in read_preprocessed(preprocessed_dir):
             if name in labels:
                 names.append(f"{Path(label_dir).name}/{name}")
                 images.append(image)
-                masks.append(read_label(labels[name], image.shape))
+                masks.append(one_hot(read_class_labels(labels[name], values, image.shape), len(classes)))
     return names, images, masks
 
 
@@ -456,6 +460,8 @@ def train_from_folders(
     unet_config: UNetConfig,
     config: TrainingConfig,
     initial_weights: str | os.PathLike | None = None,
+    classes=("foreground",),
+    label_values=None,
 ) -> dict:
     """Train on the labelled slices among preprocessed folders; save weights, history and curves.
 
@@ -465,7 +471,7 @@ def train_from_folders(
     curves to ``curves_path`` (PNG) and ``{weights_path}.json`` saying how the weights
     were made.
     """
-    names, images, masks = labelled_pairs(preprocessed_dirs, label_dirs)
+    names, images, masks = labelled_pairs(preprocessed_dirs, label_dirs, classes, label_values)
     if not names:
         raise ValueError(
             f"no preprocessed slice has a label in {sorted(set(map(str, label_dirs)))}: "
@@ -476,6 +482,7 @@ def train_from_folders(
     write_text_atomically(history_path, pd.DataFrame(state["history"]).to_csv(sep="\t", index=False))
     plot_history(state["history"], curves_path)
     provenance = {
+        "classes": list(classes),
         "labelled_slices": names,
         "initial_weights": str(initial_weights) if initial_weights else None,
         **{key: state[key] for key in ("settings", "best_epoch", "best_score", "n_train", "n_validation")},

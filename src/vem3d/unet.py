@@ -107,10 +107,15 @@ def _foreground(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="vem3d")
 def soft_dice(y_true, y_pred, smooth: float = 1.0):
-    """Soft Dice of the foreground over the whole batch (differentiable)."""
+    """Soft Dice of the foreground over the whole batch (differentiable).
+
+    With several classes, the mean of the per-class Dice (background excluded), so
+    a rare class weighs as much as a common one.
+    """
     y_true, y_pred = _foreground(y_true, y_pred)
-    intersection = ops.sum(y_true * y_pred)
-    return (2.0 * intersection + smooth) / (ops.sum(y_true) + ops.sum(y_pred) + smooth)
+    axes = tuple(range(len(y_pred.shape) - 1))
+    intersection = ops.sum(y_true * y_pred, axis=axes)
+    return ops.mean((2.0 * intersection + smooth) / (ops.sum(y_true, axis=axes) + ops.sum(y_pred, axis=axes) + smooth))
 
 
 @keras.saving.register_keras_serializable(package="vem3d")
@@ -130,14 +135,16 @@ def dice_loss(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="vem3d")
 def bce_loss(y_true, y_pred):
-    """Mean binary cross-entropy."""
+    """Mean cross-entropy: binary for one sigmoid channel, categorical for a softmax."""
     y_true = ops.cast(y_true, y_pred.dtype)
+    if y_pred.shape[-1] > 1:
+        return ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
     return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
 
 
 @keras.saving.register_keras_serializable(package="vem3d")
 def bce_dice_loss(y_true, y_pred):
-    """Binary cross-entropy plus Dice loss: stable gradients and robust to class imbalance."""
+    """Cross-entropy plus Dice loss: stable gradients and robust to class imbalance."""
     return bce_loss(y_true, y_pred) + dice_loss(y_true, y_pred)
 
 

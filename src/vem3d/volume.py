@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from vem3d.slices import list_slices, read_slice
 
 
 def assemble_volume(masks: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -114,3 +116,91 @@ def clean_volume(volume: np.ndarray, min_object_voxels: int = 0, fill_cavities: 
     """
     cleaned = remove_small_objects(volume, min_object_voxels)
     return fill_holes(cleaned) if fill_cavities else cleaned
+
+
+def read_slice_volume(folders: Sequence, dtype=None) -> np.ndarray:
+    """Read the PNG slices of chunk folders (in the order given, slices in natural order) as a volume.
+
+    Returns
+    -------
+    ndarray, shape (slices, rows, columns)
+        The slices' dtype, or ``dtype`` when given (a bool volume is foreground where non-zero).
+    """
+
+    def planes():
+        for folder in folders:
+            for path in list_slices(folder):
+                plane = read_slice(path)
+                yield path.name, plane > 0 if dtype is bool else plane
+
+    return assemble_volume(planes())
+
+
+def smooth_along_z(probabilities: np.ndarray, sigma_slices: float) -> np.ndarray:
+    """Gaussian smoothing of a probability volume across neighbouring slices only.
+
+    Evens out slice-to-slice flicker of a 2D network's predictions without blurring
+    within the slices; the stack's ends are padded by repeating the end slices.
+
+    Parameters
+    ----------
+    probabilities : ndarray, shape (slices, rows, columns)
+    sigma_slices : float
+        Standard deviation in slices; 0 returns the input as float32.
+
+    Returns
+    -------
+    ndarray of float32, shape as ``probabilities``
+    """
+    probabilities = probabilities.astype(np.float32, copy=False)
+    if sigma_slices <= 0:
+        return probabilities
+    return ndimage.gaussian_filter1d(probabilities, sigma_slices, axis=0, mode="nearest")
+
+
+def class_volumes(
+    mask_dirs: Mapping[str, Sequence],
+    probability_dirs: Mapping[str, Sequence] | None = None,
+    z_smoothing_sigma: float = 0.0,
+    threshold: float = 0.5,
+    min_object_voxels: int = 0,
+    fill_cavities: bool = True,
+) -> dict[str, np.ndarray]:
+    """Each class's cleaned 3D volume, the one meshes, statistics and scores describe.
+
+    Parameters
+    ----------
+    mask_dirs : mapping of class name to list of path
+        Each class's mask chunk folders in z order (non-zero = the class).
+    probability_dirs : mapping of class name to list of path, optional
+        Each class's probability chunk folders (8-bit, 255 = 1), needed when
+        ``z_smoothing_sigma`` > 0.
+    z_smoothing_sigma : float
+        When > 0, the probabilities are smoothed across slices (:func:`smooth_along_z`)
+        and the classes decided again: above ``threshold`` for one class; for
+        several, the most probable of background (1 - the classes' sum) and classes.
+    threshold : float
+        Probability above which a pixel is foreground (one class).
+    min_object_voxels, fill_cavities
+        As for :func:`clean_volume`, applied to each class.
+
+    Returns
+    -------
+    dict of class name to ndarray of bool, shape (slices, rows, columns)
+    """
+    if z_smoothing_sigma > 0:
+        if probability_dirs is None:
+            raise ValueError("z-smoothing needs the probability folders")
+        smoothed = [
+            smooth_along_z(read_slice_volume(probability_dirs[name]), z_smoothing_sigma) / 255 for name in mask_dirs
+        ]
+        if len(smoothed) == 1:
+            decided = [smoothed[0] > threshold]
+        else:
+            background = 1 - np.sum(smoothed, axis=0)
+            most_probable = np.argmax(np.stack([background, *smoothed]), axis=0)
+            decided = [most_probable == index for index in range(1, len(smoothed) + 1)]
+        raw = dict(zip(mask_dirs, decided))
+    else:
+        raw = {name: read_slice_volume(folders, dtype=bool) for name, folders in mask_dirs.items()}
+    return {name: clean_volume(volume, min_object_voxels, fill_cavities) for name, volume in raw.items()}

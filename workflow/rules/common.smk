@@ -10,6 +10,7 @@ from snakemake.utils import validate
 # jobs' environments install it (pip install -e ., or envs/*.post-deploy.sh).
 sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
+from vem3d.labels import class_values, label_slices
 from vem3d.provenance import check_weights_settings
 from vem3d.slices import SliceError, is_tiff_stack, list_slices, stack_slice_names
 from vem3d.synth import demo_slice_names
@@ -45,6 +46,9 @@ def read_sample_sheet(path):
 
 
 samples = read_sample_sheet(config["samples"])
+CLASSES = config["model"]["classes"]
+# Stops on a class name in model.label_values that model.classes lacks, before any work.
+class_values(CLASSES, config["model"]["label_values"])
 DEMO_DIR = Path(config["demo"]["path"])
 DEMO_SLICE_NAMES = demo_slice_names(config["demo"]["n_slices"])
 DEMO_LABEL_NAMES = DEMO_SLICE_NAMES[
@@ -60,6 +64,7 @@ DEMO_FOLDERS = {
 wildcard_constraints:
     sample="|".join(map(re.escape, samples.index)),
     chunk=r"chunk\d{4}",
+    class_name="|".join(map(re.escape, config["model"]["classes"])),
 
 
 def is_demo(path):
@@ -135,7 +140,11 @@ def label_files(sample, column="labels"):
             column, DEMO_LABEL_NAMES if column == "labels" else DEMO_SLICE_NAMES
         )
     with naming_sample(sample, column):
-        return [str(path) for path in list_slices(folder)]
+        return [
+            str(path)
+            for paths in label_slices(folder, CLASSES).values()
+            for path in paths
+        ]
 
 
 def montage_reference(sample):
@@ -175,8 +184,12 @@ if config["train"]["enabled"] and not TRAINING_CHUNKS:
 def unet_settings():
     """Keyword arguments of vem3d.unet.UNetConfig from the config."""
     return {
-        key: config["model"][key]
-        for key in ("depth", "base_filters", "batch_norm", "dropout")
+        **{
+            key: config["model"][key]
+            for key in ("depth", "base_filters", "batch_norm", "dropout")
+        },
+        # One sigmoid channel for a single class, else background plus the classes.
+        "n_classes": 1 if len(CLASSES) == 1 else len(CLASSES) + 1,
     }
 
 
@@ -218,17 +231,52 @@ def chunk_dirs(step):
     return get
 
 
+def class_chunk_dirs(sample, step):
+    """Each class's chunk folders of masks or probabilities, in z order, by class name."""
+    return {
+        name: [f"results/{sample}/{step}/{name}/{chunk}" for chunk in chunk_ids(sample)]
+        for name in CLASSES
+    }
+
+
+def get_volume_inputs(wildcards):
+    """Input of the steps that read the 3D result: masks, and probabilities when smoothed along z."""
+    steps = ["masks"] + (
+        ["probabilities"] if config["mesh"]["z_smoothing_sigma"] else []
+    )
+    return [
+        folder
+        for step in steps
+        for folders in class_chunk_dirs(wildcards.sample, step).values()
+        for folder in folders
+    ]
+
+
+def clean_up_settings(wildcards):
+    """Keyword arguments of vem3d.volume.class_volumes (the 3D clean-up) for a sample."""
+    return {
+        "mask_dirs": class_chunk_dirs(wildcards.sample, "masks"),
+        "probability_dirs": class_chunk_dirs(wildcards.sample, "probabilities"),
+        "z_smoothing_sigma": config["mesh"]["z_smoothing_sigma"],
+        "threshold": config["segment"]["threshold"],
+        "min_object_voxels": config["mesh"]["min_object_voxels"],
+        "fill_cavities": config["mesh"]["fill_cavities"],
+    }
+
+
 def sample_outputs(sample):
     """The results of one sample that rule all asks for (provenance aside)."""
     outputs = [
-        f"results/{sample}/{name}"
-        for name in (
-            "mesh_summary.tsv",
-            "objects.tsv",
-            "mesh_preview.png",
-            "mesh_viewer.html",
-            "montage.png",
+        f"results/{sample}/{name}" for name in ("mesh_summary.tsv", "objects.tsv")
+    ]
+    outputs += [
+        f"results/{sample}/{name}/{class_name}.{extension}"
+        for name, extension in (
+            ("mesh_preview", "png"),
+            ("mesh_viewer", "html"),
+            ("montage", "png"),
         )
+        for class_name in CLASSES
     ]
     if samples.loc[sample, "ground_truth"]:
         outputs.append(f"results/{sample}/evaluation/scores.tsv")
@@ -242,7 +290,12 @@ def sample_benchmarks(sample):
         for step in ("preprocess", "segment")
         for chunk in chunk_ids(sample)
     ]
-    steps += ["mesh", "object_statistics", "mesh_preview", "mesh_viewer", "montage"]
+    steps += ["mesh", "object_statistics"]
+    steps += [
+        f"{step}/{class_name}"
+        for step in ("mesh_preview", "mesh_viewer", "montage")
+        for class_name in CLASSES
+    ]
     files = {step: f"results/benchmarks/{sample}/{step}.tsv" for step in steps}
     if config["train"]["enabled"]:
         files["train"] = "results/benchmarks/train.tsv"

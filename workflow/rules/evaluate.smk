@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        masks=chunk_dirs("masks"),
+        masks=get_volume_inputs,
         ground_truth=lambda wildcards: label_files(wildcards.sample, "ground_truth"),
     output:
         scores=report(
@@ -21,6 +21,8 @@ rule evaluate:
         "../../envs/imaging.yaml"
     params:
         truth_dir=lambda wildcards: samples.loc[wildcards.sample, "ground_truth"],
+        label_values=config["model"]["label_values"],
+        clean_up=clean_up_settings,
     script:
         "../scripts/evaluate.py"
 
@@ -29,11 +31,13 @@ onsuccess:
     for sample in samples.index:
         scores = Path(f"results/{sample}/evaluation/scores.tsv")
         if scores.is_file():
-            volume = pd.read_csv(scores, sep="\t").iloc[-1]
+            table = pd.read_csv(scores, sep="\t")
             objects = pd.read_csv(
                 scores.with_name("object_scores.tsv"), sep="\t"
-            ).iloc[0]
-            print(
-                f"vem3d: {sample}: Dice {volume['dice']:.4f}, IoU {volume['iou']:.4f}, "
-                f"object F1 {objects['object_f1']:.4f} against ground truth ({scores})"
-            )
+            ).set_index("class")
+            for volume in table[table["slice"] == "volume"].to_dict("records"):
+                print(
+                    f"vem3d: {sample}: {volume['class']}: Dice {volume['dice']:.4f}, "
+                    f"IoU {volume['iou']:.4f}, object F1 "
+                    f"{objects.loc[volume['class'], 'object_f1']:.4f} against ground truth ({scores})"
+                )

@@ -1,6 +1,6 @@
 rule mesh:
     input:
-        chunk_dirs("masks"),
+        get_volume_inputs,
     output:
         meshes=directory("results/{sample}/meshes"),
         summary=report(
@@ -17,9 +17,7 @@ rule mesh:
         "../../envs/imaging.yaml"
     params:
         voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
-        class_name=config["model"]["class_name"],
-        min_object_voxels=config["mesh"]["min_object_voxels"],
+        clean_up=clean_up_settings,
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
-        fill_cavities=config["mesh"]["fill_cavities"],
     script:
         "../scripts/mesh.py"

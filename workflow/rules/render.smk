@@ -3,19 +3,19 @@ rule mesh_preview:
         "results/{sample}/meshes",
     output:
         report(
-            "results/{sample}/mesh_preview.png",
+            "results/{sample}/mesh_preview/{class_name}.png",
             caption="../report/mesh_preview.rst",
             category="Meshes",
             subcategory="{sample}",
         ),
     log:
-        "logs/{sample}/mesh_preview.log",
+        "logs/{sample}/mesh_preview/{class_name}.log",
     benchmark:
-        "results/benchmarks/{sample}/mesh_preview.tsv"
+        "results/benchmarks/{sample}/mesh_preview/{class_name}.tsv"
     conda:
         "../../envs/imaging.yaml"
     params:
-        stl=lambda wildcards, input: f"{input[0]}/{config['model']['class_name']}.stl",
+        stl=lambda wildcards, input: f"{input[0]}/{wildcards.class_name}.stl",
         max_faces=config["report"]["preview_max_faces"],
     script:
         "../scripts/mesh_preview.py"
@@ -26,19 +26,19 @@ rule mesh_viewer:
         "results/{sample}/meshes",
     output:
         report(
-            "results/{sample}/mesh_viewer.html",
+            "results/{sample}/mesh_viewer/{class_name}.html",
             caption="../report/mesh_viewer.rst",
             category="Meshes",
             subcategory="{sample}",
         ),
     log:
-        "logs/{sample}/mesh_viewer.log",
+        "logs/{sample}/mesh_viewer/{class_name}.log",
     benchmark:
-        "results/benchmarks/{sample}/mesh_viewer.tsv"
+        "results/benchmarks/{sample}/mesh_viewer/{class_name}.tsv"
     conda:
         "../../envs/imaging.yaml"
     params:
-        stl=lambda wildcards, input: f"{input[0]}/{config['model']['class_name']}.stl",
+        stl=lambda wildcards, input: f"{input[0]}/{wildcards.class_name}.stl",
         max_faces=config["report"]["viewer_max_faces"],
     script:
         "../scripts/mesh_viewer.py"
@@ -49,7 +49,9 @@ rule montage:
         slices=lambda wildcards: slice_files(
             wildcards.sample, SLICE_NAMES[wildcards.sample]
         ),
-        masks=chunk_dirs("masks"),
+        masks=lambda wildcards: class_chunk_dirs(wildcards.sample, "masks")[
+            wildcards.class_name
+        ],
         references=lambda wildcards: (
             label_files(wildcards.sample, montage_reference(wildcards.sample))
             if montage_reference(wildcards.sample)
@@ -57,15 +59,15 @@ rule montage:
         ),
     output:
         report(
-            "results/{sample}/montage.png",
+            "results/{sample}/montage/{class_name}.png",
             caption="../report/montage.rst",
             category="Segmentation",
             subcategory="{sample}",
         ),
     log:
-        "logs/{sample}/montage.log",
+        "logs/{sample}/montage/{class_name}.log",
     benchmark:
-        "results/benchmarks/{sample}/montage.tsv"
+        "results/benchmarks/{sample}/montage/{class_name}.tsv"
     conda:
         "../../envs/imaging.yaml"
     params:
@@ -79,5 +81,7 @@ rule montage:
             montage_reference(wildcards.sample) or "reference"
         ).replace("_", " "),
         n_panels=config["report"]["montage_slices"],
+        classes=CLASSES,
+        label_values=config["model"]["label_values"],
     script:
         "../scripts/montage.py"

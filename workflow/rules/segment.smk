@@ -3,8 +3,13 @@ rule segment:
         preprocessed="results/{sample}/preprocessed/{chunk}",
         weights=WEIGHTS,
     output:
-        probabilities=directory("results/{sample}/probabilities/{chunk}"),
-        masks=directory("results/{sample}/masks/{chunk}"),
+        probabilities=[
+            directory(f"results/{{sample}}/probabilities/{name}/{{chunk}}")
+            for name in CLASSES
+        ],
+        masks=[
+            directory(f"results/{{sample}}/masks/{name}/{{chunk}}") for name in CLASSES
+        ],
     log:
         "logs/{sample}/segment/{chunk}.log",
     benchmark:

@@ -30,6 +30,8 @@ rule train:
         checkpoint_dir="results/model/checkpoints",
         initial_weights=config["train"]["initial_weights"] or None,
         unet=unet_settings(),
+        classes=CLASSES,
+        label_values=config["model"]["label_values"],
         gpu_required=config["gpu"]["required"],
         training={
             key: value

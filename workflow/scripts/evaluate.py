@@ -3,8 +3,9 @@ from vem3d.metrics import evaluate_folders
 
 with log_to(snakemake.log[0]):
     evaluate_folders(
-        snakemake.input.masks,
-        snakemake.params.truth_dir,
-        snakemake.output.scores,
-        snakemake.output.objects,
+        truth_dir=snakemake.params.truth_dir,
+        scores_path=snakemake.output.scores,
+        objects_path=snakemake.output.objects,
+        label_values=snakemake.params.label_values,
+        **snakemake.params.clean_up,
     )

@@ -3,12 +3,9 @@ from vem3d.mesh import mesh_from_masks
 
 with log_to(snakemake.log[0]):
     mesh_from_masks(
-        snakemake.input,
-        snakemake.params.voxel_size_nm,
-        snakemake.output.meshes,
-        snakemake.output.summary,
-        class_name=snakemake.params.class_name,
-        min_object_voxels=snakemake.params.min_object_voxels,
+        voxel_size_nm=snakemake.params.voxel_size_nm,
+        mesh_dir=snakemake.output.meshes,
+        summary_path=snakemake.output.summary,
         smoothing_sigma=snakemake.params.smoothing_sigma,
-        fill_cavities=snakemake.params.fill_cavities,
+        **snakemake.params.clean_up,
     )

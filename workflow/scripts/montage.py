@@ -9,4 +9,7 @@ with log_to(snakemake.log[0]):
         reference_dir=snakemake.params.reference_dir,
         reference_name=snakemake.params.reference_name,
         n_panels=snakemake.params.n_panels,
+        classes=snakemake.params.classes,
+        class_name=snakemake.wildcards.class_name,
+        label_values=snakemake.params.label_values,
     )

@@ -15,4 +15,6 @@ with log_to(snakemake.log[0]):
         unet_config=UNetConfig(**snakemake.params.unet),
         config=TrainingConfig(**snakemake.params.training),
         initial_weights=snakemake.params.initial_weights,
+        classes=snakemake.params.classes,
+        label_values=snakemake.params.label_values,
     )

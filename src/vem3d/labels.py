@@ -1,0 +1,170 @@
+"""Class labels: integer label maps or one mask folder per class, as class-index images.
+
+A label folder holds either label maps (one image per labelled slice, each pixel value
+standing for a class) or one subfolder per class, named after it, of masks (non-zero =
+that class). Both are decoded into class-index images: 0 for background, ``i`` for the
+``i``-th configured class (1-based), the form training, evaluation and the montage use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import skimage.transform
+
+from vem3d.slices import SliceError, list_slices, read_slice
+
+
+def class_values(classes: Sequence[str], label_values: Mapping[str, Sequence[int]] | None = None) -> list[list[int]]:
+    """Pixel values standing for each class in integer label maps.
+
+    Parameters
+    ----------
+    classes : sequence of str
+        Class names in channel order (background excluded).
+    label_values : mapping of str to sequence of int, optional
+        Pixel values per class name. A class left out has the value of its
+        position (1 for the first), except that a single class stands for every
+        non-zero value (an empty list here).
+
+    Returns
+    -------
+    list of list of int
+        Values per class, in the order of ``classes``; ``[]`` means "any non-zero".
+
+    Raises
+    ------
+    ValueError
+        When ``label_values`` names a class that is not in ``classes``, or two
+        classes share a value.
+    """
+    label_values = dict(label_values or {})
+    unknown = sorted(set(label_values) - set(classes))
+    if unknown:
+        raise ValueError(f"model.label_values: unknown class name(s) {unknown}; the classes are {list(classes)}")
+    if len(classes) == 1 and classes[0] not in label_values:
+        return [[]]
+    values = [[int(value) for value in label_values.get(name, [position])] for position, name in enumerate(classes, 1)]
+    seen: dict[int, str] = {}
+    for name, class_pixel_values in zip(classes, values):
+        for value in class_pixel_values:
+            if value in seen:
+                raise ValueError(f"model.label_values: value {value} is given to both {seen[value]!r} and {name!r}")
+            seen[value] = name
+    return values
+
+
+def decode_label_map(label_map: np.ndarray, values: Sequence[Sequence[int]]) -> np.ndarray:
+    """Turn an integer label map into a class-index image.
+
+    Parameters
+    ----------
+    label_map : ndarray of int, shape (rows, columns)
+    values : sequence of sequence of int
+        Pixel values per class, as from :func:`class_values`.
+
+    Returns
+    -------
+    ndarray of uint8, shape (rows, columns)
+        0 where a pixel's value belongs to no class, else the class's 1-based index.
+    """
+    if len(values) == 1 and not values[0]:
+        return (label_map > 0).astype(np.uint8)
+    highest = max((value for class_pixel_values in values for value in class_pixel_values), default=0)
+    lookup = np.zeros(highest + 1, dtype=np.uint8)
+    for index, class_pixel_values in enumerate(values, 1):
+        lookup[list(class_pixel_values)] = index
+    inside = label_map <= highest
+    return np.where(inside, lookup[np.where(inside, label_map, 0)], 0).astype(np.uint8)
+
+
+def class_folders(folder: str | os.PathLike, classes: Sequence[str]) -> dict[str, Path] | None:
+    """The per-class mask folders of a label folder, or None when it holds label maps.
+
+    Raises
+    ------
+    SliceError
+        When a subfolder is not named after a configured class, or a class has none.
+    """
+    folder = Path(folder)
+    subfolders = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    if not subfolders:
+        return None
+    unknown = [path.name for path in subfolders if path.name not in classes]
+    if unknown:
+        raise SliceError(f"{folder}: unknown class name(s) {unknown} (one folder per class); the classes are {list(classes)}")
+    missing = [name for name in classes if not (folder / name).is_dir()]
+    if missing:
+        raise SliceError(f"{folder}: no mask folder for class(es) {missing}")
+    return {name: folder / name for name in classes}
+
+
+def label_slices(folder: str | os.PathLike, classes: Sequence[str]) -> dict[str, list[Path]]:
+    """The labelled slices of a label folder: slice name to the files labelling it.
+
+    One file (a label map) per slice, or one mask per class in per-class folders,
+    where every class folder must label the same slices.
+    """
+    per_class = class_folders(folder, classes)
+    if per_class is None:
+        return {path.stem: [path] for path in list_slices(folder)}
+    listings = {name: {path.stem: path for path in list_slices(path)} for name, path in per_class.items()}
+    names = list(listings[classes[0]])
+    for name, listing in listings.items():
+        if set(listing) != set(names):
+            differing = sorted(set(listing) ^ set(names))[:5]
+            raise SliceError(
+                f"{per_class[name]}: class folders must label the same slices; differs from "
+                f"{per_class[classes[0]]} in {differing}"
+            )
+    return {slice_name: [listings[name][slice_name] for name in classes] for slice_name in names}
+
+
+def read_class_labels(
+    files: Sequence[str | os.PathLike], values: Sequence[Sequence[int]], shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Read one slice's labels (a label map, or one mask per class) as a class-index image.
+
+    Parameters
+    ----------
+    files : sequence of path
+        One label map, or one mask per class in class order (as from :func:`label_slices`).
+    values : sequence of sequence of int
+        Pixel values per class for label maps, as from :func:`class_values`.
+    shape : (int, int), optional
+        Resize to this shape (nearest neighbour), e.g. the preprocessed slice's.
+
+    Returns
+    -------
+    ndarray of uint8, shape (rows, columns)
+        Class indices, 0 = background; where class masks overlap, the later class wins.
+    """
+    if len(files) == 1:
+        labels = decode_label_map(read_slice(files[0]), values)
+    else:
+        labels = np.zeros(read_slice(files[0]).shape, dtype=np.uint8)
+        for index, path in enumerate(files, 1):
+            mask = read_slice(path) > 0
+            if mask.shape != labels.shape:
+                raise SliceError(f"{path}: shape {mask.shape} differs from {files[0]}'s {labels.shape}")
+            labels[mask] = index
+    if shape is not None and labels.shape != tuple(shape):
+        labels = skimage.transform.resize(labels, shape, order=0, anti_aliasing=False, preserve_range=True)
+    return labels.astype(np.uint8)
+
+
+def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Training targets from a class-index image.
+
+    Returns
+    -------
+    ndarray of uint8
+        (rows, columns) 0/1 for one class, or (rows, columns, n_classes + 1) one-hot
+        with background first for several.
+    """
+    if n_classes == 1:
+        return labels
+    return np.eye(n_classes + 1, dtype=np.uint8)[labels]
