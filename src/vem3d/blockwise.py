@@ -119,9 +119,9 @@ def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHU
     return zarr.open_array(path, mode="r")
 
 
-def _empty_volume_like(path: str | os.PathLike, like) -> zarr.Array:
-    """An all-background zarr bool volume with the shape (and, for a zarr ``like``, the chunks) of ``like``."""
-    chunks = like.chunks if isinstance(like, zarr.Array) else (CHUNK_EDGE,) * 3
+def _empty_volume_like(path: str | os.PathLike, like, block_size: int) -> zarr.Array:
+    """An all-background zarr bool volume shaped as ``like``, chunked as ``like`` or else as the blocks."""
+    chunks = like.chunks if isinstance(like, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3
     return zarr.create_array(path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, overwrite=True)
 
 
@@ -303,7 +303,7 @@ def clean_blockwise(
     result = {}
 
     def save(temporary: str) -> None:
-        target = _empty_volume_like(temporary, source)
+        target = _empty_volume_like(temporary, source, block_size)
         # Pass 1: objects and their sizes.
         objects = BlockComponents(26)
         piece_sizes = [np.zeros(1, np.int64)]
@@ -329,16 +329,17 @@ def clean_blockwise(
                 touching = np.zeros(count + 1, bool)
                 touching[_touches_border(labels, region, shape)] = True
                 on_border.append(touching[1:])
-        if not fill_cavities:
+        if fill_cavities:
+            region_of, _ = background.components()
+            open_regions = np.zeros(region_of.max() + 1, bool)
+            open_regions[region_of[np.concatenate(on_border)]] = True
+            cavity = ~open_regions[region_of]
+            cavity[0] = False
+        if not fill_cavities or not cavity.any():
             result["objects"] = n_kept
             result["foreground_voxels"] = int(np.concatenate(piece_sizes)[keep].sum())
             return
         # Pass 3: fill the background components that reach no border; count the objects.
-        region_of, _ = background.components()
-        open_regions = np.zeros(region_of.max() + 1, bool)
-        open_regions[region_of[np.concatenate(on_border)]] = True
-        cavity = ~open_regions[region_of]
-        cavity[0] = False
         final = BlockComponents(26)
         foreground = 0
         for index, region in blocks(shape, block_size):
