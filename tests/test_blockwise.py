@@ -1,6 +1,7 @@
 """Block-wise clean-up and meshing give the in-memory results, with seams that match."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -11,11 +12,13 @@ from vem3d.blockwise import (
     clean_blockwise,
     mesh_blocks,
     mesh_blockwise,
+    object_statistics_blockwise,
     weld_block_meshes,
     write_stl_blocks,
 )
-from vem3d.mesh import is_watertight, read_mask_volume, read_stl, volume_to_mesh
+from vem3d.mesh import is_watertight, mesh_from_masks, read_mask_volume, read_stl, volume_to_mesh
 from vem3d.slices import write_image
+from vem3d.stats import object_statistics, statistics_from_masks
 from vem3d.volume import clean_volume, label_objects
 
 VOXEL_NM = (30.0, 5.0, 4.0)
@@ -158,3 +161,76 @@ def test_stl_written_block_by_block_reads_back_closed(tmp_path):
     assert_same_mesh((vertices, faces), expected)
     assert write_stl_blocks(tmp_path / "none.stl", mesh_blocks(np.zeros((5, 5, 5)), VOXEL_NM, 2)) == 0
     assert not (tmp_path / "none.stl").exists()
+
+
+@pytest.fixture
+def mask_folders(tmp_path):
+    """Mask PNGs of blobs with a hollow ball and specks, in two chunk folders."""
+    volume = blobs((14, 30, 26), 5)
+    volume[2:12, 5:15, 5:15] = ball((10, 10, 10), (4.5, 4.5, 4.5), 5) & ~ball((10, 10, 10), (4.5, 4.5, 4.5), 2)
+    volume[0, 28, 0] = volume[13, 0, 25] = True  # specks
+    folders = [tmp_path / "masks/chunk0", tmp_path / "masks/chunk1"]
+    for z, mask in enumerate(volume):
+        write_image(folders[z // 8] / f"{z}.png", mask.astype(np.uint8) * 255)
+    return folders
+
+
+def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mask_folders):
+    options = {"min_object_voxels": 5, "class_name": "mito"}
+    in_memory = mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / "a/meshes", tmp_path / "a/summary.tsv", **options)
+    by_block = mesh_from_masks(
+        mask_folders, VOXEL_NM, tmp_path / "b/meshes", tmp_path / "b/summary.tsv", block_size=8, **options
+    )
+    assert by_block == pytest.approx(in_memory, rel=1e-6)
+    assert pd.read_csv(tmp_path / "b/summary.tsv", sep="\t").iloc[0].to_dict() == pytest.approx(
+        pd.read_csv(tmp_path / "a/summary.tsv", sep="\t").iloc[0].to_dict(), rel=1e-6
+    )
+    assert_same_mesh(read_stl(tmp_path / "b/meshes/mito.stl"), read_stl(tmp_path / "a/meshes/mito.stl"))
+    assert sorted(path.name for path in (tmp_path / "b").rglob("*")) == ["meshes", "mito.stl", "summary.tsv"]
+
+
+def test_a_volume_over_the_memory_budget_is_meshed_block_by_block(tmp_path, mask_folders, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        blockwise, "mesh_masks_blockwise", lambda *args: calls.append(args) or blockwise_summary_stub()
+    )
+    mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
+    assert len(calls) == 1 and calls[0][6] == blockwise.DEFAULT_BLOCK_SIZE
+    mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1.0)
+    assert len(calls) == 1
+
+
+def blockwise_summary_stub():
+    keys = ["objects", "foreground_voxels", "voxel_volume_um3", "mesh_volume_um3", "surface_area_um2", "vertices"]
+    return {**dict.fromkeys(keys, 0), "faces": 0}
+
+
+def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_folders):
+    for name, block_size in (("memory", 0), ("blocks", 8)):
+        full = mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / f"{name}0", tmp_path / f"{name}0.tsv", block_size=block_size)
+        simplified = mesh_from_masks(
+            mask_folders, VOXEL_NM, tmp_path / name, tmp_path / f"{name}.tsv", block_size=block_size, max_faces=300
+        )
+        assert simplified == full
+        assert 0 < len(read_stl(tmp_path / name / "foreground.stl")[1]) <= 300 < full["faces"]
+
+
+def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folders):
+    paths = {name: (tmp_path / f"{name}_objects.tsv", tmp_path / f"{name}_summary.tsv") for name in ("a", "b")}
+    in_memory = statistics_from_masks(mask_folders, VOXEL_NM, *paths["a"], min_object_voxels=5)
+    by_block = statistics_from_masks(mask_folders, VOXEL_NM, *paths["b"], min_object_voxels=5, block_size=8)
+    assert by_block == pytest.approx(in_memory, rel=1e-6, nan_ok=True)
+    expected = pd.read_csv(paths["a"][0], sep="\t")
+    assert len(expected) > 3
+    pd.testing.assert_frame_equal(pd.read_csv(paths["b"][0], sep="\t"), expected, rtol=1e-5)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_objects.tsv", "a_summary.tsv", "b_objects.tsv", "b_summary.tsv", "masks"]
+
+
+@pytest.mark.parametrize("block_size", [5, 64])
+def test_object_statistics_block_by_block_equal_object_statistics(tmp_path, block_size):
+    volume = blobs((20, 26, 23), 7, 1.2)
+    volume[3:17, 2:20, 4:9] = True  # an object larger than a block of 5 (meshed block by block)
+    expected = object_statistics(volume, VOXEL_NM)
+    table = object_statistics_blockwise(volume, VOXEL_NM, tmp_path, block_size=block_size)
+    pd.testing.assert_frame_equal(table, expected, rtol=1e-6)
+    assert list(tmp_path.iterdir()) == []

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import skimage.measure
 import zarr
 from scipy import ndimage, sparse
@@ -40,8 +41,17 @@ from scipy.sparse import csgraph
 from stl import mesh as stl_mesh
 
 from vem3d.atomic import write_atomically, write_directory_atomically
-from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, decimate_mesh, enclosed_volume, surface_area, write_stl
+from vem3d.mesh import (
+    NM2_PER_UM2,
+    NM3_PER_UM3,
+    decimate_mesh,
+    enclosed_volume,
+    surface_area,
+    volume_to_mesh,
+    write_stl,
+)
 from vem3d.slices import list_slices, read_slice
+from vem3d.stats import AXES, OBJECT_COLUMNS, sphericity
 
 log = logging.getLogger(__name__)
 
@@ -643,6 +653,65 @@ class MeshMeasurements:
             yield block
 
 
+def write_mesh_blockwise(
+    cleaned: CleanedVolume,
+    voxel_size_nm: tuple[float, float, float],
+    stl_path: str | os.PathLike,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    max_faces: int = 0,
+) -> dict[str, float | int]:
+    """Mesh a cleaned volume block by block into an STL; measure the mesh on the way.
+
+    Parameters
+    ----------
+    cleaned : CleanedVolume
+        From :func:`clean_blockwise`.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`vem3d.mesh.volume_to_mesh`.
+    stl_path : path
+        STL written (not when the mesh is empty).
+    block_size : int
+        Block side in voxels.
+    max_faces : int
+        Simplify the STL to at most this many faces (:func:`vem3d.mesh.decimate_mesh`;
+        the mesh is then held in memory); 0 writes the full mesh block by block.
+
+    Returns
+    -------
+    dict
+        ``objects`` and the measurements of :func:`vem3d.mesh.mesh_summary`, all of
+        the full (not simplified) mesh.
+    """
+    started = time.monotonic()
+    totals = MeshMeasurements()
+    block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma))
+    if max_faces:
+        vertices, faces = decimate_mesh(*weld_block_meshes(block_meshes), max_faces)
+        if len(faces):
+            write_stl(stl_path, vertices, faces)
+        log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
+    else:
+        write_stl_blocks(stl_path, block_meshes)
+    log.info(
+        "meshed %d voxels in blocks of %d in %.1f s: %d faces",
+        math.prod(cleaned.volume.shape),
+        block_size,
+        time.monotonic() - started,
+        totals.faces,
+    )
+    voxel_volume_nm3 = float(np.prod(voxel_size_nm))
+    return {
+        "objects": cleaned.objects,
+        "foreground_voxels": cleaned.foreground_voxels,
+        "voxel_volume_um3": cleaned.foreground_voxels * voxel_volume_nm3 / NM3_PER_UM3,
+        "mesh_volume_um3": totals.volume_nm3 / NM3_PER_UM3,
+        "surface_area_um2": totals.area_nm2 / NM2_PER_UM2,
+        "vertices": totals.vertices,
+        "faces": totals.faces,
+    }
+
+
 def mesh_masks_blockwise(
     mask_dirs,
     voxel_size_nm: tuple[float, float, float],
@@ -656,53 +725,191 @@ def mesh_masks_blockwise(
 ) -> dict[str, float | int]:
     """Mask folders to an STL and its measurements, holding blocks, not the volume, in memory.
 
-    The masks are assembled into a zarr volume, cleaned (:func:`clean_blockwise`)
-    and meshed (:func:`mesh_blocks`), in a scratch folder that is removed afterwards.
+    The masks are assembled into a zarr volume (:func:`assemble_mask_zarr`), cleaned
+    (:func:`clean_blockwise`) and meshed (:func:`write_mesh_blockwise`) in a scratch
+    folder that is removed afterwards.
 
     Parameters
     ----------
     mask_dirs, voxel_size_nm, min_object_voxels, smoothing_sigma, fill_cavities
         As for :func:`vem3d.mesh.mesh_from_masks`.
-    stl_path : path
-        STL written (not when nothing is left after clean-up).
-    block_size : int
-        Block side in voxels.
-    max_faces : int
-        Simplify the STL to at most this many faces (:func:`vem3d.mesh.decimate_mesh`;
-        the mesh is then held in memory); 0 writes the full mesh block by block.
+    stl_path, block_size, max_faces
+        As for :func:`write_mesh_blockwise`.
     scratch_dir : path, optional
-        Where the zarr volumes go (about a byte per 100 voxels); default: beside ``stl_path``.
+        Where the zarr volumes go (compressed masks: far less than a byte per voxel);
+        default: beside ``stl_path``.
 
     Returns
     -------
     dict
-        ``objects`` and the measurements of :func:`vem3d.mesh.mesh_summary`, all of
-        the full (not simplified) mesh.
+        As :func:`write_mesh_blockwise`.
     """
-    stl_path = Path(stl_path)
-    scratch_parent = Path(scratch_dir) if scratch_dir is not None else stl_path.parent
+    scratch_parent = Path(scratch_dir) if scratch_dir is not None else Path(stl_path).parent
     scratch_parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".blockwise-") as scratch:
         masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
         cleaned = clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size)
-        totals = MeshMeasurements()
-        block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma))
-        if max_faces:
-            vertices, faces = decimate_mesh(*weld_block_meshes(block_meshes), max_faces)
-            if len(faces):
-                write_stl(stl_path, vertices, faces)
-            log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
-        else:
-            write_stl_blocks(stl_path, block_meshes)
-    voxel_volume_nm3 = float(np.prod(voxel_size_nm))
-    log.info("meshed %d voxels block by block in %.1f s", math.prod(masks.shape), time.monotonic() - started)
-    return {
-        "objects": cleaned.objects,
-        "foreground_voxels": cleaned.foreground_voxels,
-        "voxel_volume_um3": cleaned.foreground_voxels * voxel_volume_nm3 / NM3_PER_UM3,
-        "mesh_volume_um3": totals.volume_nm3 / NM3_PER_UM3,
-        "surface_area_um2": totals.area_nm2 / NM2_PER_UM2,
-        "vertices": totals.vertices,
-        "faces": totals.faces,
+        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces)
+
+
+class _ObjectMask:
+    """One object of a block-labelled volume, read lazily as a bool volume over its bounding box."""
+
+    def __init__(self, labels: zarr.Array, object_of: np.ndarray, component: int, box: Sequence[tuple[int, int]]):
+        self._labels, self._object_of, self._component = labels, object_of, component
+        self._origin = [lo for lo, _ in box]
+        self.shape = tuple(hi - lo for lo, hi in box)
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        shifted = tuple(slice(part.start + lo, part.stop + lo) for part, lo in zip(region, self._origin))
+        return self._object_of[np.asarray(self._labels[shifted])] == self._component
+
+
+def object_statistics_blockwise(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    scratch_dir: str | os.PathLike,
+    smoothing_sigma: float = 0.75,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> pd.DataFrame:
+    """:func:`vem3d.stats.object_statistics`, block by block: the same table.
+
+    Objects inside one block are measured from it at once. Pieces that touch a border
+    with another block are written into a label volume (zarr), joined across blocks,
+    and each such object is meshed from its bounding box: in memory when that is at
+    most a block, otherwise block by block (:func:`mesh_blocks`).
+
+    Parameters
+    ----------
+    volume : zarr.Array or ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`vem3d.stats.object_statistics`.
+    scratch_dir : path
+        Folder for the label volume (removed afterwards).
+    block_size : int
+        Block side in voxels.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`vem3d.stats.object_statistics`, objects numbered in raster order of
+        their first voxel.
+    """
+    started = time.monotonic()
+    shape = volume.shape
+    spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    pieces = BlockComponents(26)
+    # Per piece (one block's part of an object; row 0 stands for label 0): voxel count,
+    # coordinate sums, box start and stop, raster index of its first voxel, and
+    # (mesh volume, area) where the piece is known to be a whole object, else NaN.
+    rows: list[np.ndarray] = [np.array([[0, 0, 0, 0, *([np.iinfo(np.int64).max] * 3), 0, 0, 0, -1, 0, 0]], np.float64)]
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
+        spanning = zarr.create_array(
+            Path(scratch) / "labels.zarr",
+            shape=shape,
+            chunks=volume.chunks if isinstance(volume, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3,
+            dtype=np.uint64,
+            fill_value=0,
+        )
+        for index, region in blocks(shape, block_size):
+            labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
+            if count == 0:
+                continue
+            origin = np.array([part.start for part in region])
+            inner_border = [(part.start > 0, part.stop < n) for part, n in zip(region, shape)]
+            crosses = np.zeros(count + 1, bool)
+            block_rows = np.empty((count, 13))
+            for k, window in enumerate(ndimage.find_objects(labels), start=1):
+                inside = labels[window] == k
+                coordinates = np.nonzero(inside)
+                start = np.array([part.start for part in window]) + origin
+                crosses[k] = any(
+                    (low and part.start == 0) or (high and part.stop == n)
+                    for part, n, (low, high) in zip(window, labels.shape, inner_border)
+                )
+                block_rows[k - 1] = [
+                    len(coordinates[0]),
+                    *(c.sum() + len(c) * s for c, s in zip(coordinates, start)),
+                    *start,
+                    *(np.array([part.stop for part in window]) + origin),
+                    np.ravel_multi_index(tuple(np.array([c[0] for c in coordinates]) + start), shape),
+                    *((np.nan, np.nan) if crosses[k] else _mesh_measures(inside, voxel_size_nm, smoothing_sigma)),
+                ]
+            rows.append(block_rows)
+            if crosses.any():
+                spanning[region] = np.where(crosses[labels], labels.astype(np.uint64) + pieces.offsets[index], 0)
+        rows = np.concatenate(rows)
+        object_of, n_objects = pieces.components()
+        # Objects numbered in raster order of their first voxel, as label_objects numbers them.
+        first = np.full(object_of.max() + 1, np.inf)
+        np.minimum.at(first, object_of[1:], rows[1:, 10])
+        order = np.argsort(first)[:n_objects]
+        number = np.zeros(object_of.max() + 1, np.int64)
+        number[order] = np.arange(1, n_objects + 1)
+        of_piece = number[object_of]
+        totals = np.stack([np.bincount(of_piece, weights=rows[:, c], minlength=n_objects + 1) for c in range(4)], 1)
+        lows = np.full((n_objects + 1, 3), np.inf)
+        highs = np.zeros((n_objects + 1, 3))
+        np.minimum.at(lows, of_piece, rows[:, 4:7])
+        np.maximum.at(highs, of_piece, rows[:, 7:10])
+        measures = np.full((n_objects + 1, 2), np.nan)
+        whole = ~np.isnan(rows[:, 11])
+        measures[of_piece[whole]] = rows[whole, 11:13]
+        for object_number in np.unique(of_piece[~whole]):
+            box = [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])]
+            mask = _ObjectMask(spanning, object_of, order[object_number - 1], box)
+            if math.prod(mask.shape) <= block_size**3:
+                measures[object_number] = _mesh_measures(
+                    mask[tuple(slice(0, n) for n in mask.shape)], voxel_size_nm, smoothing_sigma
+                )
+            else:
+                mesh_totals = MeshMeasurements()
+                for _ in mesh_totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma)):
+                    pass
+                measures[object_number] = (mesh_totals.volume_nm3, mesh_totals.area_nm2)
+    log.info("measured %d objects block by block in %.1f s", n_objects, time.monotonic() - started)
+    object_voxels = totals[1:, 0]
+    volume_um3, area_um2 = measures[1:, 0] / NM3_PER_UM3, measures[1:, 1] / NM2_PER_UM2
+    columns = {
+        "object": np.arange(1, n_objects + 1),
+        "voxels": object_voxels.astype(np.int64),
+        "volume_um3": object_voxels * spacing.prod() / NM3_PER_UM3,
+        "mesh_volume_um3": volume_um3,
+        "surface_area_um2": area_um2,
+        "sphericity": [sphericity(v, a) for v, a in zip(volume_um3, area_um2)],
     }
+    for a, axis in enumerate(AXES):
+        columns[f"centroid_{axis}_nm"] = totals[1:, 1 + a] / object_voxels * spacing[a]
+        columns[f"bbox_{axis}_min_nm"] = (lows[1:, a] - 0.5) * spacing[a]
+        columns[f"bbox_{axis}_max_nm"] = (highs[1:, a] - 0.5) * spacing[a]
+    return pd.DataFrame(columns)[OBJECT_COLUMNS]
+
+
+def _mesh_measures(inside: np.ndarray, voxel_size_nm, smoothing_sigma: float) -> tuple[float, float]:
+    """(enclosed volume nm^3, area nm^2) of the mesh of one object, as object_statistics meshes it."""
+    vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+    return (enclosed_volume(vertices, faces) if len(faces) else 0.0, surface_area(vertices, faces))
+
+
+def object_statistics_from_masks_blockwise(
+    mask_dirs,
+    voxel_size_nm: tuple[float, float, float],
+    scratch_dir: str | os.PathLike,
+    min_object_voxels: int = 0,
+    smoothing_sigma: float = 0.75,
+    fill_cavities: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> pd.DataFrame:
+    """Mask folders to the object table of :func:`vem3d.stats.object_statistics`, block by block.
+
+    The masks are assembled (:func:`assemble_mask_zarr`), cleaned (:func:`clean_blockwise`)
+    and measured (:func:`object_statistics_blockwise`) in a scratch folder inside
+    ``scratch_dir`` that is removed afterwards. Other parameters as for
+    :func:`vem3d.stats.statistics_from_masks`.
+    """
+    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".blockwise-") as scratch:
+        masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
+        cleaned = clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size)
+        return object_statistics_blockwise(cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size)

@@ -225,8 +225,14 @@ def mesh_from_masks(
     min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
     fill_cavities: bool = True,
+    block_size: int = 0,
+    memory_gib: float = 4.0,
+    max_faces: int = 0,
 ) -> dict:
     """Assemble masks into a volume, clean it, mesh it and write STL plus a summary TSV.
+
+    Volumes too large for memory are cleaned and meshed block by block
+    (:mod:`vem3d.blockwise`), with the same result.
 
     Parameters
     ----------
@@ -246,21 +252,48 @@ def mesh_from_masks(
         As for :func:`volume_to_mesh`.
     fill_cavities : bool
         Fill enclosed background cavities (see :func:`vem3d.volume.clean_volume`).
+    block_size : int
+        Work block by block, in blocks of this many voxels a side; 0 does so (with
+        :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`) only when the whole volume would
+        need more than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
+    memory_gib : float
+        Memory the in-memory path may use, GiB.
+    max_faces : int
+        Simplify the STL to at most this many faces (:func:`decimate_mesh`); 0 keeps
+        the full mesh. The summary always measures the full mesh.
 
     Returns
     -------
     dict
         The summary row.
     """
-    volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
-    _, n_objects = label_objects(volume)
-    vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+    from vem3d import blockwise  # builds on this module
+
+    stl_path = Path(mesh_dir) / f"{class_name}.stl"
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
-    if len(faces):
-        write_stl(Path(mesh_dir) / f"{class_name}.stl", vertices, faces)
+    if block_size or not blockwise.fits_in_memory(blockwise.mask_volume_shape(mask_dirs), memory_gib):
+        measured = blockwise.mesh_masks_blockwise(
+            mask_dirs,
+            voxel_size_nm,
+            stl_path,
+            min_object_voxels,
+            smoothing_sigma,
+            fill_cavities,
+            block_size or blockwise.DEFAULT_BLOCK_SIZE,
+            max_faces,
+        )
+        summary = {"class": class_name, **measured}
     else:
+        volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
+        _, n_objects = label_objects(volume)
+        vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+        summary = {"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)}
+        if max_faces:
+            vertices, faces = decimate_mesh(vertices, faces, max_faces)
+        if len(faces):
+            write_stl(stl_path, vertices, faces)
+    if not summary["faces"]:
         log.warning("no %s voxels left after clean-up: no STL written", class_name)
-    summary = {"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)}
     write_text_atomically(summary_path, pd.DataFrame([summary]).to_csv(sep="\t", index=False))
     log.info("meshed %s: %s", class_name, summary)
     return summary

@@ -9,8 +9,10 @@ meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -150,11 +152,15 @@ def statistics_from_masks(
     min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
     fill_cavities: bool = True,
+    block_size: int = 0,
+    memory_gib: float = 4.0,
 ) -> dict:
     """Measure the objects of a sample's masks; write the object table and a summary row.
 
     The volume is cleaned as in :func:`vem3d.mesh.mesh_from_masks` (objects under
-    ``min_object_voxels`` removed), so the statistics describe the objects of the mesh.
+    ``min_object_voxels`` removed), so the statistics describe the objects of the mesh;
+    like it, volumes too large for memory are handled block by block
+    (:func:`vem3d.blockwise.object_statistics_blockwise`), with the same result.
 
     Parameters
     ----------
@@ -174,20 +180,36 @@ def statistics_from_masks(
         As for :func:`object_statistics`.
     fill_cavities : bool
         Fill enclosed cavities first, as the mesh step does.
+    block_size, memory_gib
+        When to work block by block, as for :func:`vem3d.mesh.mesh_from_masks`.
 
     Returns
     -------
     dict
         The summary row.
     """
-    volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
-    objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
+    from vem3d import blockwise  # builds on this module
+
+    shape = blockwise.mask_volume_shape(mask_dirs)
+    if block_size or not blockwise.fits_in_memory(shape, memory_gib):
+        objects = blockwise.object_statistics_from_masks_blockwise(
+            mask_dirs,
+            voxel_size_nm,
+            Path(objects_path).parent,
+            min_object_voxels,
+            smoothing_sigma,
+            fill_cavities,
+            block_size or blockwise.DEFAULT_BLOCK_SIZE,
+        )
+    else:
+        volume = clean_volume(read_mask_volume(mask_dirs), min_object_voxels, fill_cavities)
+        objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
     objects.insert(0, "class", class_name)
     _write_tsv(objects_path, objects)
     summary = {
         "class": class_name,
         **{f"voxel_size_{axis}_nm": float(size) for axis, size in zip(AXES, voxel_size_nm)},
-        **summarise_objects(objects, volume.size),
+        **summarise_objects(objects, math.prod(shape)),
     }
     _write_tsv(summary_path, pd.DataFrame([summary]))
     log.info("%s objects: %s", class_name, summary)

@@ -21,5 +21,8 @@ rule mesh:
         min_object_voxels=config["mesh"]["min_object_voxels"],
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
         fill_cavities=config["mesh"]["fill_cavities"],
+        block_size=config["mesh"]["block_size"],
+        memory_gib=config["mesh"]["memory_gib"],
+        max_faces=config["mesh"]["max_faces"] or 0,
     script:
         "../scripts/mesh.py"

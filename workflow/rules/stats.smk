@@ -26,6 +26,8 @@ rule object_statistics:
         min_object_voxels=config["mesh"]["min_object_voxels"],
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
         fill_cavities=config["mesh"]["fill_cavities"],
+        block_size=config["mesh"]["block_size"],
+        memory_gib=config["mesh"]["memory_gib"],
     script:
         "../scripts/object_statistics.py"
 

@@ -11,4 +11,6 @@ with log_to(snakemake.log[0]):
         min_object_voxels=snakemake.params.min_object_voxels,
         smoothing_sigma=snakemake.params.smoothing_sigma,
         fill_cavities=snakemake.params.fill_cavities,
+        block_size=snakemake.params.block_size,
+        memory_gib=snakemake.params.memory_gib,
     )
