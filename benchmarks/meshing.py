@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import resource
 import subprocess
@@ -153,8 +154,11 @@ def same_mesh(vertices, faces, other_vertices, other_faces, tolerance_nm: float 
 
 
 def in_subprocess(*arguments) -> dict:
-    """Run this script's ``--step`` in a fresh process (its own peak memory); return its JSON."""
-    output = subprocess.run([sys.executable, __file__, *map(str, arguments)], check=True, capture_output=True, text=True)
+    """Run this script's ``--step`` in a fresh process (its own peak memory); return its JSON.
+
+    The step's log (progress) goes to this process's stderr.
+    """
+    output = subprocess.run([sys.executable, __file__, *map(str, arguments)], check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -170,6 +174,7 @@ def main() -> None:
     parser.add_argument("--slices", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.step:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
         work = arguments.workdir
         volume_path = work / "volume.zarr"
         if arguments.step == "blockwise":

@@ -14,7 +14,7 @@ voxels) at a time, giving the same results as the in-memory functions:
   planes between blocks are computed identically by both neighbours and welded by
   position, so the merged mesh has no duplicate or missing faces at the seams.
 
-Memory holds a few blocks, the planes on the borders of one row of blocks, a few
+Memory holds a few blocks, the outer voxel layers of two layers of blocks, a few
 numbers per object piece, and the mesh only when it is simplified; the STL is
 written block by block.
 """
@@ -65,11 +65,17 @@ FOREGROUND_STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connected, as vem3d.
 BACKGROUND_STRUCTURE = ndimage.generate_binary_structure(3, 1)  # 6-connected, as binary_fill_holes
 
 
-def mask_volume_shape(mask_dirs) -> tuple[int, int, int]:
-    """Shape (slices, rows, columns) of the volume the masks of ``mask_dirs`` make (reads one slice)."""
+def _mask_files(mask_dirs) -> list[Path]:
+    """The mask files of the folders, in z order."""
     files = [path for folder in mask_dirs for path in list_slices(folder)]
     if not files:
         raise ValueError("no masks to assemble")
+    return files
+
+
+def mask_volume_shape(mask_dirs) -> tuple[int, int, int]:
+    """Shape (slices, rows, columns) of the volume the masks of ``mask_dirs`` make (reads one slice)."""
+    files = _mask_files(mask_dirs)
     return (len(files), *read_slice(files[0]).shape)
 
 
@@ -104,9 +110,7 @@ def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHU
     ValueError
         If there are no masks or a mask's shape differs from the first one's (naming it).
     """
-    files = [path for folder in mask_dirs for path in list_slices(folder)]
-    if not files:
-        raise ValueError("no masks to assemble")
+    files = _mask_files(mask_dirs)
     first = read_slice(files[0]) > 0
     shape = (len(files), *first.shape)
 
@@ -135,13 +139,32 @@ def _empty_volume_like(path: str | os.PathLike, like, block_size: int) -> zarr.A
     return zarr.create_array(path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, overwrite=True)
 
 
-def blocks(shape: Sequence[int], block_size: int) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
-    """The blocks of a volume in raster order: (block index, voxel slices), the last ones cut short."""
+def blocks(
+    shape: Sequence[int], block_size: int, task: str = ""
+) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """The blocks of a volume in raster order: (block index, voxel slices), the last ones cut short.
+
+    With a ``task`` name, progress is logged every tenth of the blocks (long runs).
+    """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     counts = [math.ceil(n / block_size) for n in shape]
-    for index in itertools.product(*(range(count) for count in counts)):
-        yield index, tuple(slice(i * block_size, min((i + 1) * block_size, n)) for i, n in zip(index, shape))
+    indices = list(itertools.product(*(range(count) for count in counts)))
+    return _logged(
+        ((index, tuple(slice(i * block_size, min((i + 1) * block_size, n)) for i, n in zip(index, shape))) for index in indices),
+        len(indices),
+        task,
+    )
+
+
+def _logged(items, total: int, task: str):
+    """Pass ``items`` through, logging every tenth of ``total`` (nothing without a ``task``)."""
+    started = time.monotonic()
+    step = max(total // 10, 1)
+    for done, item in enumerate(items, start=1):
+        yield item
+        if task and (done % step == 0 or done == total):
+            log.info("%s: %d of %d blocks in %.0f s", task, done, total, time.monotonic() - started)
 
 
 def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
@@ -184,7 +207,7 @@ class BlockComponents:
         self._shift_range = (-1, 0, 1) if connectivity == 26 else (0,)
         self.offsets: dict[tuple[int, ...], int] = {}
         self.n_labels = 0
-        self._layers: dict[tuple[int, ...], dict[tuple[int, int], np.ndarray]] = {}
+        self._layers: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
         self._pairs: list[np.ndarray] = []
 
     def label(self, index: tuple[int, ...], mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -317,7 +340,7 @@ def clean_blockwise(
         # Pass 1: objects and their sizes.
         objects = BlockComponents(26)
         piece_sizes = [np.zeros(1, np.int64)]
-        for index, region in blocks(shape, block_size):
+        for index, region in blocks(shape, block_size, "clean-up, objects"):
             labels, count = objects.label(index, np.asarray(source[region]) != 0)
             piece_sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:])
         object_of, n_objects = objects.components()
@@ -329,7 +352,7 @@ def clean_blockwise(
         # Pass 2: write the kept objects; label the background they leave.
         background = BlockComponents(6)
         on_border = [np.zeros(1, bool)]
-        for index, region in blocks(shape, block_size):
+        for index, region in blocks(shape, block_size, "clean-up, small objects removed"):
             labels, count = _label(np.asarray(source[region]) != 0, objects.structure)
             kept = _label_lookup(keep, objects.offsets[index], count, False)[labels]
             if kept.any():
@@ -352,7 +375,7 @@ def clean_blockwise(
         # Pass 3: fill the background components that reach no border; count the objects.
         final = BlockComponents(26)
         foreground = 0
-        for index, region in blocks(shape, block_size):
+        for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
             kept = np.asarray(target[region])
             labels, count = _label(~kept, background.structure)
             filled = kept | _label_lookup(cavity, background.offsets[index], count, False)[labels]
@@ -460,6 +483,7 @@ def mesh_blocks(
     block_size: int = DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
     level: float = 0.5,
+    task: str = "marching cubes",
 ) -> Iterator[BlockMesh]:
     """Marching cubes of :func:`vem3d.mesh.volume_to_mesh`, one block at a time.
 
@@ -478,6 +502,8 @@ def mesh_blocks(
         As for :func:`vem3d.mesh.volume_to_mesh`.
     block_size : int
         Block side in voxels.
+    task : str
+        Name under which progress is logged; "" logs nothing.
 
     Yields
     ------
@@ -491,7 +517,8 @@ def mesh_blocks(
     radius = int(GAUSSIAN_TRUNCATE * smoothing_sigma + 0.5) if smoothing_sigma > 0 else 0
     padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
     ranges = [_cube_ranges(n, block_size) for n in shape]
-    for index in itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)):
+    indices = list(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)))
+    for index in _logged(indices, len(indices), task):
         cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
         # Grid points first..last (cube corners) and the kernel's reach around them.
         wanted = [(first - radius, last + 1 + radius) for first, last in cubes]
@@ -812,7 +839,7 @@ def object_statistics_blockwise(
             dtype=np.uint64,
             fill_value=0,
         )
-        for index, region in blocks(shape, block_size):
+        for index, region in blocks(shape, block_size, "objects measured"):
             labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
             if count == 0:
                 continue
@@ -865,7 +892,7 @@ def object_statistics_blockwise(
                 )
             else:
                 mesh_totals = MeshMeasurements()
-                for _ in mesh_totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma)):
+                for _ in mesh_totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma, task="")):
                     pass
                 measures[object_number] = (mesh_totals.volume_nm3, mesh_totals.area_nm2)
     log.info("measured %d objects block by block in %.1f s", n_objects, time.monotonic() - started)
