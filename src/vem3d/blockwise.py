@@ -427,7 +427,7 @@ class BlockMesh:
 
 
 def _cube_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
-    """Marching cubes per block along an axis of ``n`` voxels: [first, last + 1) of their lower corners.
+    """Marching cubes per block along an axis of ``n`` voxels: (first, stop) of their lower corners.
 
     Cubes with a lower corner from -1 (one voxel into the padding) to n - 1 can hold
     surface: beyond, every corner lies in the padding, where the smoothed values
@@ -510,6 +510,8 @@ def mesh_blocks(
     BlockMesh
         One per block that holds surface, in raster order of the blocks.
     """
+    if len(volume.shape) != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
     if any(size <= 0 for size in voxel_size_nm):
         raise ValueError(f"voxel sizes must be > 0 nm, got {voxel_size_nm}")
     shape = volume.shape
@@ -520,8 +522,8 @@ def mesh_blocks(
     indices = list(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)))
     for index in _logged(indices, len(indices), task):
         cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
-        # Grid points first..last (cube corners) and the kernel's reach around them.
-        wanted = [(first - radius, last + 1 + radius) for first, last in cubes]
+        # Grid points first..stop (the cubes' corners) and the kernel's reach around them.
+        wanted = [(first - radius, stop + 1 + radius) for first, stop in cubes]
         voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
         if not voxels.any():
             continue
@@ -539,11 +541,11 @@ def mesh_blocks(
         grid = local.astype(np.float64) + np.array([first for first, _ in cubes], dtype=np.float64)
         lower = np.zeros(len(grid), bool)
         upper = np.zeros(len(grid), bool)
-        for axis, ((first_cube, last_cube), k) in enumerate(zip(cubes, index)):
+        for axis, ((first, stop), k) in enumerate(zip(cubes, index)):
             if k > 0:
-                lower |= grid[:, axis] == first_cube
+                lower |= grid[:, axis] == first
             if k < len(ranges[axis]) - 1:
-                upper |= grid[:, axis] == last_cube
+                upper |= grid[:, axis] == stop
         yield BlockMesh(
             vertices=(grid * spacing)[:, ::-1].astype(np.float32),
             faces=faces.astype(np.int64),
