@@ -59,7 +59,13 @@ def synthetic_objects(shape, seed: int):
     n_voxels = math.prod(shape)
     n_spheres = max(1, round(n_voxels / 1.4e7))  # ~600 at full size, ~6 % foreground
     spheres = [
-        (rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(0, shape[2]), rng.uniform(20, 90), rng.random() < 0.1)
+        (
+            rng.uniform(0, shape[0]),
+            rng.uniform(0, shape[1]),
+            rng.uniform(0, shape[2]),
+            rng.uniform(20, 90),
+            rng.random() < 0.1,
+        )
         for _ in range(n_spheres)
     ]
     n_specks = max(1, round(n_voxels / 4e5))  # removed by the clean-up
@@ -91,7 +97,9 @@ def synthetic_slab(shape, z_start: int, z_stop: int, spheres, specks) -> np.ndar
 
 def generate(path: Path, shape, seed: int) -> None:
     """Write the synthetic volume into a zarr store, CHUNK_EDGE slices at a time."""
-    volume = zarr.create_array(path, shape=shape, chunks=(CHUNK_EDGE,) * 3, dtype=bool, fill_value=False, overwrite=True)
+    volume = zarr.create_array(
+        path, shape=shape, chunks=(CHUNK_EDGE,) * 3, dtype=bool, fill_value=False, overwrite=True
+    )
     spheres, specks = synthetic_objects(shape, seed)
     for z_start in range(0, shape[0], CHUNK_EDGE):
         z_stop = min(z_start + CHUNK_EDGE, shape[0])
@@ -134,7 +142,11 @@ def run_blockwise_slices(volume_path: Path, work: Path, n_slices: int, block_siz
     vertices, faces = mesh_blockwise(volume, VOXEL_NM, block_size)
     seconds = time.perf_counter() - started
     whole = np.load(work / "whole.npz")
-    return {"mesh_s": seconds, "faces": len(faces), "same_mesh": same_mesh(vertices, faces, whole["vertices"], whole["faces"])}
+    return {
+        "mesh_s": seconds,
+        "faces": len(faces),
+        "same_mesh": same_mesh(vertices, faces, whole["vertices"], whole["faces"]),
+    }
 
 
 def same_mesh(vertices, faces, other_vertices, other_faces, tolerance_nm: float = 1e-2) -> bool:
@@ -158,7 +170,9 @@ def in_subprocess(*arguments) -> dict:
 
     The step's log (progress) goes to this process's stderr.
     """
-    output = subprocess.run([sys.executable, __file__, *map(str, arguments)], check=True, stdout=subprocess.PIPE, text=True)
+    output = subprocess.run(
+        [sys.executable, __file__, *map(str, arguments)], check=True, stdout=subprocess.PIPE, text=True
+    )
     return json.loads(output.stdout.strip().splitlines()[-1])
 
 
@@ -192,7 +206,8 @@ def main() -> None:
         work = Path(scratch)
         started = time.perf_counter()
         generate(work / "volume.zarr", shape, arguments.seed)
-        print(f"generated {shape[0]} x {shape[1]} x {shape[2]} = {n_voxels / 1e9:.2f} G voxels in {time.perf_counter() - started:.0f} s")
+        seconds = time.perf_counter() - started
+        print(f"generated {shape[0]} x {shape[1]} x {shape[2]} = {n_voxels / 1e9:.2f} G voxels in {seconds:.0f} s")
         common = ["--workdir", work, "--block-size", arguments.block_size]
         blockwise = in_subprocess("--step", "blockwise", *common)
         total = blockwise["clean_s"] + blockwise["mesh_s"]
@@ -200,7 +215,8 @@ def main() -> None:
             f"block-wise, blocks of {arguments.block_size}: clean-up {blockwise['clean_s']:.0f} s, "
             f"meshing {blockwise['mesh_s']:.0f} s, total {total:.0f} s = {n_voxels / total / 1e6:.1f} M voxels/s "
             f"(meshing alone {n_voxels / blockwise['mesh_s'] / 1e6:.1f} M voxels/s); {blockwise['objects']} objects, "
-            f"{blockwise['faces']:,} faces, STL {blockwise['stl_gib']:.2f} GiB; peak RSS {blockwise['peak_gib']:.2f} GiB"
+            f"{blockwise['faces']:,} faces, STL {blockwise['stl_gib']:.2f} GiB; "
+            f"peak RSS {blockwise['peak_gib']:.2f} GiB"
         )
         if arguments.skip_comparison:
             return
@@ -209,13 +225,15 @@ def main() -> None:
         whole = in_subprocess("--step", "whole", "--slices", slices, *common)
         print(
             f"whole volume, first {slices} slices ({sub_voxels / 1e9:.2f} G voxels): one volume_to_mesh "
-            f"(smoothing + one marching_cubes) {whole['mesh_s']:.1f} s = {sub_voxels / whole['mesh_s'] / 1e6:.1f} M voxels/s, "
-            f"{whole['faces']:,} faces, peak RSS {whole['peak_gib']:.2f} GiB"
+            f"(smoothing + one marching_cubes) {whole['mesh_s']:.1f} s = "
+            f"{sub_voxels / whole['mesh_s'] / 1e6:.1f} M voxels/s, {whole['faces']:,} faces, "
+            f"peak RSS {whole['peak_gib']:.2f} GiB"
         )
         same = in_subprocess("--step", "blockwise-slices", "--slices", slices, *common)
         print(
-            f"block-wise on the same slices: {same['mesh_s']:.1f} s = {sub_voxels / same['mesh_s'] / 1e6:.1f} M voxels/s, "
-            f"{same['faces']:,} faces; same mesh up to vertex and face order: {same['same_mesh']}"
+            f"block-wise on the same slices: {same['mesh_s']:.1f} s = "
+            f"{sub_voxels / same['mesh_s'] / 1e6:.1f} M voxels/s, {same['faces']:,} faces; "
+            f"same mesh up to vertex and face order: {same['same_mesh']}"
         )
 
 

@@ -16,7 +16,13 @@ from vem3d.blockwise import (
     weld_block_meshes,
     write_stl_blocks,
 )
-from vem3d.mesh import is_watertight, mesh_from_masks, read_mask_volume, read_stl, volume_to_mesh
+from vem3d.mesh import (
+    is_watertight,
+    mesh_from_masks,
+    read_mask_volume,
+    read_stl,
+    volume_to_mesh,
+)
 from vem3d.slices import write_image
 from vem3d.stats import object_statistics, statistics_from_masks
 from vem3d.volume import clean_volume, label_objects
@@ -140,6 +146,9 @@ def test_masks_assemble_into_a_zarr_volume(tmp_path):
     stored = assemble_mask_zarr(folders, tmp_path / "volume.zarr", chunk_edge=4)
     np.testing.assert_array_equal(stored[:], read_mask_volume(folders))
     assert stored.chunks == (4, 4, 4)
+    # Assembling again replaces the store whole.
+    stored = assemble_mask_zarr(folders[:1], tmp_path / "volume.zarr")
+    np.testing.assert_array_equal(stored[:], read_mask_volume(folders[:1]))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["chunk0", "chunk1", "volume.zarr"]
 
 
@@ -191,9 +200,7 @@ def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mas
 
 def test_a_volume_over_the_memory_budget_is_meshed_block_by_block(tmp_path, mask_folders, monkeypatch):
     calls = []
-    monkeypatch.setattr(
-        blockwise, "mesh_masks_blockwise", lambda *args: calls.append(args) or blockwise_summary_stub()
-    )
+    monkeypatch.setattr(blockwise, "mesh_masks_blockwise", lambda *args: calls.append(args) or blockwise_summary_stub())
     mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
     assert len(calls) == 1 and calls[0][6] == blockwise.DEFAULT_BLOCK_SIZE
     mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1.0)
@@ -207,7 +214,9 @@ def blockwise_summary_stub():
 
 def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_folders):
     for name, block_size in (("memory", 0), ("blocks", 8)):
-        full = mesh_from_masks(mask_folders, VOXEL_NM, tmp_path / f"{name}0", tmp_path / f"{name}0.tsv", block_size=block_size)
+        full = mesh_from_masks(
+            mask_folders, VOXEL_NM, tmp_path / f"{name}0", tmp_path / f"{name}0.tsv", block_size=block_size
+        )
         simplified = mesh_from_masks(
             mask_folders, VOXEL_NM, tmp_path / name, tmp_path / f"{name}.tsv", block_size=block_size, max_faces=300
         )
@@ -223,7 +232,13 @@ def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folde
     expected = pd.read_csv(paths["a"][0], sep="\t")
     assert len(expected) > 3
     pd.testing.assert_frame_equal(pd.read_csv(paths["b"][0], sep="\t"), expected, rtol=1e-5)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_objects.tsv", "a_summary.tsv", "b_objects.tsv", "b_summary.tsv", "masks"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "a_objects.tsv",
+        "a_summary.tsv",
+        "b_objects.tsv",
+        "b_summary.tsv",
+        "masks",
+    ]
 
 
 @pytest.mark.parametrize("block_size", [5, 64])

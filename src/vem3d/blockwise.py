@@ -151,7 +151,10 @@ def blocks(
     counts = [math.ceil(n / block_size) for n in shape]
     indices = list(itertools.product(*(range(count) for count in counts)))
     return _logged(
-        ((index, tuple(slice(i * block_size, min((i + 1) * block_size, n)) for i, n in zip(index, shape))) for index in indices),
+        (
+            (index, tuple(slice(i * block_size, min((i + 1) * block_size, n)) for i, n in zip(index, shape)))
+            for index in indices
+        ),
         len(indices),
         task,
     )
@@ -248,9 +251,7 @@ class BlockComponents:
         keys = np.unique(np.concatenate(keys))
         if len(keys):
             their_offset = self.offsets[neighbour]
-            self._pairs.append(
-                np.stack([keys // (labels.size + 1) + their_offset, keys % (labels.size + 1) + offset])
-            )
+            self._pairs.append(np.stack([keys // (labels.size + 1) + their_offset, keys % (labels.size + 1) + offset]))
 
     def components(self) -> tuple[np.ndarray, int]:
         """The component of every global label.
