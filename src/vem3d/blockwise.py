@@ -209,6 +209,7 @@ class BlockComponents:
         ]
         self._shift_range = (-1, 0, 1) if connectivity == 26 else (0,)
         self.offsets: dict[tuple[int, ...], int] = {}
+        self.counts: dict[tuple[int, ...], int] = {}
         self.n_labels = 0
         self._layers: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
         self._pairs: list[np.ndarray] = []
@@ -222,6 +223,7 @@ class BlockComponents:
     def add(self, index: tuple[int, ...], labels: np.ndarray, count: int) -> int:
         """Record a block's local labels (1..count); returns its offset to global labels."""
         offset = self.offsets[index] = self.n_labels
+        self.counts[index] = count
         self.n_labels += count
         for step in self._directions:
             neighbour = tuple(i + s for i, s in zip(index, step))
@@ -354,8 +356,12 @@ def clean_blockwise(
         background = BlockComponents(6)
         on_border = [np.zeros(1, bool)]
         for index, region in blocks(shape, block_size, "clean-up, small objects removed"):
-            labels, count = _label(np.asarray(source[region]) != 0, objects.structure)
-            kept = _label_lookup(keep, objects.offsets[index], count, False)[labels]
+            mask = np.asarray(source[region]) != 0
+            kept_pieces = _label_lookup(keep, objects.offsets[index], objects.counts[index], False)
+            if kept_pieces[1:].all():  # nothing removed here: no need to label again
+                kept = mask
+            else:
+                kept = kept_pieces[_label(mask, objects.structure)[0]]
             if kept.any():
                 target[region] = kept
             if fill_cavities:
@@ -377,10 +383,10 @@ def clean_blockwise(
         final = BlockComponents(26)
         foreground = 0
         for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
-            kept = np.asarray(target[region])
-            labels, count = _label(~kept, background.structure)
-            filled = kept | _label_lookup(cavity, background.offsets[index], count, False)[labels]
-            if (filled != kept).any():
+            filled = np.asarray(target[region])
+            cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
+            if cavity_pieces.any():
+                filled = filled | cavity_pieces[_label(~filled, background.structure)[0]]
                 target[region] = filled
             final.label(index, filled)
             foreground += int(np.count_nonzero(filled))
