@@ -53,6 +53,12 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process so far: the work, whatever else shares the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def synthetic_objects(shape, seed: int):
     """Spheres (centre z, y, x; radius; hollow) and specks (corner z, y, x; side) spread over ``shape``."""
     rng = np.random.default_rng(seed)
@@ -108,14 +114,16 @@ def generate(path: Path, shape, seed: int) -> None:
 
 def run_blockwise(volume_path: Path, work: Path, block_size: int) -> dict:
     volume = zarr.open_array(volume_path, mode="r")
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_seconds()
     cleaned = clean_blockwise(volume, work / "cleaned.zarr", MIN_OBJECT_VOXELS, True, block_size)
-    cleaned_at = time.perf_counter()
+    cleaned_at, cleaned_cpu = time.perf_counter(), cpu_seconds()
     summary = write_mesh_blockwise(cleaned, VOXEL_NM, work / "mesh.stl", block_size)
     finished = time.perf_counter()
     return {
         "clean_s": cleaned_at - started,
         "mesh_s": finished - cleaned_at,
+        "clean_cpu_s": cleaned_cpu - started_cpu,
+        "mesh_cpu_s": cpu_seconds() - cleaned_cpu,
         "faces": summary["faces"],
         "objects": summary["objects"],
         "stl_gib": (work / "mesh.stl").stat().st_size / 2**30 if summary["faces"] else 0.0,
@@ -129,21 +137,23 @@ def read_slices(volume_path: Path, n_slices: int) -> np.ndarray:
 
 def run_whole(volume_path: Path, work: Path, n_slices: int) -> dict:
     volume = read_slices(volume_path, n_slices)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_seconds()
     vertices, faces = volume_to_mesh(volume, VOXEL_NM)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
     np.savez(work / "whole.npz", vertices=vertices, faces=faces)
-    return {"mesh_s": seconds, "faces": len(faces), "peak_gib": peak_rss_gib()}
+    return {"mesh_s": seconds, "mesh_cpu_s": cpu, "faces": len(faces), "peak_gib": peak_rss_gib()}
 
 
 def run_blockwise_slices(volume_path: Path, work: Path, n_slices: int, block_size: int) -> dict:
     volume = read_slices(volume_path, n_slices)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), cpu_seconds()
     vertices, faces = mesh_blockwise(volume, VOXEL_NM, block_size)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - started_cpu
     whole = np.load(work / "whole.npz")
     return {
         "mesh_s": seconds,
+        "mesh_cpu_s": cpu,
+        "peak_gib": peak_rss_gib(),
         "faces": len(faces),
         "same_mesh": same_mesh(vertices, faces, whole["vertices"], whole["faces"]),
     }
@@ -214,6 +224,7 @@ def main() -> None:
         print(
             f"block-wise, blocks of {arguments.block_size}: clean-up {blockwise['clean_s']:.0f} s, "
             f"meshing {blockwise['mesh_s']:.0f} s, total {total:.0f} s = {n_voxels / total / 1e6:.1f} M voxels/s "
+            f"(CPU time: clean-up {blockwise['clean_cpu_s']:.0f} s, meshing {blockwise['mesh_cpu_s']:.0f} s) "
             f"(meshing alone {n_voxels / blockwise['mesh_s'] / 1e6:.1f} M voxels/s); {blockwise['objects']} objects, "
             f"{blockwise['faces']:,} faces, STL {blockwise['stl_gib']:.2f} GiB; "
             f"peak RSS {blockwise['peak_gib']:.2f} GiB"
@@ -225,14 +236,15 @@ def main() -> None:
         whole = in_subprocess("--step", "whole", "--slices", slices, *common)
         print(
             f"whole volume, first {slices} slices ({sub_voxels / 1e9:.2f} G voxels): one volume_to_mesh "
-            f"(smoothing + one marching_cubes) {whole['mesh_s']:.1f} s = "
+            f"(smoothing + one marching_cubes) {whole['mesh_s']:.1f} s (CPU {whole['mesh_cpu_s']:.1f} s) = "
             f"{sub_voxels / whole['mesh_s'] / 1e6:.1f} M voxels/s, {whole['faces']:,} faces, "
             f"peak RSS {whole['peak_gib']:.2f} GiB"
         )
         same = in_subprocess("--step", "blockwise-slices", "--slices", slices, *common)
         print(
-            f"block-wise on the same slices: {same['mesh_s']:.1f} s = "
-            f"{sub_voxels / same['mesh_s'] / 1e6:.1f} M voxels/s, {same['faces']:,} faces; "
+            f"block-wise on the same slices: {same['mesh_s']:.1f} s (CPU {same['mesh_cpu_s']:.1f} s) = "
+            f"{sub_voxels / same['mesh_s'] / 1e6:.1f} M voxels/s, {same['faces']:,} faces, "
+            f"peak RSS {same['peak_gib']:.2f} GiB; "
             f"same mesh up to vertex and face order: {same['same_mesh']}"
         )
 

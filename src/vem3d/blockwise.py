@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 CHUNK_EDGE = 64  # voxels per zarr chunk side: small enough that a block's halo decompresses little
 DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred MB of work arrays
 # The in-memory path holds the mask, its labels, the padded float volume and its
-# smoothed copy at once: measured ~15 bytes per voxel at its peak (benchmarks/meshing.py).
+# smoothed copy: its peak measured 11-12 bytes per voxel over the mask itself
+# (clean_volume, label_objects, volume_to_mesh); reading the masks stacks a copy.
 IN_MEMORY_BYTES_PER_VOXEL = 16
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 sigma + 0.5)
 FOREGROUND_STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connected, as vem3d.volume.label_objects
