@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,3 +42,33 @@ def write_atomically(path: str | os.PathLike, save: Callable[[str], object]) -> 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     write_atomically(path, lambda temporary: Path(temporary).write_text(text))
+
+
+def write_directory_atomically(path: str | os.PathLike, save: Callable[[str], object]) -> None:
+    """Write the folder ``path`` by calling ``save`` on a temporary folder beside it, then renaming.
+
+    Parameters
+    ----------
+    path : path
+        The folder to create or replace (e.g. a zarr store); its parent is created if
+        missing. An existing folder is replaced only once ``save`` has succeeded.
+    save : callable
+        Called with the temporary folder's path (hidden, empty, ending with ``path``'s name).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=path.parent, prefix=".partial-", suffix=f"-{path.name}")
+    try:
+        save(temporary)
+        os.chmod(temporary, 0o777 & ~_umask())  # mkdtemp makes folders private
+        if path.exists():
+            # A folder cannot be renamed over a non-empty one: move the old one aside first.
+            retired = tempfile.mkdtemp(dir=path.parent, prefix=".retired-", suffix=f"-{path.name}")
+            os.replace(path, Path(retired) / path.name)
+            os.replace(temporary, path)
+            shutil.rmtree(retired)
+        else:
+            os.replace(temporary, path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise

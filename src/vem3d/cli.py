@@ -111,6 +111,19 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
         default=_default(function, "fill_cavities"),
         help="fill background cavities enclosed in 3D (default: %(default)s)",
     )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=_default(function, "block_size"),
+        help="work block by block (a zarr copy of the masks beside the outputs) in blocks of this many voxels "
+        "a side; 0: only when the volume does not fit --memory-gib (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-gib",
+        type=float,
+        default=_default(function, "memory_gib"),
+        help="memory the whole-volume path may use, GiB (default: %(default)s)",
+    )
 
 
 def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
@@ -218,6 +231,12 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
 
     mesh = commands.add_parser("mesh", help="mesh masks: meshes/{class}.stl and mesh_summary.tsv")
     _add_mask_options(mesh, mesh_from_masks)
+    mesh.add_argument(
+        "--max-faces",
+        type=int,
+        default=_default(mesh_from_masks, "max_faces"),
+        help="simplify the STL to at most this many faces; 0 keeps the full mesh (default: %(default)s)",
+    )
     stats = commands.add_parser("stats", help="measure each 3D object: objects.tsv and objects_summary.tsv")
     _add_mask_options(stats, statistics_from_masks)
     return parser
@@ -279,12 +298,15 @@ def run(args: argparse.Namespace) -> None:
             "min_object_voxels": args.min_object_voxels,
             "smoothing_sigma": args.smoothing_sigma,
             "fill_cavities": args.fill_cavities,
+            "block_size": args.block_size,
+            "memory_gib": args.memory_gib,
         }
         if args.command == "mesh":
             mesh_from_masks(
                 voxel_size_nm=args.voxel_size,
                 mesh_dir=args.out_dir / "meshes",
                 summary_path=args.out_dir / "mesh_summary.tsv",
+                max_faces=args.max_faces,
                 **cleaning,
             )
         else:

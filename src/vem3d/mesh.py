@@ -139,12 +139,16 @@ def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tu
     if len(faces) <= max_faces:
         return vertices, faces
     points = vertices.astype(np.float64)
-    edges = points[faces] - points[np.roll(faces, 1, axis=1)]
+    # Edges of at most a million faces give the mean edge length (all of a large
+    # block-wise mesh would take 72 bytes a face).
+    sample = faces[:: max(len(faces) // 1_000_000, 1)]
+    edges = points[sample] - points[np.roll(sample, 1, axis=1)]
     cell = float(np.linalg.norm(edges, axis=-1).mean()) * np.sqrt(len(faces) / max_faces)
     origin = points.min(axis=0)
     while True:
         cells = np.floor((points - origin) / cell).astype(np.int64)
-        _, cluster = np.unique(cells, axis=0, return_inverse=True)
+        # One number per cell, in the order np.unique(cells, axis=0) would sort them, but faster.
+        _, cluster = np.unique(np.ravel_multi_index(tuple(cells.T), cells.max(axis=0) + 1), return_inverse=True)
         cluster = cluster.ravel()
         counts = np.bincount(cluster)
         merged = np.stack([np.bincount(cluster, weights=points[:, axis]) for axis in range(3)], axis=1)
@@ -219,8 +223,14 @@ def mesh_from_masks(
     fill_cavities: bool = True,
     z_smoothing_sigma: float = 0.0,
     threshold: float = 0.5,
+    block_size: int = 0,
+    memory_gib: float = 4.0,
+    max_faces: int = 0,
 ) -> pd.DataFrame:
     """Assemble each class's masks into a volume, clean it, mesh it; write STLs and a summary TSV.
+
+    Volumes too large for memory are cleaned and meshed block by block
+    (:mod:`vem3d.blockwise`), with the same result.
 
     Parameters
     ----------
@@ -236,26 +246,57 @@ def mesh_from_masks(
         The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
+    block_size : int
+        Work block by block, in blocks of this many voxels a side; 0 does so (with
+        :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`) only when the whole volume would
+        need more than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
+        Smoothing along z needs the whole volume: it is refused block by block.
+    memory_gib : float
+        Memory the in-memory path may use, GiB.
+    max_faces : int
+        Simplify each STL to at most this many faces (:func:`decimate_mesh`); 0 keeps
+        the full mesh. The summary always measures the full mesh.
 
     Returns
     -------
     pandas.DataFrame
         The summary rows.
     """
-    volumes = class_volumes(
-        mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
-    )
+    from vem3d import blockwise  # builds on this module
+
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for class_name, volume in volumes.items():
-        _, n_objects = label_objects(volume)
-        vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
-        if len(faces):
-            write_stl(Path(mesh_dir) / f"{class_name}.stl", vertices, faces)
-        else:
-            log.warning("no %s voxels left after clean-up: no STL written", class_name)
-        rows.append({"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)})
-        log.info("meshed %s: %s", class_name, rows[-1])
+    if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
+        rows = [
+            {
+                "class": class_name,
+                **blockwise.mesh_masks_blockwise(
+                    folders,
+                    voxel_size_nm,
+                    Path(mesh_dir) / f"{class_name}.stl",
+                    min_object_voxels,
+                    smoothing_sigma,
+                    fill_cavities,
+                    block_size or blockwise.DEFAULT_BLOCK_SIZE,
+                    max_faces,
+                ),
+            }
+            for class_name, folders in mask_dirs.items()
+        ]
+    else:
+        rows = []
+        volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
+        for class_name, volume in volumes.items():
+            _, n_objects = label_objects(volume)
+            vertices, faces = volume_to_mesh(volume, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+            rows.append({"class": class_name, "objects": n_objects, **mesh_summary(volume, vertices, faces, voxel_size_nm)})
+            if max_faces:
+                vertices, faces = decimate_mesh(vertices, faces, max_faces)
+            if len(faces):
+                write_stl(Path(mesh_dir) / f"{class_name}.stl", vertices, faces)
+    for row in rows:
+        if not row["faces"]:
+            log.warning("no %s voxels left after clean-up: no STL written", row["class"])
+        log.info("meshed %s: %s", row["class"], row)
     summary = pd.DataFrame(rows)
     write_text_atomically(summary_path, summary.to_csv(sep="\t", index=False))
     return summary

@@ -9,8 +9,10 @@ meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -152,11 +154,15 @@ def statistics_from_masks(
     fill_cavities: bool = True,
     z_smoothing_sigma: float = 0.0,
     threshold: float = 0.5,
+    block_size: int = 0,
+    memory_gib: float = 4.0,
 ) -> pd.DataFrame:
     """Measure the objects of each class of a sample; write the object table and summary rows.
 
     The volumes are cleaned as in :func:`vem3d.mesh.mesh_from_masks`, so the
-    statistics describe the objects of the meshes.
+    statistics describe the objects of the meshes; like it, volumes too large for
+    memory are handled block by block
+    (:func:`vem3d.blockwise.object_statistics_blockwise`), with the same result.
 
     Parameters
     ----------
@@ -172,27 +178,47 @@ def statistics_from_masks(
         The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
     smoothing_sigma : float
         As for :func:`object_statistics`.
+    block_size, memory_gib
+        When to work block by block, as for :func:`vem3d.mesh.mesh_from_masks`.
 
     Returns
     -------
     pandas.DataFrame
         The summary rows.
     """
-    volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
-    tables, rows = [], []
-    for class_name, volume in volumes.items():
-        objects = object_statistics(volume, voxel_size_nm, smoothing_sigma)
+    from vem3d import blockwise  # builds on this module
+
+    n_voxels = math.prod(blockwise.mask_volume_shape(next(iter(mask_dirs.values()))))
+    if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
+        tables = {
+            class_name: blockwise.object_statistics_from_masks_blockwise(
+                folders,
+                voxel_size_nm,
+                Path(objects_path).parent,
+                min_object_voxels,
+                smoothing_sigma,
+                fill_cavities,
+                block_size or blockwise.DEFAULT_BLOCK_SIZE,
+            )
+            for class_name, folders in mask_dirs.items()
+        }
+    else:
+        volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
+        tables = {
+            class_name: object_statistics(volume, voxel_size_nm, smoothing_sigma) for class_name, volume in volumes.items()
+        }
+    rows = []
+    for class_name, objects in tables.items():
         objects.insert(0, "class", class_name)
-        tables.append(objects)
         rows.append(
             {
                 "class": class_name,
                 **{f"voxel_size_{axis}_nm": float(size) for axis, size in zip(AXES, voxel_size_nm)},
-                **summarise_objects(objects, volume.size),
+                **summarise_objects(objects, n_voxels),
             }
         )
         log.info("%s objects: %s", class_name, rows[-1])
-    _write_tsv(objects_path, pd.concat(tables, ignore_index=True))
+    _write_tsv(objects_path, pd.concat(tables.values(), ignore_index=True))
     summary = pd.DataFrame(rows)
     _write_tsv(summary_path, summary)
     return summary

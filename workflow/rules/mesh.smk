@@ -19,5 +19,8 @@ rule mesh:
         voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
         clean_up=clean_up_settings,
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
+        block_size=config["mesh"]["block_size"],
+        memory_gib=config["mesh"]["memory_gib"],
+        max_faces=config["mesh"]["max_faces"] or 0,
     script:
         "../scripts/mesh.py"

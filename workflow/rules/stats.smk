@@ -24,6 +24,8 @@ rule object_statistics:
         voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
         clean_up=clean_up_settings,
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
+        block_size=config["mesh"]["block_size"],
+        memory_gib=config["mesh"]["memory_gib"],
     script:
         "../scripts/object_statistics.py"
 

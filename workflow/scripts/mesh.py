@@ -7,5 +7,8 @@ with log_to(snakemake.log[0]):
         mesh_dir=snakemake.output.meshes,
         summary_path=snakemake.output.summary,
         smoothing_sigma=snakemake.params.smoothing_sigma,
+        block_size=snakemake.params.block_size,
+        memory_gib=snakemake.params.memory_gib,
+        max_faces=snakemake.params.max_faces,
         **snakemake.params.clean_up,
     )

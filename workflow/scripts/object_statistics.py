@@ -7,5 +7,7 @@ with log_to(snakemake.log[0]):
         objects_path=snakemake.output.objects,
         summary_path=snakemake.output.summary,
         smoothing_sigma=snakemake.params.smoothing_sigma,
+        block_size=snakemake.params.block_size,
+        memory_gib=snakemake.params.memory_gib,
         **snakemake.params.clean_up,
     )

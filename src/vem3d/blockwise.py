@@ -1,0 +1,983 @@
+"""Cleaning and meshing volumes larger than memory, block by block.
+
+The masks are assembled slice by slice into a chunked on-disk volume (zarr); the 3D
+clean-up of :func:`vem3d.volume.clean_volume` and the marching cubes of
+:func:`vem3d.mesh.volume_to_mesh` then run on one block (a cube of ``block_size``
+voxels) at a time, giving the same results as the in-memory functions:
+
+- connected components are labelled per block and merged across block borders with
+  a union-find over the block-local labels, so object sizes, small-object removal and
+  the enclosed cavities are those of the whole volume;
+- each block is meshed from its voxels plus a halo (the Gaussian kernel's radius and
+  one voxel), so the smoothed values it meshes are bit for bit those of the whole
+  volume; every marching cube belongs to exactly one block, and the vertices on the
+  planes between blocks are computed identically by both neighbours and welded by
+  position, so the merged mesh has no duplicate or missing faces at the seams.
+
+Memory holds a few blocks, the outer voxel layers of two layers of blocks, a few
+numbers per object piece, and the mesh only when it is simplified; the STL is
+written block by block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import skimage.measure
+import zarr
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
+from stl import mesh as stl_mesh
+
+from vem3d.atomic import write_atomically, write_directory_atomically
+from vem3d.mesh import (
+    NM2_PER_UM2,
+    NM3_PER_UM3,
+    decimate_mesh,
+    enclosed_volume,
+    surface_area,
+    volume_to_mesh,
+    write_stl,
+)
+from vem3d.slices import list_slices, read_slice
+from vem3d.stats import AXES, OBJECT_COLUMNS, sphericity
+
+log = logging.getLogger(__name__)
+
+CHUNK_EDGE = 64  # voxels per zarr chunk side: small enough that a block's halo decompresses little
+DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred MB of work arrays
+# The in-memory path holds the mask, its labels, the padded float volume and its
+# smoothed copy: its peak measured 11-12 bytes per voxel over the mask itself
+# (clean_volume, label_objects, volume_to_mesh); reading the masks stacks a copy.
+IN_MEMORY_BYTES_PER_VOXEL = 16
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 sigma + 0.5)
+FOREGROUND_STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connected, as vem3d.volume.label_objects
+BACKGROUND_STRUCTURE = ndimage.generate_binary_structure(3, 1)  # 6-connected, as binary_fill_holes
+
+
+def _mask_files(mask_dirs) -> list[Path]:
+    """The mask files of the folders, in z order."""
+    files = [path for folder in mask_dirs for path in list_slices(folder)]
+    if not files:
+        raise ValueError("no masks to assemble")
+    return files
+
+
+def mask_volume_shape(mask_dirs) -> tuple[int, int, int]:
+    """Shape (slices, rows, columns) of the volume the masks of ``mask_dirs`` make (reads one slice)."""
+    files = _mask_files(mask_dirs)
+    return (len(files), *read_slice(files[0]).shape)
+
+
+def fits_in_memory(shape: Sequence[int], memory_gib: float) -> bool:
+    """Whether the in-memory clean-up and meshing of a volume of ``shape`` stays within ``memory_gib``."""
+    return math.prod(shape) * IN_MEMORY_BYTES_PER_VOXEL <= memory_gib * 2**30
+
+
+def goes_blockwise(mask_dirs, block_size: int, memory_gib: float, z_smoothing_sigma: float = 0.0) -> bool:
+    """Whether a sample's classes are cleaned, meshed and measured block by block.
+
+    Parameters
+    ----------
+    mask_dirs : mapping of class name to list of path
+        Each class's mask chunk folders (all classes have the same shape).
+    block_size : int
+        Non-zero: always block by block.
+    memory_gib : float
+        Otherwise block by block only when the volume does not fit (:func:`fits_in_memory`).
+    z_smoothing_sigma : float
+        Smoothing across slices needs whole probability volumes, so it is refused
+        for a volume that goes block by block.
+
+    Raises
+    ------
+    ValueError
+        For z-smoothing of a volume that goes block by block.
+    """
+    first_class = next(iter(mask_dirs.values()))
+    if not block_size and fits_in_memory(mask_volume_shape(first_class), memory_gib):
+        return False
+    if z_smoothing_sigma:
+        raise ValueError(
+            "mesh.z_smoothing_sigma needs the whole volume in memory, but this one goes block by block "
+            "(mesh.block_size, mesh.memory_gib): set z_smoothing_sigma to 0 or raise memory_gib"
+        )
+    return True
+
+
+def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHUNK_EDGE) -> zarr.Array:
+    """Assemble mask PNGs into a chunked on-disk bool volume, slice by slice.
+
+    Memory holds ``chunk_edge`` slices at a time. The store is written into a
+    temporary folder beside ``path`` and renamed when complete.
+
+    Parameters
+    ----------
+    mask_dirs : list of path
+        Mask folders in z order, slices in natural order within each (non-zero =
+        foreground), as for :func:`vem3d.volume.read_slice_volume`.
+    path : path
+        The zarr store (a folder) to create or replace.
+    chunk_edge : int
+        Chunk side in voxels.
+
+    Returns
+    -------
+    zarr.Array of bool, shape (slices, rows, columns)
+        Opened read-only.
+
+    Raises
+    ------
+    ValueError
+        If there are no masks or a mask's shape differs from the first one's (naming it).
+    """
+    files = _mask_files(mask_dirs)
+    first = read_slice(files[0]) > 0
+    shape = (len(files), *first.shape)
+
+    def save(temporary: str) -> None:
+        volume = zarr.create_array(
+            temporary, shape=shape, chunks=(chunk_edge,) * 3, dtype=bool, fill_value=False, overwrite=True
+        )
+        slab = np.empty((min(chunk_edge, shape[0]), *shape[1:]), dtype=bool)
+        for start in range(0, shape[0], chunk_edge):
+            stop = min(start + chunk_edge, shape[0])
+            for z in range(start, stop):
+                mask = first if z == 0 else read_slice(files[z]) > 0
+                if mask.shape != first.shape:
+                    raise ValueError(f"mask {files[z]} has shape {mask.shape}, but earlier slices have {first.shape}")
+                slab[z - start] = mask
+            volume[start:stop] = slab[: stop - start]
+
+    write_directory_atomically(path, save)
+    log.info("assembled %d masks into %s, shape %s", shape[0], path, shape)
+    return zarr.open_array(path, mode="r")
+
+
+def _empty_volume_like(path: str | os.PathLike, like, block_size: int) -> zarr.Array:
+    """An all-background zarr bool volume shaped as ``like``, chunked as ``like`` or else as the blocks."""
+    chunks = like.chunks if isinstance(like, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3
+    return zarr.create_array(path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, overwrite=True)
+
+
+def blocks(
+    shape: Sequence[int], block_size: int, task: str = ""
+) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """The blocks of a volume in raster order: (block index, voxel slices), the last ones cut short.
+
+    With a ``task`` name, progress is logged every tenth of the blocks (long runs).
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    counts = [math.ceil(n / block_size) for n in shape]
+    indices = list(itertools.product(*(range(count) for count in counts)))
+    return _logged(
+        (
+            (index, tuple(slice(i * block_size, min((i + 1) * block_size, n)) for i, n in zip(index, shape)))
+            for index in indices
+        ),
+        len(indices),
+        task,
+    )
+
+
+def _logged(items, total: int, task: str):
+    """Pass ``items`` through, logging every tenth of ``total`` (nothing without a ``task``)."""
+    started = time.monotonic()
+    step = max(total // 10, 1)
+    for done, item in enumerate(items, start=1):
+        yield item
+        if task and (done % step == 0 or done == total):
+            log.info("%s: %d of %d blocks in %.0f s", task, done, total, time.monotonic() - started)
+
+
+def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components of ``mask`` (int32 labels, 0 outside), without the work for uniform blocks."""
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32), 0
+    if mask.all():
+        return np.ones(mask.shape, np.int32), 1
+    labels, count = ndimage.label(mask, structure=structure)
+    return labels.astype(np.int32, copy=False), int(count)
+
+
+class BlockComponents:
+    """Connected components of a volume labelled block by block, merged across block borders.
+
+    Blocks are added in raster order (:func:`blocks`) with their local labels; each
+    local label gets a global label ``offset + local``. Labels that touch across the
+    border with an earlier neighbour (the 13 of the 26 neighbouring blocks that come
+    before it) are recorded as pairs, and :meth:`components` joins them (union-find
+    by sparse-graph components). Only the last voxel layers of the blocks of the
+    last two block layers along z are kept.
+
+    Parameters
+    ----------
+    connectivity : {26, 6}
+        26 joins voxels that share a face, edge or corner (foreground objects); 6 only
+        face neighbours (background, as :func:`scipy.ndimage.binary_fill_holes`).
+    """
+
+    def __init__(self, connectivity: int):
+        if connectivity not in (6, 26):
+            raise ValueError(f"connectivity must be 6 or 26, got {connectivity}")
+        self.structure = FOREGROUND_STRUCTURE if connectivity == 26 else BACKGROUND_STRUCTURE
+        # Neighbours before a block in raster order: offsets lexicographically below (0, 0, 0).
+        self._directions = [
+            step
+            for step in itertools.product((-1, 0, 1), repeat=3)
+            if step < (0, 0, 0) and (connectivity == 26 or sum(map(abs, step)) == 1)
+        ]
+        self._shift_range = (-1, 0, 1) if connectivity == 26 else (0,)
+        self.offsets: dict[tuple[int, ...], int] = {}
+        self.counts: dict[tuple[int, ...], int] = {}
+        self.n_labels = 0
+        self._layers: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
+        self._pairs: list[np.ndarray] = []
+
+    def label(self, index: tuple[int, ...], mask: np.ndarray) -> tuple[np.ndarray, int]:
+        """Label the block ``index`` of ``mask``, record it and return (local labels, count)."""
+        labels, count = _label(mask, self.structure)
+        self.add(index, labels, count)
+        return labels, count
+
+    def add(self, index: tuple[int, ...], labels: np.ndarray, count: int) -> int:
+        """Record a block's local labels (1..count); returns its offset to global labels."""
+        offset = self.offsets[index] = self.n_labels
+        self.counts[index] = count
+        self.n_labels += count
+        for step in self._directions:
+            neighbour = tuple(i + s for i, s in zip(index, step))
+            if neighbour in self._layers and count and self._layers[neighbour]:
+                self._pair(labels, offset, step, neighbour)
+        # Later blocks lie above along their first differing axis, so they touch only
+        # this block's last layer along each axis.
+        self._layers[index] = {} if count == 0 else {axis: labels.take([-1], axis=axis) for axis in range(3)}
+        for old in [key for key in self._layers if key[0] < index[0] - 1]:
+            del self._layers[old]
+        return offset
+
+    def _pair(self, labels: np.ndarray, offset: int, step: tuple[int, ...], neighbour: tuple[int, ...]) -> None:
+        # The layers facing each other: the block's side towards the neighbour, and back.
+        own = labels[tuple(slice(None) if s == 0 else (0 if s < 0 else -1) for s in step)]
+        layer = self._layers[neighbour][next(axis for axis, s in enumerate(step) if s)]
+        theirs = layer[tuple(slice(None) if s == 0 else (-1 if s < 0 else 0) for s in step)]
+        if not (own.any() and theirs.any()):
+            return
+        keys = []
+        # Along the axes the two blocks share, voxels touch with offsets -1..1 (26) or 0 (6).
+        for shift in itertools.product(self._shift_range, repeat=own.ndim):
+            own_part = own[tuple(slice(max(0, d), n + min(0, d)) for d, n in zip(shift, own.shape))]
+            their_part = theirs[tuple(slice(max(0, -d), n + min(0, -d)) for d, n in zip(shift, theirs.shape))]
+            touching = (own_part > 0) & (their_part > 0)
+            keys.append(their_part[touching].astype(np.int64) * (labels.size + 1) + own_part[touching])
+        keys = np.unique(np.concatenate(keys))
+        if len(keys):
+            their_offset = self.offsets[neighbour]
+            self._pairs.append(np.stack([keys // (labels.size + 1) + their_offset, keys % (labels.size + 1) + offset]))
+
+    def components(self) -> tuple[np.ndarray, int]:
+        """The component of every global label.
+
+        Returns
+        -------
+        component : ndarray of int32, shape (n_labels + 1,)
+            Component number of each global label; label 0 (none) is alone in its own.
+        n_components : int
+            Components among the labels 1..n_labels.
+        """
+        pairs = np.concatenate(self._pairs, axis=1) if self._pairs else np.zeros((2, 0), np.int64)
+        size = self.n_labels + 1
+        graph = sparse.coo_matrix((np.ones(pairs.shape[1], np.int32), (pairs[0], pairs[1])), shape=(size, size))
+        n_components, component = csgraph.connected_components(graph, directed=False)
+        return component.astype(np.int32, copy=False), int(n_components) - 1
+
+
+def _label_lookup(values: np.ndarray, offset: int, count: int, background) -> np.ndarray:
+    """``values`` of the global labels offset+1..offset+count, with ``background`` for local label 0."""
+    return np.concatenate([[background], values[offset + 1 : offset + count + 1]]).astype(values.dtype)
+
+
+def _touches_border(labels: np.ndarray, region: tuple[slice, ...], shape: Sequence[int]) -> np.ndarray:
+    """Local labels present on the faces of the whole volume that the block ``region`` lies on."""
+    found = [np.zeros(0, labels.dtype)]
+    for axis, (part, n) in enumerate(zip(region, shape)):
+        for side, on_border in ((0, part.start == 0), (-1, part.stop == n)):
+            if on_border:
+                found.append(np.unique(labels.take(side, axis=axis)))
+    return np.unique(np.concatenate(found))
+
+
+@dataclass
+class CleanedVolume:
+    """A cleaned volume on disk and what the clean-up counted.
+
+    Attributes
+    ----------
+    volume : zarr.Array of bool, shape (slices, rows, columns)
+    objects : int
+        26-connected objects of the cleaned volume.
+    foreground_voxels : int
+    """
+
+    volume: zarr.Array
+    objects: int
+    foreground_voxels: int
+
+
+def clean_blockwise(
+    source,
+    path: str | os.PathLike,
+    min_object_voxels: int = 0,
+    fill_cavities: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> CleanedVolume:
+    """The clean-up of :func:`vem3d.volume.clean_volume`, block by block, into a new zarr volume.
+
+    Objects (26-connected) with fewer than ``min_object_voxels`` voxels are removed;
+    then background regions (6-connected) not connected to the volume's border are
+    filled. The result equals ``clean_volume`` on the whole volume.
+
+    Parameters
+    ----------
+    source : zarr.Array or ndarray, shape (slices, rows, columns)
+        Foreground where non-zero; read one block at a time.
+    path : path
+        Zarr store written (atomically) with the cleaned bool volume.
+    min_object_voxels : int
+        As for :func:`vem3d.volume.remove_small_objects` (0 or 1 keeps everything).
+    fill_cavities : bool
+        As for :func:`vem3d.volume.clean_volume`.
+    block_size : int
+        Block side in voxels; a multiple of the zarr chunk side reads least.
+
+    Returns
+    -------
+    CleanedVolume
+    """
+    started = time.monotonic()
+    shape = source.shape
+    result = {}
+
+    def save(temporary: str) -> None:
+        target = _empty_volume_like(temporary, source, block_size)
+        # Pass 1: objects and their sizes.
+        objects = BlockComponents(26)
+        piece_sizes = [np.zeros(1, np.int64)]
+        for index, region in blocks(shape, block_size, "clean-up, objects"):
+            labels, count = objects.label(index, np.asarray(source[region]) != 0)
+            piece_sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:])
+        object_of, n_objects = objects.components()
+        object_sizes = np.bincount(object_of, weights=np.concatenate(piece_sizes))
+        keep = object_sizes[object_of] >= max(min_object_voxels, 1)
+        keep[0] = False
+        n_kept = len(np.unique(object_of[keep]))
+        log.info("%d objects, %d with fewer than %d voxels removed", n_objects, n_objects - n_kept, min_object_voxels)
+        # Pass 2: write the kept objects; label the background they leave.
+        background = BlockComponents(6)
+        on_border = [np.zeros(1, bool)]
+        for index, region in blocks(shape, block_size, "clean-up, small objects removed"):
+            mask = np.asarray(source[region]) != 0
+            kept_pieces = _label_lookup(keep, objects.offsets[index], objects.counts[index], False)
+            if kept_pieces[1:].all():  # nothing removed here: no need to label again
+                kept = mask
+            else:
+                kept = kept_pieces[_label(mask, objects.structure)[0]]
+            if kept.any():
+                target[region] = kept
+            if fill_cavities:
+                labels, count = background.label(index, ~kept)
+                touching = np.zeros(count + 1, bool)
+                touching[_touches_border(labels, region, shape)] = True
+                on_border.append(touching[1:])
+        if fill_cavities:
+            region_of, _ = background.components()
+            open_regions = np.zeros(region_of.max() + 1, bool)
+            open_regions[region_of[np.concatenate(on_border)]] = True
+            cavity = ~open_regions[region_of]
+            cavity[0] = False
+        if not fill_cavities or not cavity.any():
+            result["objects"] = n_kept
+            result["foreground_voxels"] = int(np.concatenate(piece_sizes)[keep].sum())
+            return
+        # Pass 3: fill the background components that reach no border; count the objects.
+        final = BlockComponents(26)
+        foreground = 0
+        for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
+            filled = np.asarray(target[region])
+            cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
+            if cavity_pieces.any():
+                filled = filled | cavity_pieces[_label(~filled, background.structure)[0]]
+                target[region] = filled
+            final.label(index, filled)
+            foreground += int(np.count_nonzero(filled))
+        result["objects"] = final.components()[1]
+        result["foreground_voxels"] = foreground
+
+    write_directory_atomically(path, save)
+    log.info(
+        "cleaned %d voxels in blocks of %d in %.1f s: %d objects, %d foreground voxels",
+        math.prod(shape),
+        block_size,
+        time.monotonic() - started,
+        result["objects"],
+        result["foreground_voxels"],
+    )
+    return CleanedVolume(zarr.open_array(path, mode="r"), result["objects"], result["foreground_voxels"])
+
+
+@dataclass
+class BlockMesh:
+    """The part of a mesh that one block's marching cubes make.
+
+    Attributes
+    ----------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+        x, y, z in nanometres, origin at the centre of voxel 0, as
+        :func:`vem3d.mesh.volume_to_mesh`.
+    faces : ndarray of int64, shape (n_faces, 3)
+        Indices into ``vertices``, counter-clockwise seen from outside.
+    grid : ndarray of float64, shape (n_vertices, 3)
+        Vertex positions in voxel units (z, y, x), exactly equal for the copies of a
+        vertex that neighbouring blocks share.
+    shared : ndarray of bool, shape (n_vertices,)
+        Vertices on a plane between this block and a neighbour.
+    owned : ndarray of bool, shape (n_vertices,)
+        Vertices this block counts: all but those on a plane it shares with an earlier
+        block, so each vertex of the merged mesh is owned by exactly one block.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    grid: np.ndarray
+    shared: np.ndarray
+    owned: np.ndarray
+
+
+def _cube_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
+    """Marching cubes per block along an axis of ``n`` voxels: (first, stop) of their lower corners.
+
+    Cubes with a lower corner from -1 (one voxel into the padding) to n - 1 can hold
+    surface: beyond, every corner lies in the padding, where the smoothed values
+    stay below one half.
+    """
+    starts = list(range(0, n, block_size))
+    return [(-1 if k == 0 else start, n if k == len(starts) - 1 else starts[k + 1]) for k, start in enumerate(starts)]
+
+
+def _smoothing_input(
+    voxels: np.ndarray, wanted: Sequence[tuple[int, int]], shape: Sequence[int], padding: int
+) -> np.ndarray:
+    """Voxels ``wanted`` ([start, stop) per axis) as float32, as the padded whole volume has them.
+
+    ``voxels`` are the part of ``wanted`` inside the volume (of ``shape``). Outside it
+    lies the zero padding of :func:`vem3d.mesh.volume_to_mesh`, and beyond the padding
+    scipy's reflection of it (reached only for large sigma).
+    """
+    padded = [(max(lo, -padding), min(hi, n + padding)) for (lo, hi), n in zip(wanted, shape)]
+    data = np.zeros([hi - lo for lo, hi in padded], np.float32)
+    data[tuple(slice(max(-lo, 0), max(-lo, 0) + n) for (lo, _), n in zip(padded, voxels.shape))] = voxels
+    beyond = [(plo - lo, hi - phi) for (lo, hi), (plo, phi) in zip(wanted, padded)]
+    if any(before or after for before, after in beyond):
+        data = np.pad(data, beyond, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    return data
+
+
+def _smoothed_field(data: np.ndarray, radius: int, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of ``data`` without its outer ``radius`` layers, computed only near foreground.
+
+    Away from foreground the smoothed value is exactly 0, so only the bounding box of
+    the foreground grown by ``radius`` is filtered; within it scipy's reflection at the
+    box's sides meets only zeros, so every value equals the whole array's.
+    """
+    field = np.zeros([n - 2 * radius for n in data.shape], np.float32)
+    nonzero = [np.flatnonzero(data.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(found) == 0 for found in nonzero):
+        return field
+    box = [(max(found[0] - radius, 0), min(found[-1] + 1 + radius, n)) for found, n in zip(nonzero, data.shape)]
+    window = data[tuple(slice(lo, hi) for lo, hi in box)]
+    smoothed = ndimage.gaussian_filter(window, sigma, truncate=GAUSSIAN_TRUNCATE) if sigma > 0 else window
+    kept = [(max(lo, radius), min(hi, n - radius)) for (lo, hi), n in zip(box, data.shape)]
+    if all(hi > lo for lo, hi in kept):
+        field[tuple(slice(lo - radius, hi - radius) for lo, hi in kept)] = smoothed[
+            tuple(slice(klo - lo, khi - lo) for (klo, khi), (lo, _) in zip(kept, box))
+        ]
+    return field
+
+
+def mesh_blocks(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    level: float = 0.5,
+    task: str = "marching cubes",
+) -> Iterator[BlockMesh]:
+    """Marching cubes of :func:`vem3d.mesh.volume_to_mesh`, one block at a time.
+
+    Each block reads its voxels plus a halo of the Gaussian kernel's radius and one
+    voxel, smooths them (exactly as the whole padded volume would be) and meshes the
+    cubes whose lower corner lies in the block (the first block also takes the cubes
+    reaching one voxel into the padding). Blocks whose voxels and halo are all
+    background, or all foreground away from the volume's border, are skipped without
+    smoothing.
+
+    Parameters
+    ----------
+    volume : zarr.Array or ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    voxel_size_nm, level, smoothing_sigma
+        As for :func:`vem3d.mesh.volume_to_mesh`.
+    block_size : int
+        Block side in voxels.
+    task : str
+        Name under which progress is logged; "" logs nothing.
+
+    Yields
+    ------
+    BlockMesh
+        One per block that holds surface, in raster order of the blocks.
+    """
+    if len(volume.shape) != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    if any(size <= 0 for size in voxel_size_nm):
+        raise ValueError(f"voxel sizes must be > 0 nm, got {voxel_size_nm}")
+    shape = volume.shape
+    spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    radius = int(GAUSSIAN_TRUNCATE * smoothing_sigma + 0.5) if smoothing_sigma > 0 else 0
+    padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
+    ranges = [_cube_ranges(n, block_size) for n in shape]
+    indices = list(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)))
+    for index in _logged(indices, len(indices), task):
+        cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
+        # Grid points first..stop (the cubes' corners) and the kernel's reach around them.
+        wanted = [(first - radius, stop + 1 + radius) for first, stop in cubes]
+        voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
+        if not voxels.any():
+            continue
+        reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
+        if voxels.all() and not reaches_border:
+            continue
+        data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
+        del voxels
+        field = _smoothed_field(data, radius, smoothing_sigma)
+        del data
+        if field.max() <= level or field.min() > level:
+            continue
+        local, faces, _, _ = skimage.measure.marching_cubes(field, level=level)
+        del field
+        grid = local.astype(np.float64) + np.array([first for first, _ in cubes], dtype=np.float64)
+        lower = np.zeros(len(grid), bool)
+        upper = np.zeros(len(grid), bool)
+        for axis, ((first, stop), k) in enumerate(zip(cubes, index)):
+            if k > 0:
+                lower |= grid[:, axis] == first
+            if k < len(ranges[axis]) - 1:
+                upper |= grid[:, axis] == stop
+        yield BlockMesh(
+            vertices=(grid * spacing)[:, ::-1].astype(np.float32),
+            faces=faces.astype(np.int64),
+            grid=grid,
+            shared=lower | upper,
+            owned=~lower,
+        )
+
+
+def weld_block_meshes(block_meshes) -> tuple[np.ndarray, np.ndarray]:
+    """Merge block meshes into one mesh, joining the copies of the vertices on shared planes.
+
+    Copies are joined by their exact voxel-unit position (:attr:`BlockMesh.grid`).
+    Faces left with a repeated vertex (where two distinct vertices of a block round
+    to the same float32 position) are dropped.
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+    faces : ndarray of int64, shape (n_faces, 3)
+        As :func:`vem3d.mesh.volume_to_mesh` returns them (in another order).
+    """
+    vertices, faces, shared_ids, shared_grid = [], [], [], []
+    n_vertices = 0
+    for block in block_meshes:
+        vertices.append(block.vertices)
+        faces.append(block.faces + n_vertices)
+        shared_ids.append(np.flatnonzero(block.shared) + n_vertices)
+        shared_grid.append(block.grid[block.shared])
+        n_vertices += len(block.vertices)
+    if not faces:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    vertices = np.concatenate(vertices)
+    faces = np.concatenate(faces)
+    shared_ids = np.concatenate(shared_ids)
+    shared_grid = np.concatenate(shared_grid)
+    target = np.arange(n_vertices)
+    if len(shared_ids):
+        _, position = np.unique(shared_grid, axis=0, return_inverse=True)
+        first = np.full(position.max() + 1, n_vertices)
+        np.minimum.at(first, position.ravel(), shared_ids)
+        target[shared_ids] = first[position.ravel()]
+    faces = target[faces]
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+    used, faces = np.unique(faces, return_inverse=True)
+    return vertices[used], faces.reshape(-1, 3).astype(np.int64)
+
+
+def mesh_blockwise(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    level: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`vem3d.mesh.volume_to_mesh` block by block: the same mesh, up to vertex and face order.
+
+    Holds the mesh, not the volume, in memory. Parameters as for :func:`mesh_blocks`;
+    returns as :func:`weld_block_meshes`.
+    """
+    return weld_block_meshes(mesh_blocks(volume, voxel_size_nm, block_size, smoothing_sigma, level))
+
+
+STL_HEADER = b"vem3d binary STL".ljust(80)  # must not start with "solid", which marks ASCII STL
+
+
+def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:
+    """Write block meshes as one binary STL, a block at a time (atomically).
+
+    STL stores each triangle's corner positions, so the copies of shared vertices,
+    being equal, need no welding. Normals as :func:`vem3d.mesh.write_stl` computes them.
+
+    Parameters
+    ----------
+    path : path
+        Output ``.stl`` file; not written when there are no faces.
+    block_meshes : iterable of BlockMesh
+
+    Returns
+    -------
+    int
+        Faces written.
+    """
+    block_meshes = iter(block_meshes)
+    first = next(block_meshes, None)
+    if first is None:
+        return 0
+    written = 0
+
+    def save(temporary: str) -> None:
+        nonlocal written
+        with open(temporary, "wb") as stl_file:
+            stl_file.write(STL_HEADER + struct.pack("<I", 0))
+            for block in itertools.chain([first], block_meshes):
+                solid = stl_mesh.Mesh(np.zeros(len(block.faces), dtype=stl_mesh.Mesh.dtype))
+                solid.vectors[:] = block.vertices[block.faces]
+                solid.update_normals()
+                solid.data.tofile(stl_file)
+                written += len(block.faces)
+            if written >= 2**32:
+                raise ValueError(f"{path}: {written} faces do not fit a binary STL (at most 2^32 - 1)")
+            stl_file.seek(len(STL_HEADER))
+            stl_file.write(struct.pack("<I", written))
+
+    write_atomically(path, save)
+    return written
+
+
+@dataclass
+class MeshMeasurements:
+    """Running totals over block meshes: what :func:`vem3d.mesh.mesh_summary` measures on a whole mesh.
+
+    Attributes
+    ----------
+    vertices, faces : int
+        Of the welded mesh (each shared vertex counted once, by its owner block).
+    volume_nm3 : float
+        Enclosed volume (sum of the blocks' signed volumes, divergence theorem).
+    area_nm2 : float
+    """
+
+    vertices: int = 0
+    faces: int = 0
+    volume_nm3: float = 0.0
+    area_nm2: float = 0.0
+
+    def measure(self, block_meshes) -> Iterator[BlockMesh]:
+        """Pass block meshes through, adding each to the totals."""
+        for block in block_meshes:
+            self.vertices += int(np.count_nonzero(block.owned))
+            self.faces += len(block.faces)
+            self.volume_nm3 += enclosed_volume(block.vertices, block.faces)
+            self.area_nm2 += surface_area(block.vertices, block.faces)
+            yield block
+
+
+def write_mesh_blockwise(
+    cleaned: CleanedVolume,
+    voxel_size_nm: tuple[float, float, float],
+    stl_path: str | os.PathLike,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    max_faces: int = 0,
+) -> dict[str, float | int]:
+    """Mesh a cleaned volume block by block into an STL; measure the mesh on the way.
+
+    Parameters
+    ----------
+    cleaned : CleanedVolume
+        From :func:`clean_blockwise`.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`vem3d.mesh.volume_to_mesh`.
+    stl_path : path
+        STL written (not when the mesh is empty).
+    block_size : int
+        Block side in voxels.
+    max_faces : int
+        Simplify the STL to at most this many faces (:func:`vem3d.mesh.decimate_mesh`;
+        the mesh is then held in memory); 0 writes the full mesh block by block.
+
+    Returns
+    -------
+    dict
+        ``objects`` and the measurements of :func:`vem3d.mesh.mesh_summary`, all of
+        the full (not simplified) mesh.
+    """
+    started = time.monotonic()
+    totals = MeshMeasurements()
+    block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma))
+    if max_faces:
+        vertices, faces = decimate_mesh(*weld_block_meshes(block_meshes), max_faces)
+        if len(faces):
+            write_stl(stl_path, vertices, faces)
+        log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
+    else:
+        write_stl_blocks(stl_path, block_meshes)
+    log.info(
+        "meshed %d voxels in blocks of %d in %.1f s: %d faces",
+        math.prod(cleaned.volume.shape),
+        block_size,
+        time.monotonic() - started,
+        totals.faces,
+    )
+    voxel_volume_nm3 = float(np.prod(voxel_size_nm))
+    return {
+        "objects": cleaned.objects,
+        "foreground_voxels": cleaned.foreground_voxels,
+        "voxel_volume_um3": cleaned.foreground_voxels * voxel_volume_nm3 / NM3_PER_UM3,
+        "mesh_volume_um3": totals.volume_nm3 / NM3_PER_UM3,
+        "surface_area_um2": totals.area_nm2 / NM2_PER_UM2,
+        "vertices": totals.vertices,
+        "faces": totals.faces,
+    }
+
+
+def mesh_masks_blockwise(
+    mask_dirs,
+    voxel_size_nm: tuple[float, float, float],
+    stl_path: str | os.PathLike,
+    min_object_voxels: int = 0,
+    smoothing_sigma: float = 0.75,
+    fill_cavities: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    max_faces: int = 0,
+    scratch_dir: str | os.PathLike | None = None,
+) -> dict[str, float | int]:
+    """Mask folders to an STL and its measurements, holding blocks, not the volume, in memory.
+
+    The masks are assembled into a zarr volume (:func:`assemble_mask_zarr`), cleaned
+    (:func:`clean_blockwise`) and meshed (:func:`write_mesh_blockwise`) in a scratch
+    folder that is removed afterwards.
+
+    Parameters
+    ----------
+    mask_dirs, voxel_size_nm, min_object_voxels, smoothing_sigma, fill_cavities
+        As for :func:`vem3d.mesh.mesh_from_masks`.
+    stl_path, block_size, max_faces
+        As for :func:`write_mesh_blockwise`.
+    scratch_dir : path, optional
+        Where the zarr volumes go (compressed masks: far less than a byte per voxel);
+        default: beside ``stl_path``.
+
+    Returns
+    -------
+    dict
+        As :func:`write_mesh_blockwise`.
+    """
+    scratch_parent = Path(scratch_dir) if scratch_dir is not None else Path(stl_path).parent
+    scratch_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".blockwise-") as scratch:
+        masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
+        cleaned = clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size)
+        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces)
+
+
+class _ObjectMask:
+    """One object of a block-labelled volume, read lazily as a bool volume over its bounding box."""
+
+    def __init__(self, labels: zarr.Array, object_of: np.ndarray, component: int, box: Sequence[tuple[int, int]]):
+        self._labels, self._object_of, self._component = labels, object_of, component
+        self._origin = [lo for lo, _ in box]
+        self.shape = tuple(hi - lo for lo, hi in box)
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        shifted = tuple(slice(part.start + lo, part.stop + lo) for part, lo in zip(region, self._origin))
+        return self._object_of[np.asarray(self._labels[shifted])] == self._component
+
+
+def object_statistics_blockwise(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    scratch_dir: str | os.PathLike,
+    smoothing_sigma: float = 0.75,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> pd.DataFrame:
+    """:func:`vem3d.stats.object_statistics`, block by block: the same table.
+
+    Objects inside one block are measured from it at once. Pieces that touch a border
+    with another block are written into a label volume (zarr), joined across blocks,
+    and each such object is meshed from its bounding box: in memory when that is at
+    most a block, otherwise block by block (:func:`mesh_blocks`).
+
+    Parameters
+    ----------
+    volume : zarr.Array or ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`vem3d.stats.object_statistics`.
+    scratch_dir : path
+        Folder for the label volume (removed afterwards).
+    block_size : int
+        Block side in voxels.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`vem3d.stats.object_statistics`, objects numbered in raster order of
+        their first voxel.
+    """
+    started = time.monotonic()
+    shape = volume.shape
+    spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    pieces = BlockComponents(26)
+    # Per piece (one block's part of an object; row 0 stands for label 0): voxel count,
+    # coordinate sums, box start and stop, raster index of its first voxel, and
+    # (mesh volume, area) where the piece is known to be a whole object, else NaN.
+    rows: list[np.ndarray] = [np.array([[0, 0, 0, 0, *([np.iinfo(np.int64).max] * 3), 0, 0, 0, -1, 0, 0]], np.float64)]
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
+        spanning = zarr.create_array(
+            Path(scratch) / "labels.zarr",
+            shape=shape,
+            chunks=volume.chunks if isinstance(volume, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3,
+            dtype=np.uint64,
+            fill_value=0,
+        )
+        for index, region in blocks(shape, block_size, "objects measured"):
+            labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
+            if count == 0:
+                continue
+            origin = np.array([part.start for part in region])
+            inner_border = [(part.start > 0, part.stop < n) for part, n in zip(region, shape)]
+            crosses = np.zeros(count + 1, bool)
+            block_rows = np.empty((count, 13))
+            for k, window in enumerate(ndimage.find_objects(labels), start=1):
+                inside = labels[window] == k
+                coordinates = np.nonzero(inside)
+                start = np.array([part.start for part in window]) + origin
+                crosses[k] = any(
+                    (low and part.start == 0) or (high and part.stop == n)
+                    for part, n, (low, high) in zip(window, labels.shape, inner_border)
+                )
+                block_rows[k - 1] = [
+                    len(coordinates[0]),
+                    *(c.sum() + len(c) * s for c, s in zip(coordinates, start)),
+                    *start,
+                    *(np.array([part.stop for part in window]) + origin),
+                    np.ravel_multi_index(tuple(np.array([c[0] for c in coordinates]) + start), shape),
+                    *((np.nan, np.nan) if crosses[k] else _mesh_measures(inside, voxel_size_nm, smoothing_sigma)),
+                ]
+            rows.append(block_rows)
+            if crosses.any():
+                spanning[region] = np.where(crosses[labels], labels.astype(np.uint64) + pieces.offsets[index], 0)
+        rows = np.concatenate(rows)
+        object_of, n_objects = pieces.components()
+        # Objects numbered in raster order of their first voxel, as label_objects numbers them.
+        first = np.full(object_of.max() + 1, np.inf)
+        np.minimum.at(first, object_of[1:], rows[1:, 10])
+        order = np.argsort(first)[:n_objects]
+        number = np.zeros(object_of.max() + 1, np.int64)
+        number[order] = np.arange(1, n_objects + 1)
+        of_piece = number[object_of]
+        totals = np.stack([np.bincount(of_piece, weights=rows[:, c], minlength=n_objects + 1) for c in range(4)], 1)
+        lows = np.full((n_objects + 1, 3), np.inf)
+        highs = np.zeros((n_objects + 1, 3))
+        np.minimum.at(lows, of_piece, rows[:, 4:7])
+        np.maximum.at(highs, of_piece, rows[:, 7:10])
+        measures = np.full((n_objects + 1, 2), np.nan)
+        whole = ~np.isnan(rows[:, 11])
+        measures[of_piece[whole]] = rows[whole, 11:13]
+        for object_number in np.unique(of_piece[~whole]):
+            box = [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])]
+            mask = _ObjectMask(spanning, object_of, order[object_number - 1], box)
+            if math.prod(mask.shape) <= block_size**3:
+                measures[object_number] = _mesh_measures(
+                    mask[tuple(slice(0, n) for n in mask.shape)], voxel_size_nm, smoothing_sigma
+                )
+            else:
+                mesh_totals = MeshMeasurements()
+                for _ in mesh_totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma, task="")):
+                    pass
+                measures[object_number] = (mesh_totals.volume_nm3, mesh_totals.area_nm2)
+    log.info("measured %d objects block by block in %.1f s", n_objects, time.monotonic() - started)
+    object_voxels = totals[1:, 0]
+    volume_um3, area_um2 = measures[1:, 0] / NM3_PER_UM3, measures[1:, 1] / NM2_PER_UM2
+    columns = {
+        "object": np.arange(1, n_objects + 1),
+        "voxels": object_voxels.astype(np.int64),
+        "volume_um3": object_voxels * spacing.prod() / NM3_PER_UM3,
+        "mesh_volume_um3": volume_um3,
+        "surface_area_um2": area_um2,
+        "sphericity": [sphericity(v, a) for v, a in zip(volume_um3, area_um2)],
+    }
+    for a, axis in enumerate(AXES):
+        columns[f"centroid_{axis}_nm"] = totals[1:, 1 + a] / object_voxels * spacing[a]
+        columns[f"bbox_{axis}_min_nm"] = (lows[1:, a] - 0.5) * spacing[a]
+        columns[f"bbox_{axis}_max_nm"] = (highs[1:, a] - 0.5) * spacing[a]
+    return pd.DataFrame(columns)[OBJECT_COLUMNS]
+
+
+def _mesh_measures(inside: np.ndarray, voxel_size_nm, smoothing_sigma: float) -> tuple[float, float]:
+    """(enclosed volume nm^3, area nm^2) of the mesh of one object, as object_statistics meshes it."""
+    vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+    return (enclosed_volume(vertices, faces) if len(faces) else 0.0, surface_area(vertices, faces))
+
+
+def object_statistics_from_masks_blockwise(
+    mask_dirs,
+    voxel_size_nm: tuple[float, float, float],
+    scratch_dir: str | os.PathLike,
+    min_object_voxels: int = 0,
+    smoothing_sigma: float = 0.75,
+    fill_cavities: bool = True,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> pd.DataFrame:
+    """Mask folders to the object table of :func:`vem3d.stats.object_statistics`, block by block.
+
+    The masks are assembled (:func:`assemble_mask_zarr`), cleaned (:func:`clean_blockwise`)
+    and measured (:func:`object_statistics_blockwise`) in a scratch folder inside
+    ``scratch_dir`` that is removed afterwards. Other parameters as for
+    :func:`vem3d.stats.statistics_from_masks`.
+    """
+    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".blockwise-") as scratch:
+        masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
+        cleaned = clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size)
+        return object_statistics_blockwise(cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size)

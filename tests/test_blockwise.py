@@ -1,0 +1,251 @@
+"""Block-wise clean-up and meshing give the in-memory results, with seams that match."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from vem3d import blockwise
+from vem3d.blockwise import (
+    assemble_mask_zarr,
+    clean_blockwise,
+    mesh_blocks,
+    mesh_blockwise,
+    object_statistics_blockwise,
+    weld_block_meshes,
+    write_stl_blocks,
+)
+from vem3d.mesh import (
+    is_watertight,
+    mesh_from_masks,
+    read_stl,
+    volume_to_mesh,
+)
+from vem3d.slices import write_image
+from vem3d.stats import object_statistics, statistics_from_masks
+from vem3d.volume import clean_volume, label_objects, read_slice_volume
+
+VOXEL_NM = (30.0, 5.0, 4.0)
+
+
+def blobs(shape, seed, smoothness=1.5):
+    """A random binary volume of rounded blobs."""
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.random(shape), smoothness) > 0.5
+
+
+def ball(shape, centre, radius):
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((grid - c) ** 2 for grid, c in zip(grids, centre)) <= radius**2
+
+
+def canonical_faces(faces):
+    """Faces rotated to start at their smallest index (orientation kept), sorted."""
+    start = np.argmin(faces, axis=1)
+    rotated = np.stack([faces[np.arange(len(faces)), (start + k) % 3] for k in range(3)], axis=1)
+    return rotated[np.lexsort(rotated.T[::-1])]
+
+
+def assert_same_mesh(mesh, expected, tolerance_nm=1e-3):
+    """Same vertices (to float32 rounding) and the same oriented faces, in any order."""
+    vertices, faces = mesh
+    expected_vertices, expected_faces = expected
+    assert len(faces) == len(expected_faces)
+    assert len(vertices) == len(expected_vertices)
+    if len(faces) == 0:
+        return
+    distance, match = cKDTree(expected_vertices).query(vertices)
+    assert distance.max() < tolerance_nm
+    assert len(np.unique(match)) == len(match)  # one to one
+    np.testing.assert_array_equal(canonical_faces(match[faces]), canonical_faces(expected_faces))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("block_size", [4, 7, 16])
+def test_block_wise_clean_up_equals_clean_volume(tmp_path, seed, block_size):
+    rng = np.random.default_rng(seed)
+    shape = tuple(rng.integers(6, 20, size=3))
+    # Odd seeds: speckle (many tiny objects, diagonal contacts); even: blobs with cavities.
+    volume = rng.random(shape) > 0.65 if seed % 2 else blobs(shape, seed, 1.0) ^ (rng.random(shape) > 0.97)
+    for min_voxels, fill in [(0, True), (6, True), (6, False), (0, False)]:
+        cleaned = clean_blockwise(volume, tmp_path / f"{min_voxels}{fill}.zarr", min_voxels, fill, block_size)
+        expected = clean_volume(volume, min_voxels, fill)
+        np.testing.assert_array_equal(cleaned.volume[:], expected)
+        assert cleaned.objects == label_objects(expected)[1]
+        assert cleaned.foreground_voxels == np.count_nonzero(expected)
+
+
+def test_objects_touching_only_at_block_corners_are_one_object(tmp_path):
+    volume = np.zeros((8, 8, 8), bool)
+    volume[3, 3, 3] = volume[4, 4, 4] = True  # corner contact across eight blocks of 4
+    volume[3, 3, 1] = volume[4, 4, 1] = True  # edge contact across four blocks
+    cleaned = clean_blockwise(volume, tmp_path / "c.zarr", min_object_voxels=2, fill_cavities=False, block_size=4)
+    assert cleaned.objects == 2
+    np.testing.assert_array_equal(cleaned.volume[:], volume)
+
+
+def test_cavity_spanning_blocks_is_filled_and_open_tunnel_is_not(tmp_path):
+    volume = np.ones((12, 12, 12), bool)
+    volume[3:9, 3:9, 3:9] = False  # a cavity spanning 8 blocks of 6
+    volume[5, 5, 0:2] = False  # a dent open to the border
+    cleaned = clean_blockwise(volume, tmp_path / "c.zarr", block_size=6)
+    assert cleaned.volume[3:9, 3:9, 3:9].all() and not cleaned.volume[5, 5, 0]
+    np.testing.assert_array_equal(cleaned.volume[:], clean_volume(volume))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("block_size", [4, 9, 64])
+@pytest.mark.parametrize("sigma", [0.75, 0.0, 2.5])
+def test_block_wise_mesh_equals_whole_volume_mesh(seed, block_size, sigma):
+    rng = np.random.default_rng(seed)
+    volume = blobs(tuple(rng.integers(5, 30, size=3)), seed)
+    expected = volume_to_mesh(volume, VOXEL_NM, smoothing_sigma=sigma)
+    assert_same_mesh(mesh_blockwise(volume, VOXEL_NM, block_size, sigma), expected)
+
+
+def test_sphere_across_many_blocks_is_closed_and_equals_the_whole_volume_mesh():
+    volume = ball((52, 50, 54), (25.3, 24.6, 26.1), 21)
+    vertices, faces = mesh_blockwise(volume, (1.0, 1.0, 1.0), block_size=8)  # 7 x 7 x 7 blocks
+    assert is_watertight(faces)
+    assert len(np.unique(np.sort(faces, axis=1), axis=0)) == len(faces)  # no duplicate faces
+    assert len(np.unique(vertices, axis=0)) == len(vertices)  # shared vertices welded
+    assert_same_mesh((vertices, faces), volume_to_mesh(volume, (1.0, 1.0, 1.0)))
+
+
+def test_object_touching_the_volume_border_is_closed():
+    vertices, faces = mesh_blockwise(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0), block_size=4)
+    assert is_watertight(faces)
+    assert_same_mesh((vertices, faces), volume_to_mesh(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0)))
+
+
+def test_uniform_blocks_are_not_smoothed(monkeypatch):
+    smoothed = []
+    original = ndimage.gaussian_filter
+
+    def counting(data, *args, **kwargs):
+        smoothed.append(data.shape)
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(blockwise.ndimage, "gaussian_filter", counting)
+    volume = np.zeros((64, 64, 64), bool)
+    volume[16:48, 16:48, 16:48] = True
+    meshes = list(mesh_blocks(volume, (1.0, 1.0, 1.0), block_size=8))
+    # Of 8 x 8 x 8 blocks, with their halo of 4 voxels, 6 x 6 x 6 see foreground and
+    # 2 x 2 x 2 of those only foreground.
+    assert len(smoothed) == 6**3 - 2**3
+    assert is_watertight(weld_block_meshes(meshes)[1])
+
+
+def test_masks_assemble_into_a_zarr_volume(tmp_path):
+    volume = blobs((11, 20, 17), 3)
+    folders = [tmp_path / "chunk0", tmp_path / "chunk1"]
+    for z, mask in enumerate(volume):
+        write_image(folders[z // 6] / f"{z}.png", mask.astype(np.uint8) * 255)
+    stored = assemble_mask_zarr(folders, tmp_path / "volume.zarr", chunk_edge=4)
+    np.testing.assert_array_equal(stored[:], read_slice_volume(folders, dtype=bool))
+    assert stored.chunks == (4, 4, 4)
+    # Assembling again replaces the store whole.
+    stored = assemble_mask_zarr(folders[:1], tmp_path / "volume.zarr")
+    np.testing.assert_array_equal(stored[:], read_slice_volume(folders[:1], dtype=bool))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["chunk0", "chunk1", "volume.zarr"]
+
+
+def test_a_mask_of_another_shape_is_named_and_no_volume_is_left(tmp_path):
+    write_image(tmp_path / "masks/0.png", np.zeros((5, 5), np.uint8))
+    write_image(tmp_path / "masks/1.png", np.zeros((5, 6), np.uint8))
+    with pytest.raises(ValueError, match=r"1\.png has shape \(5, 6\)"):
+        assemble_mask_zarr([tmp_path / "masks"], tmp_path / "volume.zarr")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["masks"]
+
+
+def test_stl_written_block_by_block_reads_back_closed(tmp_path):
+    volume = ball((30, 30, 30), (15, 14, 15.5), 11)
+    faces_written = write_stl_blocks(tmp_path / "ball.stl", mesh_blocks(volume, VOXEL_NM, block_size=7))
+    vertices, faces = read_stl(tmp_path / "ball.stl")
+    expected = volume_to_mesh(volume, VOXEL_NM)
+    assert faces_written == len(faces) == len(expected[1])
+    assert is_watertight(faces)
+    assert_same_mesh((vertices, faces), expected)
+    assert write_stl_blocks(tmp_path / "none.stl", mesh_blocks(np.zeros((5, 5, 5)), VOXEL_NM, 2)) == 0
+    assert not (tmp_path / "none.stl").exists()
+
+
+@pytest.fixture
+def mask_folders(tmp_path):
+    """Mask PNGs of blobs with a hollow ball and specks, in two chunk folders."""
+    volume = blobs((14, 30, 26), 5)
+    volume[2:12, 5:15, 5:15] = ball((10, 10, 10), (4.5, 4.5, 4.5), 5) & ~ball((10, 10, 10), (4.5, 4.5, 4.5), 2)
+    volume[0, 28, 0] = volume[13, 0, 25] = True  # specks
+    folders = [tmp_path / "masks/chunk0", tmp_path / "masks/chunk1"]
+    for z, mask in enumerate(volume):
+        write_image(folders[z // 8] / f"{z}.png", mask.astype(np.uint8) * 255)
+    return folders
+
+
+def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mask_folders):
+    masks = {"mito": mask_folders}
+    in_memory = mesh_from_masks(masks, VOXEL_NM, tmp_path / "a/meshes", tmp_path / "a/summary.tsv", min_object_voxels=5)
+    by_block = mesh_from_masks(
+        masks, VOXEL_NM, tmp_path / "b/meshes", tmp_path / "b/summary.tsv", block_size=8, min_object_voxels=5
+    )
+    assert by_block.iloc[0].drop("class").to_dict() == pytest.approx(in_memory.iloc[0].drop("class").to_dict(), rel=1e-6)
+    assert pd.read_csv(tmp_path / "b/summary.tsv", sep="\t").iloc[0].to_dict() == pytest.approx(
+        pd.read_csv(tmp_path / "a/summary.tsv", sep="\t").iloc[0].to_dict(), rel=1e-6
+    )
+    assert_same_mesh(read_stl(tmp_path / "b/meshes/mito.stl"), read_stl(tmp_path / "a/meshes/mito.stl"))
+    assert sorted(path.name for path in (tmp_path / "b").rglob("*")) == ["meshes", "mito.stl", "summary.tsv"]
+
+
+def test_a_volume_over_the_memory_budget_is_meshed_block_by_block(tmp_path, mask_folders, monkeypatch):
+    calls = []
+    monkeypatch.setattr(blockwise, "mesh_masks_blockwise", lambda *args: calls.append(args) or blockwise_summary_stub())
+    masks = {"mito": mask_folders}
+    mesh_from_masks(masks, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
+    assert len(calls) == 1 and calls[0][6] == blockwise.DEFAULT_BLOCK_SIZE
+    mesh_from_masks(masks, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1.0)
+    assert len(calls) == 1
+
+
+def blockwise_summary_stub():
+    keys = ["objects", "foreground_voxels", "voxel_volume_um3", "mesh_volume_um3", "surface_area_um2", "vertices"]
+    return {**dict.fromkeys(keys, 0), "faces": 0}
+
+
+def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_folders):
+    for name, block_size in (("memory", 0), ("blocks", 8)):
+        masks = {"foreground": mask_folders}
+        full = mesh_from_masks(masks, VOXEL_NM, tmp_path / f"{name}0", tmp_path / f"{name}0.tsv", block_size=block_size)
+        simplified = mesh_from_masks(
+            masks, VOXEL_NM, tmp_path / name, tmp_path / f"{name}.tsv", block_size=block_size, max_faces=300
+        )
+        pd.testing.assert_frame_equal(simplified, full)
+        assert 0 < len(read_stl(tmp_path / name / "foreground.stl")[1]) <= 300 < full.loc[0, "faces"]
+
+
+def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folders):
+    paths = {name: (tmp_path / f"{name}_objects.tsv", tmp_path / f"{name}_summary.tsv") for name in ("a", "b")}
+    masks = {"foreground": mask_folders}
+    in_memory = statistics_from_masks(masks, VOXEL_NM, *paths["a"], min_object_voxels=5).iloc[0]
+    by_block = statistics_from_masks(masks, VOXEL_NM, *paths["b"], min_object_voxels=5, block_size=8).iloc[0]
+    assert by_block.drop("class").to_dict() == pytest.approx(in_memory.drop("class").to_dict(), rel=1e-6, nan_ok=True)
+    expected = pd.read_csv(paths["a"][0], sep="\t")
+    assert len(expected) > 3
+    pd.testing.assert_frame_equal(pd.read_csv(paths["b"][0], sep="\t"), expected, rtol=1e-5)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "a_objects.tsv",
+        "a_summary.tsv",
+        "b_objects.tsv",
+        "b_summary.tsv",
+        "masks",
+    ]
+
+
+@pytest.mark.parametrize("block_size", [5, 64])
+def test_object_statistics_block_by_block_equal_object_statistics(tmp_path, block_size):
+    volume = blobs((20, 26, 23), 7, 1.2)
+    volume[3:17, 2:20, 4:9] = True  # an object larger than a block of 5 (meshed block by block)
+    expected = object_statistics(volume, VOXEL_NM)
+    table = object_statistics_blockwise(volume, VOXEL_NM, tmp_path, block_size=block_size)
+    pd.testing.assert_frame_equal(table, expected, rtol=1e-6)
+    assert list(tmp_path.iterdir()) == []
