@@ -185,12 +185,14 @@ def compare_tiling(project: Path, sample: str, slice_name: str, config: dict) ->
         for name, image, _ in read_preprocessed(folder)
         if name == slice_name
     )
-    multiple = 2**unet.depth
-    rows, columns = (size - size % multiple for size in image.shape)
-    image = image[:rows, :columns]
     segment = config["segment"]
     tiled = predict_tiled(model.predict_on_batch, image, segment["tile_size"], segment["overlap"], segment["batch_size"])
-    whole = np.asarray(model.predict_on_batch(image[np.newaxis, ..., np.newaxis]))[0]
+    # The whole slice gets the same reflected border as the tiles, so that only the tiling differs.
+    margin, multiple = segment["overlap"] // 2, 2**unet.depth
+    padded = np.pad(image, margin, mode="reflect")
+    padded = np.pad(padded, [(0, -size % multiple) for size in padded.shape], mode="reflect")
+    whole = np.asarray(model.predict_on_batch(padded[np.newaxis, ..., np.newaxis]))[0]
+    whole = whole[margin : margin + image.shape[0], margin : margin + image.shape[1]]
     tiled_mask, whole_mask = probabilities_to_mask(tiled), probabilities_to_mask(whole)
     difference = np.abs(tiled - whole).max(-1)
     return {
