@@ -1,9 +1,10 @@
 """Where the time of a workflow run goes: the network against everything else, full and incremental.
 
 Writes a synthetic stack (vem3d.synth) into a temporary project, trains the configured
-U-Net briefly on its labels (weights quality does not matter here, only that the masks
-look like real ones to the mesh and statistics steps), then runs the real workflow
-with those weights (``train.enabled: false``) on the CPU and prints
+U-Net briefly on its labels (or takes ``--weights``; their quality hardly matters here,
+only that the masks hold objects for the mesh and statistics steps, as real ones do),
+then runs the real workflow with those weights (``train.enabled: false``) on the CPU
+and prints
 
 - the full run's wall time against the seconds spent inside the network's forward
   passes (summed from the segment steps' logs); target: what is not the network is at
@@ -15,6 +16,7 @@ with those weights (``train.enabled: false``) on the CPU and prints
 
     python benchmarks/pipeline.py                        # 256 slices of 512 x 512, chunk_size 32
     python benchmarks/pipeline.py --slices 64 --size 256 # quicker
+    python benchmarks/pipeline.py --weights /tmp/unet.weights.h5  # trains once, then reuses them
 """
 
 from __future__ import annotations
@@ -42,24 +44,22 @@ HEADER = "sample\tslices\tlabels\tground_truth\tvoxel_size_z_nm\tvoxel_size_y_nm
 NETWORK_SECONDS = re.compile(r"([\d.]+) s of it in the network's forward passes")
 
 
-def train_weights(project: Path, folders: dict, config: dict) -> Path:
-    """Weights of the configured U-Net, trained briefly on the stack's first labelled slices."""
+def train_weights(weights: Path, folders: dict, config: dict) -> None:
+    """Train the configured U-Net briefly on the stack's first labelled slices, into ``weights``."""
     names = [path.stem for path in list_slices(folders["labels"])][:8]
-    preprocessed = project / "training" / "preprocessed"
-    preprocess_stack(folders["slices"], names, preprocessed, **config["preprocess"])
-    weights = project / "training" / "unet.weights.h5"
+    training = weights.parent / "training"
+    preprocess_stack(folders["slices"], names, training / "preprocessed", **config["preprocess"])
     unet = {key: config["model"][key] for key in ("depth", "base_filters", "batch_norm", "dropout")}
     train_from_folders(
-        [preprocessed],
+        [training / "preprocessed"],
         [folders["labels"]],
         weights_path=weights,
-        history_path=project / "training" / "history.tsv",
-        curves_path=project / "training" / "curves.png",
-        checkpoint_dir=project / "training" / "checkpoints",
+        history_path=training / "history.tsv",
+        curves_path=training / "curves.png",
+        checkpoint_dir=training / "checkpoints",
         unet_config=UNetConfig(**unet),
-        config=TrainingConfig(epochs=3, steps_per_epoch=10, batch_size=8, patch_size=128, validation_fraction=0.25),
+        config=TrainingConfig(epochs=6, steps_per_epoch=20, batch_size=8, patch_size=128, validation_fraction=0.25),
     )
-    return weights
 
 
 def write_project(project: Path, folders: dict, weights: Path, config: dict, chunk_size: int) -> None:
@@ -129,6 +129,10 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep the project here (default: a temporary folder)")
+    parser.add_argument(
+        "--weights", type=Path,
+        help="weights of the configured model to segment with; trained there first where the file is missing",
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vem3d-pipeline-") as temporary:
         project = arguments.workdir or Path(temporary)
@@ -138,14 +142,18 @@ def main() -> None:
         folders = write_demo_stack(project / "data", n_slices=arguments.slices, size=arguments.size, seed=3)
         print(f"synthetic stack of {arguments.slices} slices of {arguments.size} x {arguments.size}: "
               f"{time.perf_counter() - started:.1f} s")
-        started = time.perf_counter()
-        weights = train_weights(project, folders, config)
-        print(f"brief training of the configured U-Net: {time.perf_counter() - started:.1f} s")
+        weights = arguments.weights or project / "weights" / "unet.weights.h5"
+        if not weights.is_file():
+            started = time.perf_counter()
+            train_weights(weights, folders, config)
+            print(f"brief training of the configured U-Net: {time.perf_counter() - started:.1f} s, into {weights}")
         write_project(project, folders, weights, config, arguments.chunk_size)
 
         since = time.time()
         full = run_workflow(project, arguments.cores)
         network = report(f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)", full, project, since)
+        mesh = pd.read_csv(project / "results" / SAMPLE / "mesh_summary.tsv", sep="\t").iloc[0]
+        print(f"segmented: {mesh['objects']} objects, {mesh['foreground_voxels']} voxels, {mesh['faces']} mesh faces")
 
         changed = change_one_slice(folders["slices"], arguments.slices // 2)
         since = time.time()

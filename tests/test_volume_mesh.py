@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 from stl import mesh as stl_mesh
 
 from vem3d.mesh import enclosed_volume, is_watertight, mesh_summary, surface_area, volume_to_mesh, write_stl
@@ -77,6 +78,14 @@ def test_fill_holes_fills_enclosed_cavities_only():
     volume[0:3, 2, 2] = False  # tunnel open to the border stays open
     filled = fill_holes(volume)
     assert filled[4, 4, 4] and not filled[1, 2, 2]
+
+
+@pytest.mark.parametrize("shape, density", [((12, 16, 20), 0.5), ((12, 16, 20), 0.65), ((1, 9, 9), 0.6), ((4, 1, 7), 0.5)])
+def test_fill_holes_equals_scipy_binary_fill_holes(shape, density):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        volume = rng.random(shape) < density
+        np.testing.assert_array_equal(fill_holes(volume), ndimage.binary_fill_holes(volume))
 def test_a_speck_that_smoothing_blurs_away_gives_no_mesh():
     volume = np.zeros((5, 5, 5), bool)
     volume[2, 2, 2] = True
