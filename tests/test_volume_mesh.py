@@ -3,7 +3,15 @@ import pytest
 from scipy import ndimage
 from stl import mesh as stl_mesh
 
-from vem3d.mesh import enclosed_volume, is_watertight, mesh_summary, surface_area, volume_to_mesh, write_stl
+from vem3d.mesh import (
+    enclosed_volume,
+    is_watertight,
+    mesh_summary,
+    surface_area,
+    unique_rows,
+    volume_to_mesh,
+    write_stl,
+)
 from vem3d.volume import assemble_volume, fill_holes, remove_small_objects
 
 
@@ -91,3 +99,14 @@ def test_a_speck_that_smoothing_blurs_away_gives_no_mesh():
     volume[2, 2, 2] = True
     vertices, faces = volume_to_mesh(volume, (1, 1, 1), smoothing_sigma=0.75)
     assert len(vertices) == 0 and len(faces) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_unique_rows_equals_numpy_unique_along_rows(dtype):
+    rows = np.random.default_rng(0).integers(-3, 3, size=(500, 3)).astype(dtype)
+    unique, first, inverse = unique_rows(rows)
+    expected, expected_first, expected_inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    np.testing.assert_array_equal(unique, expected)
+    np.testing.assert_array_equal(first, expected_first)
+    np.testing.assert_array_equal(inverse, expected_inverse.ravel())
+    assert [len(part) for part in unique_rows(np.zeros((0, 3), dtype))] == [0, 0, 0]
