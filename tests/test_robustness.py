@@ -1,12 +1,30 @@
 """Bad input and faults: each case handled as documented, or stopped with a clear message."""
 
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import pandas as pd
 import pytest
 
-from test_workflow import DEMO_ROW, TINY_CONFIG, make_project, own_stack, row, snakemake
+from test_workflow import (
+    DEMO_ROW,
+    EVERYTHING_FOREGROUND,
+    HEADER,
+    SNAKEFILE,
+    TINY_CONFIG,
+    make_project,
+    own_stack,
+    row,
+    snakemake,
+)
 from vem3d.mesh import mesh_from_masks
 from vem3d.preprocess import preprocess_stack, read_preprocessed
 from vem3d.slices import read_slice
@@ -106,3 +124,135 @@ def test_weights_trained_for_another_network_are_refused_before_any_work(tmp_pat
     assert result.returncode != 0
     assert "depth: trained with 4, configured 2" in result.stdout + result.stderr
     assert not (project / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def untrained_weights(tmp_path_factory):
+    """Weights of TINY_CONFIG's network, untrained: for runs that segment without training."""
+    from vem3d.train import save_weights
+    from vem3d.unet import UNetConfig, build_unet
+
+    path = tmp_path_factory.mktemp("weights") / "unet.weights.h5"
+    save_weights(build_unet(UNetConfig(depth=2, base_filters=4)), path)
+    return path
+
+
+def segmenting_with(weights, segment=None):
+    """Config overrides for a project that segments with given weights and trains nothing."""
+    return {
+        "train": {"enabled": False},
+        "model": {**TINY_CONFIG["model"], "weights": str(weights)},
+        "segment": {**EVERYTHING_FOREGROUND["segment"], **(segment or {})},
+    }
+
+
+@pytest.mark.slow
+def test_a_failing_sample_leaves_the_others_to_finish_with_keep_going(tmp_path, untrained_weights):
+    rows = {}
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        rows[name] = row(name, own_stack(tmp_path / name))
+    (tmp_path / "b" / "stack" / "img2.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    project = make_project(tmp_path, rows=rows.values(), **segmenting_with(untrained_weights))
+    # The study table and the meshes, not the pictures: fewer jobs, the same dependencies.
+    targets = ["results/study_objects.tsv", *(f"results/{name}/mesh_summary.tsv" for name in rows)]
+    result = snakemake(project, "--keep-going", *targets)
+    assert result.returncode != 0
+    for sample in ("a", "c"):
+        for name in ("meshes/mitochondrion.stl", "objects_summary.tsv"):
+            assert (project / "results" / sample / name).is_file(), (sample, name)
+    assert "img2.png: cannot be read" in (project / "logs/b/preprocess/chunk0000.log").read_text()
+    assert not (project / "results/b/masks").exists()
+    # The study table covers the whole sheet, so it waits; the message says how to get it now.
+    assert not (project / "results/study_objects.tsv").exists()
+    assert "no results yet for sample(s) b" in result.stderr
+    (project / "config/samples.tsv").write_text(HEADER + rows["a"] + "#" + rows["b"] + rows["c"])
+    targets = [target for target in targets if "/b/" not in target]
+    dry_run = snakemake(project, *targets, "-n", "--quiet", "rules")
+    planned = dict(re.findall(r"^(\w+)\s+(\d+)$", dry_run.stdout, flags=re.MULTILINE))
+    assert planned == {"study_objects": "1", "total": "1"}
+    assert snakemake(project, *targets).returncode == 0
+    assert list(pd.read_csv(project / "results/study_objects.tsv", sep="\t")["sample"]) == ["a", "c"]
+
+
+def _processes_of_session(session):
+    """Command lines of the running processes of a session, by process id (Linux /proc)."""
+    commands = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == session:
+                    commands[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, ProcessLookupError):
+                pass  # ended meanwhile
+    return commands
+
+
+def _kill_while_segmenting(project, kill):
+    """Run the workflow's per-slice steps on one core and kill them while a segment job,
+    not the first, has written some of its masks. Returns the finished chunks and the
+    one killed."""
+    masks = project / "results/own/masks"
+    benchmarks = project / "results/benchmarks/own/segment"
+    with open(project / "run.log", "w") as output:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(project),
+             "--cores", "1", "--until", "segment"],
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            finished = sorted(path.stem for path in benchmarks.glob("chunk*.tsv"))
+            running = [
+                folder.name for folder in masks.glob("chunk*")
+                if folder.name not in finished and any(folder.glob("*.png"))
+            ]
+            if finished and running:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"no segment job was caught mid-way:\n{(project / 'run.log').read_text()[-3000:]}")
+        if kill == "job":
+            (job,) = [pid for pid, command in _processes_of_session(run.pid).items() if "segment.py" in command]
+            os.kill(job, signal.SIGKILL)
+        else:
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    return finished, running[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", ["job", "everything"])
+def test_a_segment_chunk_killed_mid_way_is_redone_and_finished_chunks_are_not(tmp_path, untrained_weights, kill):
+    # Two chunks of two slices of 256 x 256, in tiles of 32, one tile per forward pass:
+    # a slice takes long enough for a chunk to be caught with some of its masks written.
+    stack = own_stack(tmp_path, n_slices=4, shape=(256, 256))
+    project = make_project(
+        tmp_path, rows=(row("own", stack),), chunk_size=2, **segmenting_with(untrained_weights, {"batch_size": 1})
+    )
+    finished, killed = _kill_while_segmenting(project, kill)
+    logs = {chunk: project / f"logs/own/segment/{chunk}.log" for chunk in finished}
+    before = {chunk: (log.stat().st_mtime_ns, log.read_text()) for chunk, log in logs.items()}
+    if kill == "job":
+        # Snakemake saw the job fail and removed what it had written.
+        assert not (project / "results/own/masks" / killed).exists()
+    else:
+        # Snakemake itself was killed: the partial outputs stay, marked incomplete, and
+        # its lock on the folder stays until --unlock.
+        assert (project / "results/own/masks" / killed).is_dir()
+        locked = snakemake(project, "--until", "segment")
+        assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr
+        assert snakemake(project, "--unlock").returncode == 0
+    dry_run = snakemake(project, "-n", "--until", "segment")
+    planned = re.findall(r"rule segment:.*?wildcards: sample=own, chunk=(chunk\d{4})", dry_run.stdout, re.DOTALL)
+    assert planned == [killed]
+    again = snakemake(project, "--until", "segment")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {chunk: (log.stat().st_mtime_ns, log.read_text()) for chunk, log in logs.items()} == before
+    assert "segmented 2 slices" in (project / f"logs/own/segment/{killed}.log").read_text()
+    masks = sorted(path.stem for path in (project / "results/own/masks").glob("chunk*/*.png"))
+    assert masks == [f"img{z}" for z in range(4)]

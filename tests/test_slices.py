@@ -30,6 +30,15 @@ def test_hidden_files_and_thumbs_db_are_skipped(tmp_path):
     assert [path.name for path in list_slices(tmp_path)] == ["a.png"]
 
 
+def test_symbolic_links_to_slices_are_slices_and_folders_are_not(tmp_path):
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    iio.imwrite(tmp_path / "elsewhere.png", np.zeros((4, 4), np.uint8))
+    (stack / "s1.png").symlink_to(tmp_path / "elsewhere.png")
+    (stack / "s2.png").mkdir()
+    assert [path.name for path in list_slices(stack)] == ["s1.png"]
+
+
 def test_empty_or_missing_folder_is_an_error_naming_it(tmp_path):
     with pytest.raises(SliceError, match="no slice files"):
         list_slices(tmp_path)

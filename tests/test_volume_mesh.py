@@ -1,8 +1,17 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 from stl import mesh as stl_mesh
 
-from vem3d.mesh import enclosed_volume, is_watertight, mesh_summary, surface_area, volume_to_mesh, write_stl
+from vem3d.mesh import (
+    enclosed_volume,
+    is_watertight,
+    mesh_summary,
+    surface_area,
+    unique_rows,
+    volume_to_mesh,
+    write_stl,
+)
 from vem3d.volume import assemble_volume, fill_holes, remove_small_objects
 
 
@@ -77,8 +86,27 @@ def test_fill_holes_fills_enclosed_cavities_only():
     volume[0:3, 2, 2] = False  # tunnel open to the border stays open
     filled = fill_holes(volume)
     assert filled[4, 4, 4] and not filled[1, 2, 2]
+
+
+@pytest.mark.parametrize("shape, density", [((12, 16, 20), 0.5), ((12, 16, 20), 0.65), ((1, 9, 9), 0.6), ((4, 1, 7), 0.5)])
+def test_fill_holes_equals_scipy_binary_fill_holes(shape, density):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        volume = rng.random(shape) < density
+        np.testing.assert_array_equal(fill_holes(volume), ndimage.binary_fill_holes(volume))
 def test_a_speck_that_smoothing_blurs_away_gives_no_mesh():
     volume = np.zeros((5, 5, 5), bool)
     volume[2, 2, 2] = True
     vertices, faces = volume_to_mesh(volume, (1, 1, 1), smoothing_sigma=0.75)
     assert len(vertices) == 0 and len(faces) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float32])
+def test_unique_rows_equals_numpy_unique_along_rows(dtype):
+    rows = np.random.default_rng(0).integers(-3, 3, size=(500, 3)).astype(dtype)
+    unique, first, inverse = unique_rows(rows)
+    expected, expected_first, expected_inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+    np.testing.assert_array_equal(unique, expected)
+    np.testing.assert_array_equal(first, expected_first)
+    np.testing.assert_array_equal(inverse, expected_inverse.ravel())
+    assert [len(part) for part in unique_rows(np.zeros((0, 3), dtype))] == [0, 0, 0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -64,10 +65,12 @@ def list_slices(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise SliceError(f"{folder}: slice folder does not exist or is not a folder")
-    files = sorted(
-        (path for path in folder.iterdir() if path.is_file() and is_slice_file(path)),
-        key=lambda path: natural_key(path.name),
-    )
+    # scandir knows which entries are files without a stat per file (thousands of slices).
+    with os.scandir(folder) as entries:
+        files = sorted(
+            (Path(entry.path) for entry in entries if entry.is_file() and is_slice_file(Path(entry.name))),
+            key=lambda path: natural_key(path.name),
+        )
     if not files:
         raise SliceError(
             f"{folder}: no slice files found (expected {', '.join(SLICE_SUFFIXES)})"
@@ -150,7 +153,7 @@ def stack_slice_names(source: str | os.PathLike) -> list[str]:
             raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
         return [f"z{index:04d}" for index in range(n_pages)]
     names = [path.stem for path in list_slices(source)]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise SliceError(f"{source}: several files share the slice name(s) {duplicates}")
     return names

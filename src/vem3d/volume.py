@@ -94,8 +94,18 @@ def fill_holes(volume: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray of bool, shape as ``volume``
+        As ``scipy.ndimage.binary_fill_holes`` (background 6-connected), which
+        grows the outside in one voxel layer per pass over the whole volume: a
+        stack of hundreds of slices took it tens of seconds. Labelling the background
+        once takes one pass.
     """
-    return ndimage.binary_fill_holes(volume.astype(bool))
+    foreground = volume.astype(bool)
+    background, n_regions = ndimage.label(~foreground)
+    touches_border = np.zeros(n_regions + 1, dtype=bool)
+    for axis in range(background.ndim):
+        touches_border[np.take(background, [0, -1], axis=axis)] = True
+    touches_border[0] = False  # label 0 is the foreground
+    return ~touches_border[background]
 
 
 def clean_volume(volume: np.ndarray, min_object_voxels: int = 0, fill_cavities: bool = True) -> np.ndarray:

@@ -12,7 +12,13 @@ sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
 from vem3d.labels import class_values, label_slices
 from vem3d.provenance import check_weights_settings
-from vem3d.slices import SliceError, is_tiff_stack, list_slices, stack_slice_names
+from vem3d.slices import (
+    SliceError,
+    is_tiff_stack,
+    list_slices,
+    stack_slice_files,
+    stack_slice_names,
+)
 from vem3d.synth import demo_slice_names
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
@@ -85,20 +91,24 @@ def naming_sample(sample, column):
         raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
 
 
-def _checked_names(sample, column):
-    """Slice names of a sample's folder or stack."""
-    with naming_sample(sample, column):
-        return stack_slice_names(samples.loc[sample, column])
+def _listed_slice_files(sample):
+    """Slice name -> file of a sample's stack in z order (each name -> the one file of a
+    TIFF stack); listed once, here, as input functions ask for it job after job."""
+    source = samples.loc[sample, "slices"]
+    if is_demo(source):
+        return dict(zip(DEMO_SLICE_NAMES, demo_files("slices", DEMO_SLICE_NAMES)))
+    with naming_sample(sample, "slices"):
+        names = stack_slice_names(source)
+        files = (
+            [source] * len(names)
+            if is_tiff_stack(source)
+            else stack_slice_files(source, names)
+        )
+    return {name: str(path) for name, path in zip(names, files)}
 
 
-SLICE_NAMES = {
-    sample: (
-        DEMO_SLICE_NAMES
-        if is_demo(samples.loc[sample, "slices"])
-        else _checked_names(sample, "slices")
-    )
-    for sample in samples.index
-}
+SLICE_FILES = {sample: _listed_slice_files(sample) for sample in samples.index}
+SLICE_NAMES = {sample: list(files) for sample, files in SLICE_FILES.items()}
 
 
 def chunk_ids(sample):
@@ -114,13 +124,7 @@ def chunk_slice_names(sample, chunk):
 
 def slice_files(sample, names):
     """The files holding a sample's named slices (or the one TIFF stack)."""
-    source = samples.loc[sample, "slices"]
-    if is_demo(source):
-        return demo_files("slices", names)
-    if is_tiff_stack(source):
-        return [source]
-    by_name = {path.stem: str(path) for path in list_slices(source)}
-    return [by_name[name] for name in names]
+    return list(dict.fromkeys(SLICE_FILES[sample][name] for name in names))
 
 
 def get_chunk_slice_files(wildcards):

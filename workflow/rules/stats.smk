@@ -47,3 +47,20 @@ rule study_objects:
         samples=list(samples.index),
     script:
         "../scripts/study_objects.py"
+
+
+onerror:
+    unfinished = [
+        sample
+        for sample in samples.index
+        if not Path(f"results/{sample}/objects_summary.tsv").is_file()
+    ]
+    if unfinished:
+        print(
+            f"vem3d: no results yet for sample(s) {', '.join(unfinished)} (see logs/). "
+            "results/study_objects.tsv covers every sample in the sheet and waits for "
+            "them. With --keep-going the other samples carry on to their results; to "
+            "tabulate those, fix the samples above or comment out their rows in the "
+            "sample sheet with '#' and run again (README: 'Many samples').",
+            file=sys.stderr,
+        )

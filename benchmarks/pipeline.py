@@ -1,0 +1,169 @@
+"""Where the time of a workflow run goes: the network against everything else, full and incremental.
+
+Writes a synthetic stack (vem3d.synth) into a temporary project, trains the configured
+U-Net briefly on its labels (or takes ``--weights``; their quality hardly matters here,
+only that the masks hold objects for the mesh and statistics steps, as real ones do),
+then runs the real workflow with those weights (``train.enabled: false``) on the CPU
+and prints
+
+- the full run's wall time against the seconds spent inside the network's forward
+  passes (summed from the segment steps' logs); target: what is not the network is at
+  most 25 % of the total;
+- the wall time of a re-run after one slice changed; target: at most 15 % of the full
+  run;
+- for both, the seconds of each step (from Snakemake's benchmark files), to show where
+  the time goes.
+
+    python benchmarks/pipeline.py                        # 256 slices of 512 x 512, chunk_size 32
+    python benchmarks/pipeline.py --slices 64 --size 256 # quicker
+    python benchmarks/pipeline.py --weights /tmp/unet.weights.h5  # trains once, then reuses them
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from vem3d.preprocess import preprocess_stack
+from vem3d.slices import list_slices, read_slice, write_image
+from vem3d.synth import write_demo_stack
+from vem3d.train import TrainingConfig, train_from_folders
+from vem3d.unet import UNetConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = "synthetic"
+HEADER = "sample\tslices\tlabels\tground_truth\tvoxel_size_z_nm\tvoxel_size_y_nm\tvoxel_size_x_nm\n"
+NETWORK_SECONDS = re.compile(r"([\d.]+) s of it in the network's forward passes")
+
+
+def train_weights(weights: Path, folders: dict, config: dict) -> None:
+    """Train the configured U-Net briefly on the stack's first labelled slices, into ``weights``."""
+    names = [path.stem for path in list_slices(folders["labels"])][:8]
+    training = weights.parent / "training"
+    preprocess_stack(folders["slices"], names, training / "preprocessed", **config["preprocess"])
+    unet = {key: config["model"][key] for key in ("depth", "base_filters", "batch_norm", "dropout")}
+    train_from_folders(
+        [training / "preprocessed"],
+        [folders["labels"]],
+        weights_path=weights,
+        history_path=training / "history.tsv",
+        curves_path=training / "curves.png",
+        checkpoint_dir=training / "checkpoints",
+        unet_config=UNetConfig(**unet),
+        config=TrainingConfig(epochs=6, steps_per_epoch=20, batch_size=8, patch_size=128, validation_fraction=0.25),
+    )
+
+
+def write_project(project: Path, folders: dict, weights: Path, config: dict, chunk_size: int) -> None:
+    config = {**config, "samples": "config/samples.tsv", "chunk_size": chunk_size}
+    config["train"] = {**config["train"], "enabled": False}
+    config["model"] = {**config["model"], "weights": str(weights)}
+    (project / "config").mkdir(exist_ok=True)
+    (project / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    (project / "config" / "samples.tsv").write_text(HEADER + f"{SAMPLE}\t{folders['slices']}\t\t\t20\t10\t10\n")
+
+
+def run_workflow(project: Path, cores: int) -> float:
+    """Wall seconds of one Snakemake run of the project (process start included)."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
+               "--directory", str(project), "--cores", str(cores)]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"workflow run failed:\n{result.stderr[-5000:]}")
+    return seconds
+
+
+def network_seconds(project: Path, since: float) -> float:
+    """Seconds inside the network's forward passes, over the segment logs written since ``since``."""
+    total = 0.0
+    for log in (project / "logs" / SAMPLE / "segment").glob("*.log"):
+        if log.stat().st_mtime >= since:
+            total += sum(float(value) for value in NETWORK_SECONDS.findall(log.read_text()))
+    return total
+
+
+def step_seconds(project: Path, since: float) -> pd.DataFrame:
+    """Jobs and summed wall seconds per step, from the benchmark files written since ``since``."""
+    rows = []
+    for path in (project / "results" / "benchmarks").rglob("*.tsv"):
+        if path.stat().st_mtime >= since:
+            step = path.relative_to(project / "results" / "benchmarks" / SAMPLE).parts[0].removesuffix(".tsv")
+            rows.append({"step": step, "seconds": float(pd.read_csv(path, sep="\t")["s"].iloc[0])})
+    table = pd.DataFrame(rows, columns=["step", "seconds"])
+    return table.groupby("step")["seconds"].agg(jobs="count", seconds="sum").sort_values("seconds", ascending=False)
+
+
+def report(title: str, wall: float, project: Path, since: float) -> float:
+    network = network_seconds(project, since)
+    print(f"\n{title}: {wall:.1f} s wall, {network:.1f} s in the network's forward passes, "
+          f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network")
+    print("seconds per step (each job's own wall time; jobs may overlap on several cores):")
+    print(step_seconds(project, since).round(1).to_string())
+    return network
+
+
+def change_one_slice(folder: Path, index: int) -> Path:
+    """Give one slice new content (a brighter square), as a re-acquired slice would."""
+    path = list_slices(folder)[index]
+    image = read_slice(path).copy()
+    rows, columns = image.shape
+    image[rows // 4 : rows // 2, columns // 4 : columns // 2] = 255
+    write_image(path, image)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=256)
+    parser.add_argument("--size", type=int, default=512, help="slice side in pixels")
+    parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--workdir", type=Path, help="keep the project here (default: a temporary folder)")
+    parser.add_argument(
+        "--weights", type=Path,
+        help="weights of the configured model to segment with; trained there first where the file is missing",
+    )
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vem3d-pipeline-") as temporary:
+        project = arguments.workdir or Path(temporary)
+        project.mkdir(parents=True, exist_ok=True)
+        config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+        started = time.perf_counter()
+        folders = write_demo_stack(project / "data", n_slices=arguments.slices, size=arguments.size, seed=3)
+        print(f"synthetic stack of {arguments.slices} slices of {arguments.size} x {arguments.size}: "
+              f"{time.perf_counter() - started:.1f} s")
+        weights = arguments.weights or project / "weights" / "unet.weights.h5"
+        if not weights.is_file():
+            started = time.perf_counter()
+            train_weights(weights, folders, config)
+            print(f"brief training of the configured U-Net: {time.perf_counter() - started:.1f} s, into {weights}")
+        write_project(project, folders, weights, config, arguments.chunk_size)
+
+        since = time.time()
+        full = run_workflow(project, arguments.cores)
+        network = report(f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)", full, project, since)
+        mesh = pd.read_csv(project / "results" / SAMPLE / "mesh_summary.tsv", sep="\t").iloc[0]
+        print(f"segmented: {mesh['objects']} objects, {mesh['foreground_voxels']} voxels, {mesh['faces']} mesh faces")
+
+        changed = change_one_slice(folders["slices"], arguments.slices // 2)
+        since = time.time()
+        again = run_workflow(project, arguments.cores)
+        report(f"re-run after changing {changed.name}", again, project, since)
+
+    print(f"\nnot the network: {100 * (full - network) / full:.1f} % of the full run (target <= 25 %)")
+    print(f"re-run after 1 changed slice: {again:.1f} s = {100 * again / full:.1f} % of the full run's "
+          f"{full:.1f} s (target <= 15 %)")
+
+
+if __name__ == "__main__":
+    main()
