@@ -7,6 +7,8 @@ per slice. Runs on any Keras backend (KERAS_BACKEND=tensorflow|jax|torch).
 
     python benchmarks/lucchi.py --preset cpu          # documented CPU settings
     KERAS_BACKEND=jax python benchmarks/lucchi.py --preset gpu
+    # score weights trained before, in bfloat16 (the preset gives the model's shape):
+    python benchmarks/lucchi.py --preset cpu --weights best.weights.h5 --precision mixed_bfloat16
 
 The data's licence forbids redistribution: it is read in place, never copied.
 """
@@ -23,10 +25,10 @@ import numpy as np
 
 from vem3d.metrics import object_scores, score_masks
 from vem3d.preprocess import normalise_percentile
-from vem3d.segment import predict_tiled, with_test_time_augmentation
+from vem3d.segment import load_model, predict_tiled, with_test_time_augmentation
 from vem3d.slices import list_slices, read_slice
 from vem3d.train import TrainingConfig, train_unet
-from vem3d.unet import UNetConfig
+from vem3d.unet import PRECISIONS, UNetConfig, build_unet
 from vem3d.volume import fill_holes, remove_small_objects
 
 PRESETS = {
@@ -63,6 +65,9 @@ def main() -> None:
     parser.add_argument("--test-slices", type=int, default=30, help="last slices scored, never trained on")
     parser.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     parser.add_argument("--tile-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="compute precision of inference")
+    parser.add_argument("--weights", type=Path, help="score these weights (of the preset's model) instead of training")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 orientations)")
     parser.add_argument("--min-object-voxels", type=int, default=500)
     parser.add_argument("--checkpoints", type=Path, default=Path("/tmp/vem3d-lucchi-checkpoints"))
@@ -78,15 +83,21 @@ def main() -> None:
     if arguments.epochs:
         training = dataclasses.replace(training, epochs=arguments.epochs)
 
-    started = time.monotonic()
-    model, state = train_unet(
-        images[: len(train_names)],
-        labels[: len(train_names)],
-        preset["unet"],
-        training,
-        arguments.checkpoints / arguments.preset,
-    )
-    training_seconds = time.monotonic() - started
+    if arguments.weights:
+        model = load_model(arguments.weights, preset["unet"], arguments.precision)
+    else:
+        started = time.monotonic()
+        trained, state = train_unet(
+            images[: len(train_names)],
+            labels[: len(train_names)],
+            preset["unet"],
+            training,
+            arguments.checkpoints / arguments.preset,
+        )
+        training_seconds = time.monotonic() - started
+        # Inference in the chosen precision, with the trained float32 weights.
+        model = build_unet(preset["unet"], precision=arguments.precision)
+        model.set_weights(trained.get_weights())
 
     predict_batch = model.predict_on_batch
     if arguments.tta:
@@ -95,7 +106,7 @@ def main() -> None:
     started = time.monotonic()
     probabilities = np.stack(
         [
-            predict_tiled(predict_batch, image, arguments.tile_size, arguments.tile_size // 8, batch_size=4)[..., 0]
+            predict_tiled(predict_batch, image, arguments.tile_size, arguments.tile_size // 8, arguments.batch_size)[..., 0]
             for image in images[len(train_names) :]
         ]
     )
@@ -105,8 +116,13 @@ def main() -> None:
     cleaned = fill_holes(remove_small_objects(raw, arguments.min_object_voxels))
 
     print(f"\nLucchi++ ({len(train_names)} training slices, last {len(test_names)} scored), preset {arguments.preset}")
-    print(f"training: {training_seconds:.0f} s, {len(state['history'])} epochs, best epoch {state['best_epoch']}")
-    print(f"inference: {inference_seconds:.3f} s per {images[-1].shape[0]} x {images[-1].shape[1]} slice")
+    if arguments.weights:
+        print(f"weights: {arguments.weights}")
+    else:
+        print(f"training: {training_seconds:.0f} s, {len(state['history'])} epochs, best epoch {state['best_epoch']}")
+    print(
+        f"inference ({arguments.precision}): {inference_seconds:.3f} s per {images[-1].shape[0]} x {images[-1].shape[1]} slice"
+    )
     for label, mask in (("raw masks", raw), ("3D clean-up", cleaned)):
         scores, objects = score_masks(mask, truth), object_scores(mask, truth)
         print(

@@ -2,7 +2,6 @@ import itertools
 import threading
 import time
 
-import keras
 import numpy as np
 import pytest
 
@@ -83,26 +82,30 @@ TINY = UNetConfig(depth=2, base_filters=4)
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
-    """float32 weights of a tiny U-Net whose output spans (0, 1) rather than sitting near 0.5."""
-    keras.utils.set_random_seed(0)
+    """float32 weights of a tiny U-Net whose output spans (0, 1) rather than sitting near 0.5.
+
+    Drawn with numpy (He initialisation), so that they are the same on every Keras backend.
+    """
     model = build_unet(TINY)
     rng = np.random.default_rng(0)
-    model.set_weights([weight + rng.normal(0, 0.2, weight.shape) if weight.ndim > 1 else weight for weight in model.get_weights()])
+    model.set_weights(
+        [rng.normal(0, np.sqrt(2 / np.prod(weight.shape[:-1])), weight.shape) if weight.ndim > 1 else weight for weight in model.get_weights()]
+    )
     kernel, bias = model.get_layer("probabilities").get_weights()
-    model.get_layer("probabilities").set_weights([kernel * 10, bias])
+    model.get_layer("probabilities").set_weights([kernel * 3, bias])
     path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
     save_weights(model, path)
     return path
 
 
-# 16-bit rounding errors: float16 keeps 11 significant bits, bfloat16 8.
-@pytest.mark.parametrize("precision, max_error, mean_error", [("mixed_float16", 0.02, 0.002), ("mixed_bfloat16", 0.1, 0.01)])
+# Rounding errors of 16-bit computation: float16 keeps 11 significant bits, bfloat16 8.
+@pytest.mark.parametrize("precision, max_error, mean_error", [("mixed_float16", 0.01, 0.001), ("mixed_bfloat16", 0.04, 0.005)])
 def test_each_precision_loads_float32_weights_and_gives_float32_probabilities_close_to_float32(
     tiny_weights, precision, max_error, mean_error
 ):
     batch = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
     reference = load_model(tiny_weights, TINY).predict_on_batch(batch)
-    assert 0.05 < reference.std()  # the comparison means something
+    assert 0.1 < reference.std()  # the comparison means something
     model = load_model(tiny_weights, TINY, precision)
     probabilities = model.predict_on_batch(batch)
     assert model.get_layer("down0_conv1").compute_dtype == precision.removeprefix("mixed_")
