@@ -27,8 +27,8 @@ from vem3d.metrics import object_scores, score_masks
 from vem3d.preprocess import normalise_percentile
 from vem3d.segment import load_model, predict_tiled, with_test_time_augmentation
 from vem3d.slices import list_slices, read_slice
-from vem3d.train import TrainingConfig, train_unet
-from vem3d.unet import PRECISIONS, UNetConfig, build_unet
+from vem3d.train import TrainingConfig, save_weights, train_unet
+from vem3d.unet import PRECISIONS, UNetConfig
 from vem3d.volume import fill_holes, remove_small_objects
 
 PRESETS = {
@@ -83,9 +83,8 @@ def main() -> None:
     if arguments.epochs:
         training = dataclasses.replace(training, epochs=arguments.epochs)
 
-    if arguments.weights:
-        model = load_model(arguments.weights, preset["unet"], arguments.precision)
-    else:
+    weights = arguments.weights
+    if not weights:
         started = time.monotonic()
         trained, state = train_unet(
             images[: len(train_names)],
@@ -95,9 +94,10 @@ def main() -> None:
             arguments.checkpoints / arguments.preset,
         )
         training_seconds = time.monotonic() - started
-        # Inference in the chosen precision, with the trained float32 weights.
-        model = build_unet(preset["unet"], precision=arguments.precision)
-        model.set_weights(trained.get_weights())
+        weights = arguments.checkpoints / arguments.preset / "trained.weights.h5"
+        save_weights(trained, weights)
+    # Segmented as the workflow does: the model for inference, in the chosen precision.
+    model = load_model(weights, preset["unet"], arguments.precision)
 
     predict_batch = model.predict_on_batch
     if arguments.tta:
