@@ -35,7 +35,7 @@ import numpy as np
 import yaml
 
 from vem3d.preprocess import preprocess_stack, read_preprocessed
-from vem3d.segment import Tiling, automatic_batch_size, segment_folder
+from vem3d.segment import Tiling, automatic_batch_size, load_model, segment_folder
 from vem3d.slices import write_image
 from vem3d.synth import synthesise_stack
 from vem3d.train import save_weights
@@ -105,9 +105,9 @@ def segment_step_seconds(folders, weights, config, tile, overlap, batch_size, pr
 def report_model(name, config, tile, batch_size, precision, matmul_size, folders, repeats) -> None:
     """Print the network's rate on tiles and the whole segment step's on native-size slices."""
     overlap = tile // 8
-    model = build_unet(config, precision=precision)
     weights = folders[0].parent / f"{name}.weights.h5"
-    save_weights(model, weights)
+    save_weights(build_unet(config), weights)
+    model = load_model(weights, config, precision)  # as segment_folder prepares it
 
     # The matrix product is timed right before the network, so that both see the same
     # machine (other processes on a shared one come and go).

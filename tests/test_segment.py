@@ -190,8 +190,9 @@ def test_a_failing_slice_stops_streamed_segmentation_with_its_error():
 
 def test_automatic_batch_size_fills_the_device_within_memory():
     default = UNetConfig(depth=3, base_filters=16)
-    assert automatic_batch_size(default, 256, on_gpu=False) == 16
-    assert automatic_batch_size(default, 512, on_gpu=False) == 4
+    assert automatic_batch_size(default, 256, on_gpu=False) == 4
+    assert automatic_batch_size(default, 512, on_gpu=False) == 1
+    assert automatic_batch_size(default, 64, on_gpu=False) == 64
     assert automatic_batch_size(default, 512, on_gpu=True) == 32
     wide = UNetConfig(depth=4, base_filters=64)
     assert automatic_batch_size(wide, 512, on_gpu=True) * activation_bytes(wide, 512) <= 8 * 2**30

@@ -186,8 +186,8 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
             "--batch-size",
             type=_batch_size,
             default="auto",
-            help="tiles per forward pass, or auto: about 1 megapixel on a CPU, 16 on a GPU, "
-            "within a memory budget (default: %(default)s)",
+            help="tiles per forward pass, or auto: about a quarter of a megapixel on a CPU, 16 "
+            "megapixels on a GPU, within a memory budget (default: %(default)s)",
         )
         segment.add_argument(
             "--precision",

@@ -211,9 +211,11 @@ def load_model(weights_path, unet_config: UNetConfig, precision: str = "float32"
 
 
 # The automatic batch size (segment.batch_size: null): enough pixels per forward pass to
-# keep the device busy, as long as the activations fit in a memory budget. A CPU gains
-# little from large batches; a GPU needs many tiles at once to use its thousands of cores.
-BATCH_PIXELS = {"cpu": 2**20, "gpu": 2**24}  # 1 and 16 megapixels
+# keep the device busy, as long as the activations fit in a memory budget. A GPU needs
+# many tiles at once to use its thousands of cores; a CPU is fastest with about a
+# quarter of a megapixel, whose activations stay closer to its caches (2 AVX2 cores:
+# 10-20 % more GFLOP/s than with 1 or 4 megapixels, benchmarks/inference.py).
+BATCH_PIXELS = {"cpu": 2**18, "gpu": 2**24}  # 0.26 and 16.8 megapixels
 ACTIVATION_BUDGET_BYTES = {"cpu": 2**30, "gpu": 2**33}  # 1 and 8 GiB
 
 
@@ -231,7 +233,7 @@ def activation_bytes(unet_config: UNetConfig, tile_size: int) -> int:
 def automatic_batch_size(unet_config: UNetConfig, tile_size: int, on_gpu: bool | None = None) -> int:
     """Tiles per forward pass: ``BATCH_PIXELS`` worth of tiles, within ``ACTIVATION_BUDGET_BYTES``.
 
-    For the default model (16 filters) that is 16 tiles of 256 x 256 or 4 of 512 x 512
+    For the default model (16 filters) that is 4 tiles of 256 x 256 or 1 of 512 x 512
     on a CPU, and 128 or 32 on a GPU; at least 1.
 
     Parameters
