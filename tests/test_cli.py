@@ -57,7 +57,8 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     assert len(pd.read_csv(tmp_path / "model/training_history.tsv", sep="\t")) == 1
     main(
         ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
-         "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8"]
+         "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8",
+         "--precision", "mixed_bfloat16"]
     )
     masks = sorted((tmp_path / "sample/masks/foreground").glob("*.png"))
     assert len(masks) == 4 and iio.imread(masks[0]).shape == (64, 64)
@@ -77,3 +78,10 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
 def test_train_needs_one_label_folder_or_one_per_preprocessed_folder(tmp_path):
     with pytest.raises(SystemExit, match="2 preprocessed folders but 3 label folders"):
         main(["train", "--preprocessed", "a", "b", "--labels", "x", "y", "z", "--out-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize("batch_size", ["0", "-2", "many"])
+def test_segment_batch_size_is_a_positive_number_or_auto(batch_size, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", str(tmp_path), "--weights", "w.h5", "--out-dir", str(tmp_path), "--batch-size", batch_size])
+    assert "expected a positive number of tiles or auto" in capsys.readouterr().err

@@ -1,13 +1,25 @@
+import itertools
+import threading
+import time
+
+import keras
 import numpy as np
 import pytest
 
 from vem3d.segment import (
+    activation_bytes,
+    automatic_batch_size,
     blending_window,
+    compute_ahead,
+    load_model,
     predict_tiled,
     probabilities_to_mask,
+    segment_slices,
     tile_starts,
     with_test_time_augmentation,
 )
+from vem3d.train import save_weights
+from vem3d.unet import UNetConfig, build_unet
 
 
 def identity(batch):
@@ -64,3 +76,124 @@ def test_test_time_augmentation_maps_every_prediction_back():
         return out
 
     np.testing.assert_allclose(with_test_time_augmentation(left_biased)(batch), 0.5, atol=1e-6)
+
+
+TINY = UNetConfig(depth=2, base_filters=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """float32 weights of a tiny U-Net whose output spans (0, 1) rather than sitting near 0.5.
+
+    Drawn with numpy (He initialisation), so that they are the same on every Keras backend.
+    """
+    model = build_unet(TINY)
+    rng = np.random.default_rng(0)
+    model.set_weights(
+        [rng.normal(0, np.sqrt(2 / np.prod(weight.shape[:-1])), weight.shape) if weight.ndim > 1 else weight for weight in model.get_weights()]
+    )
+    kernel, bias = model.get_layer("probabilities").get_weights()
+    model.get_layer("probabilities").set_weights([kernel * 3, bias])
+    path = tmp_path_factory.mktemp("weights") / "tiny.weights.h5"
+    save_weights(model, path)
+    return path
+
+
+BATCH = np.random.default_rng(1).random((2, 32, 32, 1)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def float32_probabilities(tiny_weights):
+    return load_model(tiny_weights, TINY).predict_on_batch(BATCH)
+
+
+# Rounding errors of 16-bit computation: float16 keeps 11 significant bits, bfloat16 8.
+@pytest.mark.parametrize("precision, max_error, mean_error", [("mixed_float16", 0.01, 0.001), ("mixed_bfloat16", 0.04, 0.005)])
+def test_each_precision_loads_float32_weights_and_gives_float32_probabilities_close_to_float32(
+    tiny_weights, float32_probabilities, precision, max_error, mean_error
+):
+    reference = float32_probabilities
+    assert 0.1 < reference.std()  # the comparison means something
+    model = load_model(tiny_weights, TINY, precision)
+    probabilities = model.predict_on_batch(BATCH)
+    assert model.get_layer("down0_conv1").compute_dtype == precision.removeprefix("mixed_")
+    assert probabilities.dtype == np.float32
+    assert model.jit_compile or keras.backend.backend() == "torch"  # XLA: 2x faster in 16 bits on a CPU
+    error = np.abs(probabilities - reference)
+    assert error.max() < max_error and error.mean() < mean_error
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of float32, mixed_float16, mixed_bfloat16"):
+        build_unet(TINY, precision="float16")
+
+
+def _slices(count=5):
+    rng = np.random.default_rng(2)
+    shapes = [(40, 56), (64, 64), (30, 90), (48, 48), (50, 41)][:count]
+    # The second slice was preprocessed from a larger raw slice: resized back.
+    originals = [shape if index != 1 else (96, 96) for index, shape in enumerate(shapes)]
+    return [(f"s{index}", rng.random(shape, dtype=np.float32), original) for index, (shape, original) in enumerate(zip(shapes, originals))]
+
+
+def test_streamed_segmentation_gives_what_the_plain_loop_gives():
+    model = build_unet(TINY)  # not XLA-compiled as by load_model: no compilation per batch shape
+    settings = {"tile_size": 32, "overlap": 8, "batch_size": 3}
+    plain = list(segment_slices(model, iter(_slices()), **settings, prefetch=0))
+    streamed = list(segment_slices(model, iter(_slices()), **settings, prefetch=2))
+    assert [name for name, _, _ in streamed] == [f"s{index}" for index in range(5)]
+    assert streamed[1][1].shape == (96, 96, 1) and streamed[1][2].shape == (96, 96)
+    for (_, probabilities, mask), (_, expected_probabilities, expected_mask) in zip(streamed, plain):
+        np.testing.assert_array_equal(probabilities, expected_probabilities)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
+def _counting(items, counter):
+    for item in items:
+        counter.append(item)
+        yield item
+
+
+def test_computing_ahead_stays_bounded_and_stops_with_its_caller():
+    produced = []
+    ahead = compute_ahead(_counting(itertools.count(), produced), depth=2)
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    time.sleep(0.3)
+    assert len(produced) <= 3 + 2 + 1  # taken, waiting, in the making
+    before = len(produced)
+    ahead.close()  # stops and joins the thread
+    time.sleep(0.2)
+    assert len(produced) == before
+    assert not [thread for thread in threading.enumerate() if thread.name == "vem3d-compute-ahead"]
+
+
+def test_an_error_while_computing_ahead_is_raised_in_its_place():
+    def failing():
+        yield 1
+        raise OSError("slice 2 unreadable")
+
+    ahead = compute_ahead(compute_ahead(failing(), depth=2), depth=2)
+    assert next(ahead) == 1
+    with pytest.raises(OSError, match="slice 2 unreadable"):
+        next(ahead)
+
+
+def test_a_failing_slice_stops_streamed_segmentation_with_its_error():
+    def slices():
+        yield from _slices(2)
+        raise ValueError("s2.png: not a PNG")
+
+    with pytest.raises(ValueError, match="s2.png: not a PNG"):
+        list(segment_slices(build_unet(TINY), slices(), tile_size=32, overlap=8))
+    assert not [thread for thread in threading.enumerate() if thread.name == "vem3d-compute-ahead"]
+
+
+def test_automatic_batch_size_fills_the_device_within_memory():
+    default = UNetConfig(depth=3, base_filters=16)
+    assert automatic_batch_size(default, 256, on_gpu=False) == 4
+    assert automatic_batch_size(default, 512, on_gpu=False) == 1
+    assert automatic_batch_size(default, 64, on_gpu=False) == 64
+    assert automatic_batch_size(default, 512, on_gpu=True) == 32
+    wide = UNetConfig(depth=4, base_filters=64)
+    assert automatic_batch_size(wide, 512, on_gpu=True) * activation_bytes(wide, 512) <= 8 * 2**30
+    assert automatic_batch_size(wide, 2048, on_gpu=False) == 1

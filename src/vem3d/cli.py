@@ -76,6 +76,15 @@ def _default(function, name: str):
     return inspect.signature(function).parameters[name].default
 
 
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive number of tiles or ``auto``."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of tiles or auto, got {text!r}")
+    return int(text)
+
+
 def _add_voxel_size(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--voxel-size",
@@ -202,15 +211,28 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
     if network_options:
         from vem3d.segment import segment_folder
         from vem3d.train import TrainingConfig
-        from vem3d.unet import UNetConfig
+        from vem3d.unet import PRECISIONS, UNetConfig
 
         for flag, name, kind, text in (
             ("--tile-size", "tile_size", int, "tile side, a multiple of 2^depth"),
             ("--overlap", "overlap", int, "pixels shared by neighbouring tiles"),
-            ("--batch-size", "batch_size", int, "tiles per forward pass"),
             ("--threshold", "threshold", float, "probability above which a pixel is foreground"),
         ):
             segment.add_argument(flag, type=kind, default=_default(segment_folder, name), help=f"{text} (default: %(default)s)")
+        segment.add_argument(
+            "--batch-size",
+            type=_batch_size,
+            default="auto",
+            help="tiles per forward pass, or auto: about a quarter of a megapixel on a CPU, 16 "
+            "megapixels on a GPU, within a memory budget (default: %(default)s)",
+        )
+        segment.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default=_default(segment_folder, "precision"),
+            help="compute precision: mixed_float16 for GPUs, mixed_bfloat16 for GPUs and CPUs "
+            "with bfloat16 instructions; weights stay float32 (default: %(default)s)",
+        )
         segment.add_argument(
             "--test-time-augmentation",
             action=argparse.BooleanOptionalAction,
@@ -288,9 +310,10 @@ def run(args: argparse.Namespace) -> None:
             unet_config=_unet_settings(args),
             tile_size=args.tile_size,
             overlap=args.overlap,
-            batch_size=args.batch_size,
+            batch_size=None if args.batch_size == "auto" else args.batch_size,
             threshold=args.threshold,
             test_time_augmentation=args.test_time_augmentation,
+            precision=args.precision,
         )
     elif args.command in ("mesh", "stats"):
         cleaning = {

@@ -20,6 +20,13 @@ class GPUMissingError(RuntimeError):
     """A GPU is required (config ``gpu.required``) but the Keras backend sees none."""
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs the Keras backend sees, e.g. ``["gpu:0"]``; empty on a CPU-only machine."""
+    # keras.distribution knows the devices of the TensorFlow and JAX backends: the GPUs
+    # when there are any, else the CPUs, e.g. ["gpu:0"] or ["cpu:0"].
+    return [device for device in keras.distribution.list_devices() if device.startswith("gpu")]
+
+
 def check_devices(gpu_required: bool = False) -> list[str]:
     """Log the devices the Keras backend sees and ``CUDA_VISIBLE_DEVICES``; return the GPUs.
 
@@ -28,10 +35,8 @@ def check_devices(gpu_required: bool = False) -> list[str]:
     GPUMissingError
         When ``gpu_required`` and the backend sees no GPU.
     """
-    # The GPUs (or TPUs) when there are any, else the CPUs, e.g. ["gpu:0"] or ["cpu:0"];
-    # keras.distribution knows the devices of the TensorFlow and JAX backends.
     devices = keras.distribution.list_devices()
-    gpus = [device for device in devices if device.startswith("gpu")]
+    gpus = visible_gpus()
     cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     log.info(
         "devices: keras backend %s sees %s; CUDA_VISIBLE_DEVICES=%s",
