@@ -204,6 +204,29 @@ def compare_tiling(project: Path, sample: str, slice_name: str, config: dict) ->
     }
 
 
+def summarise(project: Path, dataset: Dataset, preset: str, wall_seconds: float) -> None:
+    """Print the scores on the held-out slices and the times of a finished benchmark project."""
+    sample = dataset.folder
+    results = project / "results"
+    scores = pd.read_csv(results / sample / "evaluation/scores.tsv", sep="\t")
+    objects = pd.read_csv(results / sample / "evaluation/object_scores.tsv", sep="\t").set_index("class")
+    training = pd.read_csv(results / "benchmarks/train.tsv", sep="\t")["s"].sum()
+    segment_seconds = sum(
+        pd.read_csv(path, sep="\t")["s"].sum() for path in (results / "benchmarks" / sample / "segment").glob("*.tsv")
+    )
+    history = pd.read_csv(results / "model/training_history.tsv", sep="\t")
+    n_slices = len(list((DATA / dataset.folder / "images").iterdir()))
+
+    print(f"\n{dataset.description}: trained on the first {n_slices - dataset.test_slices} slices' labels, "
+          f"scored on the last {dataset.test_slices}; preset {preset}")
+    print(f"workflow: {wall_seconds / 60:.1f} min wall; training {training / 60:.1f} min ({len(history)} epochs, "
+          f"best validation IoU {history['val_iou'].max():.4f} at epoch {int(history.loc[history['val_iou'].idxmax(), 'epoch'])})")
+    print(f"segmentation: {segment_seconds / n_slices:.2f} s per slice (job time, network loading included)")
+    for row in scores[scores["slice"] == "volume"].to_dict("records"):
+        print(f"{row['class']:14s} IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  precision {row['precision']:.4f}  "
+              f"recall {row['recall']:.4f}  object F1 {objects.loc[row['class'], 'object_f1']:.4f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(DATASETS))
@@ -227,27 +250,9 @@ def main() -> None:
         sys.exit(f"the workflow failed: see {project}/logs")
     wall_seconds = time.monotonic() - started
 
-    sample = dataset.folder
-    results = project / "results"
-    scores = pd.read_csv(results / sample / "evaluation/scores.tsv", sep="\t")
-    objects = pd.read_csv(results / sample / "evaluation/object_scores.tsv", sep="\t").set_index("class")
-    training = pd.read_csv(results / "benchmarks/train.tsv", sep="\t")["s"].sum()
-    segment_seconds = sum(
-        pd.read_csv(path, sep="\t")["s"].sum() for path in (results / "benchmarks" / sample / "segment").glob("*.tsv")
-    )
-    history = pd.read_csv(results / "model/training_history.tsv", sep="\t")
-    n_slices = len(list((DATA / dataset.folder / "images").iterdir()))
-
-    print(f"\n{dataset.description}: trained on the first {n_slices - dataset.test_slices} slices' labels, "
-          f"scored on the last {dataset.test_slices}; preset {arguments.preset}")
-    print(f"workflow: {wall_seconds / 60:.1f} min wall; training {training / 60:.1f} min ({len(history)} epochs, "
-          f"best validation IoU {history['val_iou'].max():.4f} at epoch {int(history.loc[history['val_iou'].idxmax(), 'epoch'])})")
-    print(f"segmentation: {segment_seconds / n_slices:.2f} s per slice (job time, network loading included)")
-    for row in scores[scores["slice"] == "volume"].to_dict("records"):
-        print(f"{row['class']:14s} IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  precision {row['precision']:.4f}  "
-              f"recall {row['recall']:.4f}  object F1 {objects.loc[row['class'], 'object_f1']:.4f}")
+    summarise(project, dataset, arguments.preset, wall_seconds)
     if arguments.compare_tiling:
-        comparison = compare_tiling(project, sample, test_names[len(test_names) // 2], config)
+        comparison = compare_tiling(project, dataset.folder, test_names[len(test_names) // 2], config)
         print(f"tiled vs whole-slice inference on {test_names[len(test_names) // 2]} ({comparison['shape']}): "
               f"mask IoU {comparison['iou']:.5f}, {100 * comparison['pixels_differing']:.4f} % of pixels differ, "
               f"probability difference max {comparison['max_probability_difference']:.4f}, "
