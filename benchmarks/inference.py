@@ -95,7 +95,8 @@ def segment_step_seconds(folders, weights, config, tile, overlap, batch_size, pr
             out = folder.parent / f"out{index}"
             started = time.perf_counter()
             segment_folder(
-                folder, weights, out / "probabilities", out / "masks", config, tile, overlap, batch_size, precision=precision
+                folder, weights, [out / "probabilities"], [out / "masks"], config, tile, overlap, batch_size,
+                precision=precision,
             )
             seconds[index].append(time.perf_counter() - started)
     extra_slices = len(list(read_preprocessed(folders[1]))) - 1

@@ -97,7 +97,11 @@ def test_missing_weights_are_refused_when_not_training(tmp_path):
 
 
 def _outputs(project):
-    masks = {path.relative_to(project): path.read_bytes() for path in sorted((project / "results").glob("*/masks/*/*.png"))}
+    masks = {
+        path.relative_to(project): path.read_bytes()
+        for path in sorted((project / "results").glob("*/masks/*/*/*.png"))  # sample/masks/class/chunk
+    }
+    assert len(masks) == TINY_CONFIG["demo"]["n_slices"]
     return masks, (project / "results/demo/mesh_summary.tsv").read_text()
 
 
@@ -192,7 +196,7 @@ def _kill_while_segmenting(project, kill):
     """Run the workflow's per-slice steps on one core and kill them while a segment job,
     not the first, has written some of its masks. Returns the finished chunks and the
     one killed."""
-    masks = project / "results/own/masks"
+    masks = project / "results/own/masks/mitochondrion"
     benchmarks = project / "results/benchmarks/own/segment"
     with open(project / "run.log", "w") as output:
         run = subprocess.Popen(
@@ -239,11 +243,11 @@ def test_a_segment_chunk_killed_mid_way_is_redone_and_finished_chunks_are_not(tm
     before = {chunk: (log.stat().st_mtime_ns, log.read_text()) for chunk, log in logs.items()}
     if kill == "job":
         # Snakemake saw the job fail and removed what it had written.
-        assert not (project / "results/own/masks" / killed).exists()
+        assert not (project / "results/own/masks/mitochondrion" / killed).exists()
     else:
         # Snakemake itself was killed: the partial outputs stay, marked incomplete, and
         # its lock on the folder stays until --unlock.
-        assert (project / "results/own/masks" / killed).is_dir()
+        assert (project / "results/own/masks/mitochondrion" / killed).is_dir()
         locked = snakemake(project, "--until", "segment")
         assert locked.returncode != 0 and "cannot be locked" in locked.stdout + locked.stderr
         assert snakemake(project, "--unlock").returncode == 0
@@ -254,5 +258,5 @@ def test_a_segment_chunk_killed_mid_way_is_redone_and_finished_chunks_are_not(tm
     assert again.returncode == 0, again.stderr[-3000:]
     assert {chunk: (log.stat().st_mtime_ns, log.read_text()) for chunk, log in logs.items()} == before
     assert "segmented 2 slices" in (project / f"logs/own/segment/{killed}.log").read_text()
-    masks = sorted(path.stem for path in (project / "results/own/masks").glob("chunk*/*.png"))
+    masks = sorted(path.stem for path in (project / "results/own/masks/mitochondrion").glob("chunk*/*.png"))
     assert masks == [f"img{z}" for z in range(4)]
