@@ -22,6 +22,7 @@ and prints
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -93,23 +94,31 @@ def network_seconds(project: Path, since: float) -> float:
 
 
 def step_seconds(project: Path, since: float) -> pd.DataFrame:
-    """Jobs and summed wall seconds per step, from the benchmark files written since ``since``."""
+    """Jobs, summed wall seconds and summed CPU seconds per step, from the benchmark files
+    written since ``since``."""
     rows = []
     for path in (project / "results" / "benchmarks").rglob("*.tsv"):
         if path.stat().st_mtime >= since:
             step = path.relative_to(project / "results" / "benchmarks" / SAMPLE).parts[0].removesuffix(".tsv")
-            rows.append({"step": step, "seconds": float(pd.read_csv(path, sep="\t")["s"].iloc[0])})
-    table = pd.DataFrame(rows, columns=["step", "seconds"])
-    return table.groupby("step")["seconds"].agg(jobs="count", seconds="sum").sort_values("seconds", ascending=False)
+            timing = pd.read_csv(path, sep="\t").iloc[0]
+            rows.append({"step": step, "seconds": float(timing["s"]), "cpu_seconds": float(timing["cpu_time"])})
+    table = pd.DataFrame(rows, columns=["step", "seconds", "cpu_seconds"])
+    steps = table.groupby("step").agg(
+        jobs=("seconds", "count"), seconds=("seconds", "sum"), cpu_seconds=("cpu_seconds", "sum")
+    )
+    return steps.sort_values("seconds", ascending=False)
 
 
-def report(title: str, wall: float, project: Path, since: float) -> float:
+def report(title: str, wall: float, project: Path, since: float) -> tuple[float, float]:
+    """Print a run's figures; return its seconds in the network and its jobs' CPU seconds."""
     network = network_seconds(project, since)
+    steps = step_seconds(project, since)
     print(f"\n{title}: {wall:.1f} s wall, {network:.1f} s in the network's forward passes, "
-          f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network")
-    print("seconds per step (each job's own wall time; jobs may overlap on several cores):")
-    print(step_seconds(project, since).round(1).to_string())
-    return network
+          f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network; "
+          f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores (5 min, others' work included)")
+    print("per step, each job's own wall and CPU seconds (jobs may overlap on several cores):")
+    print(steps.round(1).to_string())
+    return network, float(steps["cpu_seconds"].sum())
 
 
 def change_one_slice(folder: Path, index: int) -> Path:
@@ -151,18 +160,21 @@ def main() -> None:
 
         since = time.time()
         full = run_workflow(project, arguments.cores)
-        network = report(f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)", full, project, since)
+        title = f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)"
+        network, full_cpu = report(title, full, project, since)
         mesh = pd.read_csv(project / "results" / SAMPLE / "mesh_summary.tsv", sep="\t").iloc[0]
         print(f"segmented: {mesh['objects']} objects, {mesh['foreground_voxels']} voxels, {mesh['faces']} mesh faces")
 
         changed = change_one_slice(folders["slices"], arguments.slices // 2)
         since = time.time()
         again = run_workflow(project, arguments.cores)
-        report(f"re-run after changing {changed.name}", again, project, since)
+        _, again_cpu = report(f"re-run after changing {changed.name}", again, project, since)
 
     print(f"\nnot the network: {100 * (full - network) / full:.1f} % of the full run (target <= 25 %)")
     print(f"re-run after 1 changed slice: {again:.1f} s = {100 * again / full:.1f} % of the full run's "
           f"{full:.1f} s (target <= 15 %)")
+    print(f"(CPU seconds of the jobs, less swayed by other work on a shared machine: re-run {again_cpu:.0f} = "
+          f"{100 * again_cpu / full_cpu:.1f} % of the full run's {full_cpu:.0f})")
 
 
 if __name__ == "__main__":
