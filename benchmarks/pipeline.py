@@ -109,8 +109,8 @@ def step_seconds(project: Path, since: float) -> pd.DataFrame:
     return steps.sort_values("seconds", ascending=False)
 
 
-def report(title: str, wall: float, project: Path, since: float) -> tuple[float, float]:
-    """Print a run's figures; return its seconds in the network and its jobs' CPU seconds."""
+def report(title: str, wall: float, project: Path, since: float) -> float:
+    """Print a run's figures; return its seconds in the network's forward passes."""
     network = network_seconds(project, since)
     steps = step_seconds(project, since)
     print(f"\n{title}: {wall:.1f} s wall, {network:.1f} s in the network's forward passes, "
@@ -118,7 +118,7 @@ def report(title: str, wall: float, project: Path, since: float) -> tuple[float,
           f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores (5 min, others' work included)")
     print("per step, each job's own wall and CPU seconds (jobs may overlap on several cores):")
     print(steps.round(1).to_string())
-    return network, float(steps["cpu_seconds"].sum())
+    return network
 
 
 def change_one_slice(folder: Path, index: int) -> Path:
@@ -161,20 +161,18 @@ def main() -> None:
         since = time.time()
         full = run_workflow(project, arguments.cores)
         title = f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)"
-        network, full_cpu = report(title, full, project, since)
+        network = report(title, full, project, since)
         mesh = pd.read_csv(project / "results" / SAMPLE / "mesh_summary.tsv", sep="\t").iloc[0]
         print(f"segmented: {mesh['objects']} objects, {mesh['foreground_voxels']} voxels, {mesh['faces']} mesh faces")
 
         changed = change_one_slice(folders["slices"], arguments.slices // 2)
         since = time.time()
         again = run_workflow(project, arguments.cores)
-        _, again_cpu = report(f"re-run after changing {changed.name}", again, project, since)
+        report(f"re-run after changing {changed.name}", again, project, since)
 
     print(f"\nnot the network: {100 * (full - network) / full:.1f} % of the full run (target <= 25 %)")
     print(f"re-run after 1 changed slice: {again:.1f} s = {100 * again / full:.1f} % of the full run's "
           f"{full:.1f} s (target <= 15 %)")
-    print(f"(CPU seconds of the jobs, less swayed by other work on a shared machine: re-run {again_cpu:.0f} = "
-          f"{100 * again_cpu / full_cpu:.1f} % of the full run's {full_cpu:.0f})")
 
 
 if __name__ == "__main__":
