@@ -22,6 +22,7 @@ and prints
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -93,22 +94,30 @@ def network_seconds(project: Path, since: float) -> float:
 
 
 def step_seconds(project: Path, since: float) -> pd.DataFrame:
-    """Jobs and summed wall seconds per step, from the benchmark files written since ``since``."""
+    """Jobs, summed wall seconds and summed CPU seconds per step, from the benchmark files
+    written since ``since``."""
     rows = []
     for path in (project / "results" / "benchmarks").rglob("*.tsv"):
         if path.stat().st_mtime >= since:
             step = path.relative_to(project / "results" / "benchmarks" / SAMPLE).parts[0].removesuffix(".tsv")
-            rows.append({"step": step, "seconds": float(pd.read_csv(path, sep="\t")["s"].iloc[0])})
-    table = pd.DataFrame(rows, columns=["step", "seconds"])
-    return table.groupby("step")["seconds"].agg(jobs="count", seconds="sum").sort_values("seconds", ascending=False)
+            timing = pd.read_csv(path, sep="\t").iloc[0]
+            rows.append({"step": step, "seconds": float(timing["s"]), "cpu_seconds": float(timing["cpu_time"])})
+    table = pd.DataFrame(rows, columns=["step", "seconds", "cpu_seconds"])
+    steps = table.groupby("step").agg(
+        jobs=("seconds", "count"), seconds=("seconds", "sum"), cpu_seconds=("cpu_seconds", "sum")
+    )
+    return steps.sort_values("seconds", ascending=False)
 
 
 def report(title: str, wall: float, project: Path, since: float) -> float:
+    """Print a run's figures; return its seconds in the network's forward passes."""
     network = network_seconds(project, since)
+    steps = step_seconds(project, since)
     print(f"\n{title}: {wall:.1f} s wall, {network:.1f} s in the network's forward passes, "
-          f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network")
-    print("seconds per step (each job's own wall time; jobs may overlap on several cores):")
-    print(step_seconds(project, since).round(1).to_string())
+          f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network; "
+          f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores (5 min, others' work included)")
+    print("per step, each job's own wall and CPU seconds (jobs may overlap on several cores):")
+    print(steps.round(1).to_string())
     return network
 
 
@@ -151,7 +160,8 @@ def main() -> None:
 
         since = time.time()
         full = run_workflow(project, arguments.cores)
-        network = report(f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)", full, project, since)
+        title = f"full run (chunk_size {arguments.chunk_size}, {arguments.cores} cores)"
+        network = report(title, full, project, since)
         mesh = pd.read_csv(project / "results" / SAMPLE / "mesh_summary.tsv", sep="\t").iloc[0]
         print(f"segmented: {mesh['objects']} objects, {mesh['foreground_voxels']} voxels, {mesh['faces']} mesh faces")
 

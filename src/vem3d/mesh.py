@@ -92,9 +92,9 @@ def write_stl(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) 
     """
     if len(faces) == 0:
         raise ValueError(f"{path}: refusing to write an STL without faces")
-    solid = stl_mesh.Mesh(np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype))
+    # Normals once, on saving (numpy-stl would also compute them for the empty mesh).
+    solid = stl_mesh.Mesh(np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype), calculate_normals=False)
     solid.vectors[:] = vertices[faces]
-    solid.update_normals()
     write_atomically(path, lambda temporary: solid.save(temporary, mode=stl_mesh.stl.Mode.BINARY))
 
 
