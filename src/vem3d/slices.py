@@ -203,4 +203,7 @@ def read_stack_slices(source: str | os.PathLike, names: list[str]):
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a 2D ``uint8`` or ``uint16`` image as PNG, atomically."""
-    write_atomically(path, lambda temporary: iio.imwrite(temporary, image, extension=".png"))
+    # zlib level 1 rather than Pillow's 6: 2.5 to 3 times faster for 5-15 % larger files
+    # (a 768 x 1024 probability map: 130 rather than 400 ms), which keeps writing from
+    # slowing segmentation down.
+    write_atomically(path, lambda temporary: iio.imwrite(temporary, image, extension=".png", compress_level=1))
