@@ -120,7 +120,7 @@ def step_and_network_seconds(model, folders, weights, config, tile, batch_size, 
         warm_up=False,  # segment_folder compiles afresh each time, and the difference leaves that out
     )
     step = (seconds[1] - seconds[0]) / len(extra)
-    return step, seconds["network"] / len(extra), len(batches) // len(extra)
+    return step, seconds["network"] / len(extra), sum(map(len, batches)) // len(extra)
 
 
 def report_model(name, config, tile, batch_size, precision, matmul_size, folders, repeats) -> None:
