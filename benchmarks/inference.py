@@ -4,15 +4,16 @@ For the model of config/config.yaml and a 64-filter U-Net (depth 4) it prints
 
 - the network alone on batches of 512 x 512 tiles: tiles/s, megapixels/s and achieved
   GFLOP/s (FLOPs counted from the layers, vem3d.unet.unet_gflop), beside the GFLOP/s
-  of a large matrix product in the network's compute precision, measured in the same
-  run just before, on the same backend (and, in float32, with numpy's BLAS: the better
-  of the two is the reference);
+  of a large matrix product in the network's compute precision, timed in turns with
+  the network in the same run, on the same backend (and, in float32, with numpy's
+  BLAS: the faster of the two is the reference);
 - the whole segment step (vem3d.segment.segment_folder: read each preprocessed
   slice, tile, predict, blend, write the probability and mask PNGs) on native-size
   768 x 1024 slices (Lucchi++'s size), as slices/s and megapixels/s, against the
   network alone on the same tiles. Its time per slice is the difference between
   segmenting 1 + n slices and 1 slice, so building the model, loading weights and
-  compiling are left out.
+  compiling are left out. CPU seconds are printed beside: on a machine shared with
+  other work they show the step's extra work when wall-clock times scatter.
 
 Targets on a CPU: the network reaches at least 60 % of the matrix-multiply rate, and
 the whole segment step at least 80 % of the network-only rate. Runs on any Keras
@@ -45,34 +46,43 @@ ROOT = Path(__file__).resolve().parents[1]
 SLICE_SHAPE = (768, 1024)
 
 
-def best_seconds(function, repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls, after one warm-up call (compilation)."""
+def timed(function) -> np.ndarray:
+    """Wall-clock and CPU seconds (all threads of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
+    return np.array([time.perf_counter() - wall, time.process_time() - cpu])
+
+
+def best_seconds(functions: dict, repeats: int, warm_up: bool = True) -> dict[str, np.ndarray]:
+    """Fastest wall-clock and CPU seconds of each function over ``repeats`` rounds that call each in turn.
+
+    A warm-up round (compilation) comes first if asked. Taking turns lets every function
+    see the same machine, where other processes come and go; CPU seconds (all threads
+    of this process) hardly depend on them.
+    """
+    for function in functions.values() if warm_up else ():
         function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+    best = {name: np.full(2, np.inf) for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            time.sleep(0.5)  # BLAS and framework worker threads spin a while after a call
+            best[name] = np.minimum(best[name], timed(function))
+    return best
 
 
-def matmul_gflops(size: int, repeats: int, dtype: str) -> dict[str, float]:
-    """GFLOP/s of a size x size matrix product in ``dtype``: on the Keras backend and, in float32, numpy's BLAS.
+def matrix_products(size: int, dtype: str) -> dict:
+    """A size x size matrix product in ``dtype`` on the Keras backend and, in float32, with numpy's BLAS.
 
-    The better of the two is the machine's rate: a backend's own product can be the
+    The faster of the two gives the machine's rate: a backend's own product can be the
     slower one (TensorFlow's without oneDNN reaches half of OpenBLAS's on AVX2 CPUs).
     """
     rng = np.random.default_rng(0)
     a, b = (rng.random((size, size), dtype=np.float32) for _ in range(2))
     tensors = [keras.ops.convert_to_tensor(array, dtype=dtype) for array in (a, b)]
-    rates = {
-        keras.backend.backend(): best_seconds(
-            lambda: keras.ops.convert_to_numpy(keras.ops.matmul(*tensors)[0, 0]), repeats
-        )
-    }
+    products = {f"{keras.backend.backend()} matmul": lambda: keras.ops.convert_to_numpy(keras.ops.matmul(*tensors)[0, 0])}
     if dtype == "float32":
-        rates["numpy"] = best_seconds(lambda: a @ b, repeats)
-    return {name: 2 * size**3 / seconds / 1e9 for name, seconds in rates.items()}
+        products["numpy matmul"] = lambda: a @ b
+    return products
 
 
 def write_preprocessed_slices(directory: Path, count: int) -> list[Path]:
@@ -87,56 +97,68 @@ def write_preprocessed_slices(directory: Path, count: int) -> list[Path]:
     return folders
 
 
-def segment_step_seconds(folders, weights, config, tile, overlap, batch_size, precision, repeats) -> float:
-    """Seconds per slice of segment_folder: all slices minus the first alone, per extra slice (best of ``repeats``)."""
-    seconds = [[], []]
-    for _ in range(repeats):
-        for index, folder in enumerate(folders):
-            out = folder.parent / f"out{index}"
-            started = time.perf_counter()
-            segment_folder(
-                folder, weights, [out / "probabilities"], [out / "masks"], config, tile, overlap, batch_size,
-                precision=precision,
-            )
-            seconds[index].append(time.perf_counter() - started)
-    extra_slices = len(list(read_preprocessed(folders[1]))) - 1
-    return (min(seconds[1]) - min(seconds[0])) / extra_slices
+def step_and_network_seconds(model, folders, weights, config, tile, batch_size, precision, repeats) -> tuple:
+    """Wall-clock and CPU seconds per slice of the whole segment step and of the network alone.
+
+    The step's are those of segment_folder on all slices minus the first alone, per
+    extra slice; the network's, of its forward passes on the extra slices' tiles, timed
+    in turns with them (:func:`best_seconds`).
+    """
+    overlap = tile // 8
+    extra = list(read_preprocessed(folders[1]))[1:]
+    batches = [batch for _, image, _ in extra for batch in Tiling(image, tile, overlap).batches(batch_size)]
+    segment = [
+        lambda folder=folder: segment_folder(
+            folder, weights, [folder.parent / "out/probabilities"], [folder.parent / "out/masks"], config,
+            tile, overlap, batch_size, precision=precision,
+        )
+        for folder in folders
+    ]
+    seconds = best_seconds(
+        {**dict(enumerate(segment)), "network": lambda: [model.predict_on_batch(tiles) for tiles in batches]},
+        repeats,
+        warm_up=False,  # segment_folder compiles afresh each time, and the difference leaves that out
+    )
+    step = (seconds[1] - seconds[0]) / len(extra)
+    return step, seconds["network"] / len(extra), sum(map(len, batches)) // len(extra)
 
 
 def report_model(name, config, tile, batch_size, precision, matmul_size, folders, repeats) -> None:
     """Print the network's rate on tiles and the whole segment step's on native-size slices."""
-    overlap = tile // 8
     weights = folders[0].parent / f"{name}.weights.h5"
     save_weights(build_unet(config), weights)
     model = load_model(weights, config, precision)  # as segment_folder prepares it
 
-    # The matrix product is timed right before the network, so that both see the same
-    # machine (other processes on a shared one come and go).
     compute_dtype = keras.DTypePolicy(precision).compute_dtype
-    matmul_rates = matmul_gflops(matmul_size, repeats, compute_dtype)
-    reference = max(matmul_rates.values())
     batch = np.random.default_rng(1).random((batch_size, tile, tile, 1), dtype=np.float32)
-    seconds = best_seconds(lambda: model.predict_on_batch(batch), repeats)
+    seconds = best_seconds(
+        {**matrix_products(matmul_size, compute_dtype), "network": lambda: model.predict_on_batch(batch)}, repeats
+    )
+    network_seconds = seconds.pop("network")
+    # GFLOP/s, and GFLOP per CPU second: the second shows the efficiency on a busy machine.
+    matmul_rates = {product: 2 * matmul_size**3 / 1e9 / product_seconds for product, product_seconds in seconds.items()}
+    reference = np.max(list(matmul_rates.values()), axis=0)
     gflop = unet_gflop(config, tile, tile)
-    rate = gflop * batch_size / seconds
-    matmuls = ", ".join(f"{gflops:.0f} GFLOP/s ({library})" for library, gflops in matmul_rates.items())
+    rate = gflop * batch_size / network_seconds
+    matmuls = ", ".join(
+        f"{wall:.0f} GFLOP/s, {cpu:.0f} GFLOP/CPU-s ({product})" for product, (wall, cpu) in matmul_rates.items()
+    )
     print(
         f"\n{name} model (depth {config.depth}, {config.base_filters} filters), batch {batch_size}:\n"
-        f"  {compute_dtype} matmul {matmul_size}^3: {matmuls}\n"
-        f"  network, {tile}x{tile} tiles: {gflop:.1f} GFLOP per tile; {batch_size / seconds:.2f} tiles/s, "
-        f"{batch_size * tile * tile / seconds / 1e6:.2f} Mpx/s, {rate:.0f} GFLOP/s = {100 * rate / reference:.0f} % of matmul"
+        f"  {compute_dtype} {matmul_size}^3 matrix product: {matmuls}\n"
+        f"  network, {tile}x{tile} tiles: {gflop:.1f} GFLOP per tile; {batch_size / network_seconds[0]:.2f} tiles/s, "
+        f"{batch_size * tile * tile / network_seconds[0] / 1e6:.2f} Mpx/s, {rate[0]:.0f} GFLOP/s = "
+        f"{100 * rate[0] / reference[0]:.0f} % of the faster matrix product "
+        f"({rate[1]:.0f} GFLOP/CPU-s = {100 * rate[1] / reference[1]:.0f} %)"
     )
 
-    slice_image = next(read_preprocessed(folders[0]))[1]
-    batches = Tiling(slice_image, tile, overlap).batches(batch_size)
-    network_seconds = best_seconds(lambda: [model.predict_on_batch(tiles) for tiles in batches], repeats)
-    step_seconds = segment_step_seconds(folders, weights, config, tile, overlap, batch_size, precision, repeats)
+    step, network, tiles = step_and_network_seconds(model, folders, weights, config, tile, batch_size, precision, repeats)
     megapixels = SLICE_SHAPE[0] * SLICE_SHAPE[1] / 1e6
     print(
-        f"  {SLICE_SHAPE[0]}x{SLICE_SHAPE[1]} slices ({sum(map(len, batches))} tiles each): network alone "
-        f"{1 / network_seconds:.3f} slices/s ({megapixels / network_seconds:.2f} Mpx/s); whole segment step "
-        f"{1 / step_seconds:.3f} slices/s ({megapixels / step_seconds:.2f} Mpx/s) = "
-        f"{100 * network_seconds / step_seconds:.0f} % of the network-only rate"
+        f"  {SLICE_SHAPE[0]}x{SLICE_SHAPE[1]} slices ({tiles} tiles each): network alone {1 / network[0]:.3f} slices/s "
+        f"({megapixels / network[0]:.2f} Mpx/s); whole segment step {1 / step[0]:.3f} slices/s "
+        f"({megapixels / step[0]:.2f} Mpx/s) = {100 * network[0] / step[0]:.0f} % of the network-only rate "
+        f"(CPU seconds per slice: network {network[1]:.2f}, step {step[1]:.2f}, {100 * network[1] / step[1]:.0f} %)"
     )
 
 

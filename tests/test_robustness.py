@@ -13,7 +13,6 @@ import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
-
 from test_workflow import (
     DEMO_ROW,
     EVERYTHING_FOREGROUND,
@@ -25,6 +24,7 @@ from test_workflow import (
     row,
     snakemake,
 )
+
 from vem3d.mesh import mesh_from_masks
 from vem3d.preprocess import preprocess_stack, read_preprocessed
 from vem3d.slices import read_slice

@@ -22,8 +22,16 @@ import time
 from pathlib import Path
 
 import pytest
-
-from test_workflow import EVERYTHING_FOREGROUND, DEMO_ROW, ROOT, check_tiny_demo_outputs, make_project, own_stack, row, snakemake
+from test_workflow import (
+    DEMO_ROW,
+    EVERYTHING_FOREGROUND,
+    ROOT,
+    check_tiny_demo_outputs,
+    make_project,
+    own_stack,
+    row,
+    snakemake,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -202,7 +202,7 @@ def load_model(weights_path, unet_config: UNetConfig, precision: str = "float32"
     The forward pass is compiled with XLA on the TensorFlow and JAX backends. Keras
     leaves XLA off for TensorFlow on CPU-only machines, but on a CPU it runs the U-Net
     1.3 times faster (it fuses batch normalisation with the activation) and 16-bit
-    precisions 2 to 2.4 times faster, for a few seconds of compilation per batch shape.
+    precisions 1.9 to 2.4 times faster, for a few seconds of compilation per batch shape.
     """
     model = build_unet(unet_config, precision=precision)
     load_weights(model, weights_path)
