@@ -70,9 +70,12 @@ DATASETS = {
 PRESETS = {
     "lucchi": {
         "cpu": {
+            # Half resolution (10 nm pixels): mitochondria stay 20-100 px wide (resampling
+            # alone costs 0.4 % IoU), and each patch holds 4 times the area for the same work.
             "chunk_size": 33,
+            "preprocess": {"scale": 0.5},
             "model": {"depth": 4, "base_filters": 16},
-            "train": {"epochs": 30, "steps_per_epoch": 40, "batch_size": 4, "patch_size": 256,
+            "train": {"epochs": 40, "steps_per_epoch": 40, "batch_size": 4, "patch_size": 256,
                       "learning_rate": 0.002, "validation_fraction": 0.1},
             "segment": {"tile_size": 512, "overlap": 64, "batch_size": 2},
             "mesh": {"min_object_voxels": 500, "z_smoothing_sigma": 1.0},

@@ -9,6 +9,7 @@ import pytest
 
 from vem3d.labels import class_values, decode_label_map, label_slices, one_hot, read_class_labels
 from vem3d.metrics import evaluate_folders
+from vem3d.preprocess import preprocess_slice
 from vem3d.slices import SliceError
 from vem3d.train import TrainingConfig, labelled_pairs, train_unet
 from vem3d.unet import UNetConfig
@@ -35,6 +36,21 @@ def test_label_values_naming_an_unknown_class_or_sharing_a_value_are_refused():
         class_values(["membrane", "mitochondrion"], {"mitocondrion": [191]})
     with pytest.raises(ValueError, match="value 3 is given to both 'a' and 'b'"):
         class_values(["a", "b"], {"a": [3], "b": [3]})
+
+
+def test_labels_of_a_rescaled_slice_stay_aligned_with_it(tmp_path):
+    # Two classes with edges at odd pixels: nearest-neighbour halving would shift them.
+    labels = np.zeros((64, 64), np.uint8)
+    labels[11:41, 9:37] = 1
+    labels[21:31, 45:59] = 2
+    iio.imwrite(tmp_path / "s.png", labels)
+    image = preprocess_slice(labels.astype(np.float32), 0, 100, scale=0.5)
+    halved = read_class_labels([tmp_path / "s.png"], class_values(["a", "b"]), image.shape)
+    assert halved.shape == (32, 32)
+    for index in (1, 2):
+        # The class's pixels in the halved labels are where its intensity in the halved image says they are.
+        share = preprocess_slice((labels == index).astype(np.float32), 0, 100, scale=0.5)
+        np.testing.assert_array_equal(halved == index, share > 0.5)
 
 
 def test_one_hot_puts_each_class_in_its_channel():
