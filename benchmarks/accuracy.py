@@ -189,7 +189,9 @@ def compare_tiling(project: Path, sample: str, slice_name: str, config: dict) ->
         if name == slice_name
     )
     segment = config["segment"]
-    tiled = predict_tiled(model.predict_on_batch, image, segment["tile_size"], segment["overlap"], segment["batch_size"])
+    tiled = predict_tiled(
+        model.predict_on_batch, image, segment["tile_size"], segment["overlap"], segment["batch_size"], 2**unet.depth
+    )
     # The whole slice gets the same reflected border as the tiles, so that only the tiling differs.
     margin, multiple = segment["overlap"] // 2, 2**unet.depth
     padded = np.pad(image, margin, mode="reflect")

@@ -106,7 +106,7 @@ def step_and_network_seconds(model, folders, weights, config, tile, batch_size, 
     """
     overlap = tile // 8
     extra = list(read_preprocessed(folders[1]))[1:]
-    batches = [batch for _, image, _ in extra for batch in Tiling(image, tile, overlap).batches(batch_size)]
+    batches = [batch for _, image, _ in extra for batch in Tiling(image, tile, overlap, 2**config.depth).batches(batch_size)]
     segment = [
         lambda folder=folder: segment_folder(
             folder, weights, [folder.parent / "out/probabilities"], [folder.parent / "out/masks"], config,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vem3d.segment import (
+    Tiling,
     activation_bytes,
     automatic_batch_size,
     blending_window,
@@ -32,6 +33,23 @@ def test_tiling_an_identity_model_gives_the_input_back(shape):
     result = predict_tiled(identity, image, tile_size=64, overlap=16, batch_size=3)
     assert result.shape == shape + (1,)
     np.testing.assert_allclose(result[..., 0], image, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (768, 1024), (100, 77), (2000, 300)])
+def test_tiles_shrink_to_fit_the_slice_and_still_blend_back_to_it(shape):
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    fitted, fixed = Tiling(image, 256, 32, multiple=16), Tiling(image, 256, 32)
+    assert fitted.tile_size % 16 == 0 and fitted.tile_size <= 256
+    assert len(fitted.positions) <= len(fixed.positions)
+    for axis in (0, 1):
+        starts = sorted({position[axis] for position in fitted.positions})
+        # Neighbours still share at least the asked-for overlap.
+        assert all(b - a <= fitted.tile_size - 32 for a, b in zip(starts, starts[1:]))
+    result = predict_tiled(identity, image, tile_size=256, overlap=32, batch_size=4, multiple=16)
+    np.testing.assert_allclose(result[..., 0], image, atol=1e-5)
+    if shape == (512, 512):
+        # 9 tiles of 208 rather than 256: 1.5 rather than 2.25 times the slice's pixels.
+        assert (fitted.tile_size, len(fitted.positions)) == (208, 9)
 
 
 def test_tiles_cover_the_slice_and_end_flush():
