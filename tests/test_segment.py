@@ -48,8 +48,10 @@ def test_tiles_shrink_to_fit_the_slice_and_still_blend_back_to_it(shape):
     result = predict_tiled(identity, image, tile_size=256, overlap=32, batch_size=4, multiple=16)
     np.testing.assert_allclose(result[..., 0], image, atol=1e-5)
     if shape == (512, 512):
-        # 9 tiles of 208 rather than 256: 1.5 rather than 2.25 times the slice's pixels.
+        # 9 tiles of 208 rather than 256: 1.5 rather than 2.25 times the slice's pixels,
+        # in even batches (one shape for a compiled network).
         assert (fitted.tile_size, len(fitted.positions)) == (208, 9)
+        assert [len(batch) for batch in fitted.batches(4)] == [3, 3, 3]
 
 
 def test_tiles_cover_the_slice_and_end_flush():

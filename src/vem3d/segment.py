@@ -118,10 +118,17 @@ class Tiling:
         ]
 
     def batches(self, batch_size: int) -> list[np.ndarray]:
-        """The tiles in batches of float32 (n <= batch_size, tile_size, tile_size, 1)."""
+        """The tiles in batches of float32 (n <= batch_size, tile_size, tile_size, 1).
+
+        The tiles are shared out evenly (9 tiles with at most 4 a batch: 3, 3, 3 rather
+        than 4, 4, 1), so that a compiled network sees fewer batch shapes and no
+        near-empty batch.
+        """
         size = self.tile_size
         tiles = [self.padded[top : top + size, left : left + size] for top, left in self.positions]
-        return [np.stack(tiles[first : first + batch_size])[..., np.newaxis] for first in range(0, len(tiles), batch_size)]
+        n_batches = -(-len(tiles) // batch_size)
+        per_batch = -(-len(tiles) // n_batches)
+        return [np.stack(tiles[first : first + per_batch])[..., np.newaxis] for first in range(0, len(tiles), per_batch)]
 
     def blend(self, predictions: Iterable[np.ndarray]) -> np.ndarray:
         """Blend tile predictions, given batch by batch in the order of :meth:`batches`.
