@@ -75,7 +75,7 @@ PRESETS = {
             "chunk_size": 33,
             "preprocess": {"scale": 0.5},
             "model": {"depth": 4, "base_filters": 16},
-            "train": {"epochs": 40, "steps_per_epoch": 40, "batch_size": 4, "patch_size": 256,
+            "train": {"epochs": 72, "steps_per_epoch": 40, "batch_size": 4, "patch_size": 256,
                       "learning_rate": 0.002, "validation_fraction": 0.1},
             "segment": {"tile_size": 512, "overlap": 64, "batch_size": 2},
             "mesh": {"min_object_voxels": 500, "z_smoothing_sigma": 1.0},
