@@ -21,6 +21,7 @@ written block by block.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -812,12 +813,19 @@ def mesh_masks_blockwise(
     dict
         As :func:`write_mesh_blockwise`.
     """
-    scratch_parent = Path(scratch_dir) if scratch_dir is not None else Path(stl_path).parent
-    scratch_parent.mkdir(parents=True, exist_ok=True)
+    scratch_parent = scratch_dir if scratch_dir is not None else Path(stl_path).parent
+    with _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels, fill_cavities, block_size) as (cleaned, _):
+        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces)
+
+
+@contextlib.contextmanager
+def _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels: int, fill_cavities: bool, block_size: int):
+    """Assemble and clean mask folders in a scratch folder inside ``scratch_parent``;
+    yield (the :func:`clean_blockwise` result, the scratch folder), removed afterwards."""
+    Path(scratch_parent).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".blockwise-") as scratch:
         masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
-        cleaned = clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size)
-        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces)
+        yield clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size), scratch
 
 
 class _ObjectMask:
@@ -976,8 +984,5 @@ def object_statistics_from_masks_blockwise(
     ``scratch_dir`` that is removed afterwards. Other parameters as for
     :func:`vem3d.stats.statistics_from_masks`.
     """
-    Path(scratch_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".blockwise-") as scratch:
-        masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
-        cleaned = clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size)
+    with _cleaned_masks(mask_dirs, scratch_dir, min_object_voxels, fill_cavities, block_size) as (cleaned, scratch):
         return object_statistics_blockwise(cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size)
