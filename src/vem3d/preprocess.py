@@ -178,12 +178,22 @@ def preprocess_stack(
     write_text_atomically(out_dir / SHAPES_NAME, pd.DataFrame(rows).to_csv(sep="\t", index=False))
 
 
-def read_preprocessed(folder: str | os.PathLike):
-    """Yield (name, image, original_shape) for each slice of a preprocessed folder, in order.
+def preprocessed_files(folder: str | os.PathLike) -> list[tuple[str, Path, tuple[int, int]]]:
+    """(name, file, original_shape) of each slice of a preprocessed folder, in order.
 
-    ``image`` is float32 in [0, 1]; ``original_shape`` is the raw slice's (rows, columns).
+    ``original_shape`` is the raw slice's (rows, columns).
     """
     folder = Path(folder)
     shapes = pd.read_csv(folder / SHAPES_NAME, sep="\t", dtype={"slice": str})
-    for row in shapes.itertuples(index=False):
-        yield row.slice, from_stored(iio.imread(folder / f"{row.slice}.png")), (row.rows, row.columns)
+    return [(row.slice, folder / f"{row.slice}.png", (row.rows, row.columns)) for row in shapes.itertuples(index=False)]
+
+
+def read_preprocessed(folder: str | os.PathLike, names=None):
+    """Yield (name, image, original_shape) for each slice of a preprocessed folder, in order.
+
+    ``image`` is float32 in [0, 1]; ``original_shape`` is the raw slice's (rows, columns).
+    ``names``, if given, limits this to those slices.
+    """
+    for name, path, original_shape in preprocessed_files(folder):
+        if names is None or name in names:
+            yield name, from_stored(iio.imread(path)), original_shape

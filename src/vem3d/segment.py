@@ -8,9 +8,13 @@ The result has no seams and does not depend on where the tile borders fall.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,8 +23,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
+import vem3d
+from vem3d.atomic import write_directory_atomically
 from vem3d.devices import visible_gpus
-from vem3d.preprocess import read_preprocessed, resize
+from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
 from vem3d.train import load_weights
 from vem3d.unet import UNetConfig, build_unet
@@ -422,6 +428,70 @@ def segment_slices(
         yield from compute_ahead(segmented(compute_ahead(tiled(), prefetch)), prefetch)
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copyfile(source, target)
+
+
+class SliceCache:
+    """Results of single slices kept for reuse: a chunk re-run after one of its slices
+    changed sends only that slice through the network.
+
+    Snakemake re-runs a whole chunk when any of its slices changes, and deletes the
+    chunk's outputs first. The cache keeps a hard link to each slice's output files
+    (no extra disk space while the outputs exist) under a key made of the preprocessed
+    slice's bytes and everything else its result depends on (weights, network,
+    segmentation settings, Keras backend, vem3d version); a slice whose key is there
+    gets its files linked back instead. Each slice keeps one entry, its newest.
+
+    Parameters
+    ----------
+    folder : path
+        The cache (created); ``{folder}/{slice}/{key}/`` holds a slice's files.
+    settings : dict
+        What a result depends on besides the slice and the weights (JSON-serialisable).
+    weights_path : path
+    """
+
+    def __init__(self, folder: str | os.PathLike, settings: dict, weights_path: str | os.PathLike):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(Path(weights_path).read_bytes())
+        context = {**settings, "backend": keras.backend.backend(), "vem3d": vem3d.__version__}
+        digest.update(json.dumps(context, sort_keys=True).encode())
+        self._settings_digest = digest.digest()
+
+    def key(self, preprocessed_file: Path, original_shape: tuple[int, int]) -> str:
+        """The key of one preprocessed slice's result."""
+        digest = hashlib.sha256(self._settings_digest)
+        digest.update(repr(tuple(int(side) for side in original_shape)).encode())
+        digest.update(Path(preprocessed_file).read_bytes())
+        return digest.hexdigest()[:32]
+
+    def restore(self, name: str, key: str, targets: list[Path]) -> bool:
+        """Link a slice's cached files to ``targets`` (in the order stored); False if not cached."""
+        entry = self.folder / name / key
+        if not entry.is_dir():
+            return False
+        for index, target in enumerate(targets):
+            _link_or_copy(entry / str(index), target)
+        return True
+
+    def store(self, name: str, key: str, sources: list[Path]) -> None:
+        """Keep a slice's files under ``key``, replacing the slice's older entries."""
+
+        def save(temporary: str) -> None:
+            for index, source in enumerate(sources):
+                _link_or_copy(source, Path(temporary) / str(index))
+
+        write_directory_atomically(self.folder / name / key, save)
+        for older in (self.folder / name).iterdir():
+            if older.name != key:
+                shutil.rmtree(older, ignore_errors=True)
+
+
 def segment_folder(
     preprocessed_dir: str | os.PathLike,
     weights_path: str | os.PathLike,
@@ -434,6 +504,7 @@ def segment_folder(
     threshold: float = 0.5,
     test_time_augmentation: bool = False,
     precision: str = "float32",
+    cache_dir: str | os.PathLike | None = None,
 ) -> None:
     """Segment every slice of a preprocessed folder; write probability and mask PNGs per class.
 
@@ -450,17 +521,44 @@ def segment_folder(
     Other parameters are those of :func:`segment_slices`; tiles shrink where the
     slice allows (:class:`Tiling`, in steps of ``2**depth``). Reading, the network and
     writing overlap. ``batch_size`` None chooses it by :func:`automatic_batch_size`;
-    ``precision`` is that of :func:`vem3d.unet.build_unet`.
+    ``precision`` is that of :func:`vem3d.unet.build_unet`. ``cache_dir``, if given, is
+    a :class:`SliceCache`: slices segmented before with the same weights and settings
+    get their earlier files back instead of going through the network again.
     """
     n_channels = unet_config.n_classes
     if len(masks_dirs) != max(n_channels - 1, 1) or len(probabilities_dirs) != len(masks_dirs):
         raise ValueError(f"{len(masks_dirs)} mask folders for a network of {n_channels} output channel(s)")
     batch_size = batch_size or automatic_batch_size(unet_config, tile_size)
+
+    def outputs(name: str) -> list[Path]:
+        return [Path(folder) / f"{name}.png" for folder in (*probabilities_dirs, *masks_dirs)]
+
+    slices = preprocessed_files(preprocessed_dir)
+    for folder in (*probabilities_dirs, *masks_dirs):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    keys = {}
+    if cache_dir is not None:
+        settings = {
+            "unet": dataclasses.asdict(unet_config),
+            "tile_size": tile_size,
+            "overlap": overlap,
+            "batch_size": batch_size,
+            "threshold": threshold,
+            "test_time_augmentation": test_time_augmentation,
+            "precision": precision,
+        }
+        cache = SliceCache(cache_dir, settings, weights_path)
+        keys = {name: cache.key(path, shape) for name, path, shape in slices}
+        slices = [entry for entry in slices if not cache.restore(entry[0], keys[entry[0]], outputs(entry[0]))]
+        log.info("%d of %d slices unchanged since segmented with these weights and settings: results reused",
+                 len(keys) - len(slices), len(keys))
+    if not slices:
+        return
     log.info("segmenting in %s, %d tiles of %d x %d per forward pass", precision, batch_size, tile_size, tile_size)
     model = load_model(weights_path, unet_config, precision)
     for name, probabilities, mask in segment_slices(
         model,
-        read_preprocessed(preprocessed_dir),
+        read_preprocessed(preprocessed_dir, names={entry[0] for entry in slices}),
         tile_size,
         overlap,
         batch_size,
@@ -472,3 +570,5 @@ def segment_folder(
             channel = probabilities[..., 0 if n_channels == 1 else index]
             write_image(Path(probabilities_dir) / f"{name}.png", np.round(channel * 255).astype(np.uint8))
             write_image(Path(masks_dir) / f"{name}.png", (mask == index).astype(np.uint8) * 255)
+        if keys:
+            cache.store(name, keys[name], outputs(name))

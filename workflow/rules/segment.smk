@@ -16,10 +16,12 @@ rule segment:
         "results/benchmarks/{sample}/segment/{chunk}.tsv"
     conda:
         "../../envs/tensorflow.yaml"
-    threads: network_threads
+    threads: segment_threads
     params:
         unet=unet_settings(),
         gpu_required=config["gpu"]["required"],
         settings=config["segment"],
+        # Earlier results of slices that did not change (vem3d.segment.SliceCache).
+        cache_dir=lambda wildcards: f"results/{wildcards.sample}/segment_cache",
     script:
         "../scripts/segment.py"

@@ -1,0 +1,41 @@
+"""CPU threads of the network's framework, which it sizes once, when imported."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def limit_cpu_threads(n_threads: int) -> None:
+    """Let the Keras backend use at most ``n_threads`` CPU threads for its computations.
+
+    Sets the variables TensorFlow (``TF_NUM_INTRAOP_THREADS``), PyTorch and other
+    OpenMP code (``OMP_NUM_THREADS``) read when imported, and for a single thread the
+    XLA flags that keep JAX on one (JAX has no setting for other counts). Values the
+    user has set win.
+
+    Parameters
+    ----------
+    n_threads : int
+        At least 1; the CPU cores a job was given (Snakemake's ``threads``).
+
+    Raises
+    ------
+    RuntimeError
+        If Keras is already imported, when this could no longer take effect.
+    """
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be at least 1, got {n_threads}")
+    if "keras" in sys.modules:
+        raise RuntimeError("limit_cpu_threads must be called before keras is imported")
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(n_threads))
+    os.environ.setdefault("OMP_NUM_THREADS", str(n_threads))
+    if n_threads == 1 and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def cpu_threads() -> int:
+    """CPU threads the Keras backend computes with: the limit set (:func:`limit_cpu_threads`
+    or ``TF_NUM_INTRAOP_THREADS``), else the cores this process may run on."""
+    limit = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
+    return int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))

@@ -1,0 +1,42 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+# CPU seconds per wall second of a run of large matrix products, in a fresh process.
+BUSY_CORES = """
+import os, time
+{limit}
+import keras, numpy as np
+x = keras.ops.convert_to_tensor(np.ones((1024, 1024), np.float32))
+keras.ops.matmul(x, x)
+started, cpu = time.perf_counter(), os.times()
+for _ in range(40):
+    y = keras.ops.matmul(x, x)
+float(keras.ops.sum(y))
+now = os.times()
+print((now.user + now.system - cpu.user - cpu.system) / (time.perf_counter() - started))
+"""
+
+
+def _busy_cores(limit: str) -> float:
+    environment = {key: value for key, value in os.environ.items() if key not in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")}
+    environment["KERAS_BACKEND"] = "tensorflow"
+    code = BUSY_CORES.format(limit=limit)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to tell 1 thread from several")
+def test_tensorflow_keeps_to_the_thread_limit_set_before_keras_is_imported():
+    assert _busy_cores("from vem3d.threads import limit_cpu_threads; limit_cpu_threads(1)") < 1.15
+
+
+def test_a_thread_limit_after_keras_is_imported_is_refused():
+    import keras  # noqa: F401
+
+    from vem3d.threads import limit_cpu_threads
+
+    with pytest.raises(RuntimeError, match="before keras is imported"):
+        limit_cpu_threads(1)
