@@ -58,10 +58,11 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     main(
         ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
          "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8",
-         "--precision", "mixed_bfloat16"]
+         "--precision", "mixed_bfloat16", "--cache-dir", str(tmp_path / "cache")]
     )
     masks = sorted((tmp_path / "sample/masks/foreground").glob("*.png"))
     assert len(masks) == 4 and iio.imread(masks[0]).shape == (64, 64)
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # one entry per slice, for later runs
 
     # Mesh and measure the ground truth, which certainly holds objects.
     truth = str(tmp_path / "demo/ground_truth")

@@ -220,7 +220,7 @@ def test_demo_runs_on_slurm_with_a_gpu_for_the_network_steps(slurm, tmp_path):
         assert gres == ("gpu:1" if rule in GPU_RULES else "(null)"), rule
     # The network steps saw the GPU Slurm gave them (a fake one: Keras finds no GPU on it).
     for log in [project / "logs/train.log", *project.glob("logs/demo/segment/chunk*.log")]:
-        assert "; CUDA_VISIBLE_DEVICES=0\n" in log.read_text(), log
+        assert "; CUDA_VISIBLE_DEVICES=0;" in log.read_text(), log
 
 
 def test_failing_job_is_retried_then_reported_failed(slurm, tmp_path):

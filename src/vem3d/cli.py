@@ -207,6 +207,12 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
     segment.add_argument("preprocessed_dir", type=Path, help="a preprocessed slice folder")
     segment.add_argument("--weights", type=Path, required=True, help="weights file from 'vem3d train'")
     segment.add_argument("--out-dir", type=Path, required=True, help="writes probabilities/ and masks/")
+    segment.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep each slice's results here (hard links) and reuse them on later runs for slices, "
+        "weights and settings that did not change (default: no cache)",
+    )
 
     if network_options:
         from vem3d.segment import segment_folder
@@ -314,6 +320,7 @@ def run(args: argparse.Namespace) -> None:
             threshold=args.threshold,
             test_time_augmentation=args.test_time_augmentation,
             precision=args.precision,
+            cache_dir=args.cache_dir,
         )
     elif args.command in ("mesh", "stats"):
         cleaning = {

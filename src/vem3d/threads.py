@@ -39,3 +39,13 @@ def cpu_threads() -> int:
     or ``TF_NUM_INTRAOP_THREADS``), else the cores this process may run on."""
     limit = os.environ.get("TF_NUM_INTRAOP_THREADS", "")
     return int(limit) if limit.isdigit() and int(limit) > 0 else len(os.sched_getaffinity(0))
+
+
+# Device files of the NVIDIA and AMD (ROCm) GPU drivers.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd")
+
+
+def gpu_device_present() -> bool:
+    """Whether this machine has a GPU driver's device file: a check for planning jobs that
+    does not import a framework (which takes seconds)."""
+    return any(os.path.exists(path) for path in GPU_DEVICE_FILES)

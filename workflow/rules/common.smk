@@ -20,6 +20,7 @@ from vem3d.slices import (
     stack_slice_names,
 )
 from vem3d.synth import demo_slice_names
+from vem3d.threads import gpu_device_present
 
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
@@ -219,8 +220,7 @@ def network_threads(wildcards):
     return workflow.resource_settings.cores or 1
 
 
-# A GPU device node on this machine (NVIDIA or AMD); checked without importing a framework.
-HAS_GPU = any(Path(node).exists() for node in ("/dev/nvidiactl", "/dev/kfd"))
+HAS_GPU = gpu_device_present()
 
 
 def segment_threads(wildcards):
