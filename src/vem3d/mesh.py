@@ -134,8 +134,8 @@ def unique_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Rows are grouped by a hash of their bytes (linear time), the grouping is checked
     row by row, and only the distinct rows are sorted: on the 14.6 million corners of
-    a 4.9-million-face mesh this takes 2.6 s where sorting all rows takes 6.3 s, and
-    ``np.unique(axis=0)`` (which compares rows as structured records) 15 times that.
+    a 4.9-million-face mesh this takes 2.7 s where sorting all rows takes 4.5 s, and
+    ``np.unique(axis=0)`` (which compares rows as structured records) 15 times longer.
     Should two distinct rows share a hash, it sorts all rows instead.
 
     Parameters
