@@ -221,6 +221,7 @@ def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_fo
         )
         pd.testing.assert_frame_equal(simplified, full)
         assert 0 < len(read_stl(tmp_path / name / "foreground.stl")[1]) <= 300 < full.loc[0, "faces"]
+        assert sorted(path.name for path in (tmp_path / name).iterdir()) == ["foreground.stl"]  # no scratch STL left
 
 
 def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folders):

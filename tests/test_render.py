@@ -4,7 +4,16 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from vem3d.mesh import decimate_mesh, enclosed_volume, read_stl, surface_area, volume_to_mesh, write_stl
+import vem3d.mesh as mesh_module
+from vem3d.mesh import (
+    decimate_mesh,
+    enclosed_volume,
+    read_stl,
+    read_stl_simplified,
+    surface_area,
+    volume_to_mesh,
+    write_stl,
+)
 from vem3d.render import (
     choose_montage_slices,
     mesh_viewer_from_stl,
@@ -86,3 +95,24 @@ def test_montage_shows_labelled_slices_with_outlines(tmp_path):
 def test_montage_slices_spread_from_first_to_last():
     assert choose_montage_slices(64, 4) == [0, 21, 42, 63]
     assert choose_montage_slices(2, 6) == [0, 1]
+
+
+def test_an_stl_simplified_a_chunk_at_a_time_equals_the_mesh_simplified_whole(tmp_path, ball_mesh, monkeypatch):
+    vertices, faces = ball_mesh
+    write_stl(tmp_path / "ball.stl", vertices, faces)
+    whole_vertices, whole_faces = decimate_mesh(*read_stl(tmp_path / "ball.stl"), len(faces) // 10)
+    monkeypatch.setattr(mesh_module, "TRIANGLES_PER_CHUNK", len(faces) // 7)  # 8 chunks, the last one short
+    chunked_vertices, chunked_faces = read_stl_simplified(tmp_path / "ball.stl", len(faces) // 10)
+    np.testing.assert_array_equal(chunked_faces, whole_faces)
+    np.testing.assert_allclose(chunked_vertices, whole_vertices, rtol=1e-6)
+    assert len(chunked_faces) <= len(faces) // 10
+    # Within the budget the file is read as it is.
+    assert len(read_stl_simplified(tmp_path / "ball.stl", len(faces))[1]) == len(faces)
+
+
+def test_a_truncated_stl_is_refused_naming_the_file(tmp_path, ball_mesh):
+    write_stl(tmp_path / "ball.stl", *ball_mesh)
+    data = (tmp_path / "ball.stl").read_bytes()
+    (tmp_path / "ball.stl").write_bytes(data[: len(data) - 25])
+    with pytest.raises(ValueError, match="ball.stl: not a binary STL"):
+        read_stl_simplified(tmp_path / "ball.stl", 10)

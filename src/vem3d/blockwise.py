@@ -45,8 +45,8 @@ from vem3d.atomic import write_atomically, write_directory_atomically
 from vem3d.mesh import (
     NM2_PER_UM2,
     NM3_PER_UM3,
-    decimate_mesh,
     enclosed_volume,
+    read_stl_simplified,
     surface_area,
     volume_to_mesh,
     write_stl,
@@ -743,8 +743,9 @@ def write_mesh_blockwise(
     block_size : int
         Block side in voxels.
     max_faces : int
-        Simplify the STL to at most this many faces (:func:`vem3d.mesh.decimate_mesh`;
-        the mesh is then held in memory); 0 writes the full mesh block by block.
+        Simplify the STL to at most this many faces: the full mesh is written to a
+        scratch STL beside ``stl_path`` and simplified from there a chunk of faces at a
+        time (:func:`vem3d.mesh.read_stl_simplified`); 0 writes the full mesh block by block.
 
     Returns
     -------
@@ -756,9 +757,17 @@ def write_mesh_blockwise(
     totals = MeshMeasurements()
     block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma))
     if max_faces:
-        vertices, faces = decimate_mesh(*weld_block_meshes(block_meshes), max_faces)
-        if len(faces):
-            write_stl(stl_path, vertices, faces)
+        # The full mesh goes to a scratch STL block by block, then is simplified from
+        # there a chunk of faces at a time: memory never holds the full mesh.
+        handle, full_path = tempfile.mkstemp(dir=Path(stl_path).parent, prefix=".full-", suffix=".stl")
+        os.close(handle)
+        try:
+            faces = np.zeros((0, 3), np.int64)
+            if write_stl_blocks(full_path, block_meshes):
+                vertices, faces = read_stl_simplified(full_path, max_faces)
+                write_stl(stl_path, vertices, faces)
+        finally:
+            Path(full_path).unlink(missing_ok=True)
         log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
     else:
         write_stl_blocks(stl_path, block_meshes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -174,14 +175,94 @@ def unique_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ordered[starts], order[starts].astype(np.int64), inverse
 
 
-def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
-    """Simplify a mesh to at most ``max_faces`` faces by vertex clustering.
+# A binary STL file: an 80-byte header, a uint32 face count, then 50 bytes a face.
+STL_HEADER_BYTES = 84
+STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+TRIANGLES_PER_CHUNK = 1_000_000  # 36 MB of float32 corners; clustering works on this many at a time
 
-    Space is cut into cubic cells; the vertices of a cell merge into their mean, and
-    faces that collapse or repeat are dropped. The cell grows (from the mean edge
-    length scaled by the square root of the reduction asked for) until the mesh is
-    small enough. Good for looking at a mesh, not for measuring it: thin parts may
-    close up or vanish.
+
+def _first_unique_faces(faces: np.ndarray) -> np.ndarray:
+    """The faces, each set of three corners once (the first occurrence kept, in order)."""
+    _, first, _ = unique_rows(np.sort(faces, axis=1))
+    return faces[np.sort(first)]
+
+
+def _cluster_triangles(
+    triangle_chunks: Callable[[], Iterable[np.ndarray]], origin: np.ndarray, extent: np.ndarray, cell: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One round of vertex clustering over triangles read a chunk at a time (see :func:`simplify_triangles`)."""
+    cells_per_axis = np.floor(extent / cell).astype(np.int64) + 1
+    sums, kept = [], []
+    for triangles in triangle_chunks():
+        corners = triangles.reshape(-1, 3).astype(np.float64)
+        cells = np.minimum(np.floor((corners - origin) / cell).astype(np.int64), cells_per_axis - 1)
+        keys = (cells[:, 2] * cells_per_axis[1] + cells[:, 1]) * cells_per_axis[0] + cells[:, 0]
+        table = pd.DataFrame({"key": keys, "x": corners[:, 0], "y": corners[:, 1], "z": corners[:, 2], "n": 1})
+        sums.append(table.groupby("key").sum())
+        faces = keys.reshape(-1, 3)
+        faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+        kept.append(_first_unique_faces(faces))
+    totals = pd.concat(sums).groupby(level=0).sum()  # index: the cells' keys, sorted
+    vertices = (totals[["x", "y", "z"]].to_numpy() / totals[["n"]].to_numpy()).astype(np.float32)
+    faces = _first_unique_faces(np.concatenate(kept)) if kept else np.zeros((0, 3), np.int64)
+    return vertices, np.searchsorted(totals.index.to_numpy(), faces).astype(np.int64)
+
+
+def simplify_triangles(
+    triangle_chunks: Callable[[], Iterable[np.ndarray]],
+    n_faces: int,
+    max_faces: int,
+    low: np.ndarray,
+    high: np.ndarray,
+    mean_edge: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simplify triangles, read a chunk at a time, to at most ``max_faces`` faces by vertex clustering.
+
+    Space is cut into cubic cells; the triangle corners in a cell merge into their
+    mean, and faces that collapse or repeat are dropped. The cell grows (from the mean
+    edge length scaled by the square root of the reduction asked for) until the mesh is
+    small enough. Memory holds one chunk, a few numbers per cell and the kept faces,
+    so meshes larger than memory simplify too. Good for looking at a mesh, not for
+    measuring it: thin parts may close up or vanish.
+
+    Parameters
+    ----------
+    triangle_chunks : callable
+        Returns a fresh iterable of float arrays of shape (k, 3, 3) (triangle, corner,
+        coordinate) that together hold all ``n_faces`` triangles; called once per round.
+    n_faces : int
+    max_faces : int
+        Face budget (> 0).
+    low, high : ndarray, shape (3,)
+        Bounds of the corner coordinates.
+    mean_edge : float
+        Mean edge length (estimated from a sample of faces is enough).
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_kept_vertices, 3)
+    faces : ndarray of int64, shape (n_kept_faces, 3)
+        Orientation of the kept faces is preserved.
+    """
+    if max_faces <= 0:
+        raise ValueError(f"max_faces must be > 0, got {max_faces}")
+    origin = np.asarray(low, dtype=np.float64)
+    extent = np.asarray(high, dtype=np.float64) - origin
+    cell = max(float(mean_edge) * np.sqrt(n_faces / max_faces), 1e-12)
+    while True:
+        vertices, faces = _cluster_triangles(triangle_chunks, origin, extent, cell)
+        if len(faces) <= max_faces:
+            return vertices, faces
+        cell *= 1.25
+
+
+def _mean_edge(triangles: np.ndarray) -> float:
+    triangles = triangles.astype(np.float64)
+    return float(np.linalg.norm(triangles - np.roll(triangles, 1, axis=1), axis=-1).mean())
+
+
+def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Simplify a mesh to at most ``max_faces`` faces by vertex clustering (:func:`simplify_triangles`).
 
     Parameters
     ----------
@@ -200,28 +281,54 @@ def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tu
         raise ValueError(f"max_faces must be > 0, got {max_faces}")
     if len(faces) <= max_faces:
         return vertices, faces
-    points = vertices.astype(np.float64)
-    # Edges of at most a million faces give the mean edge length (all of a large
-    # block-wise mesh would take 72 bytes a face).
-    sample = faces[:: max(len(faces) // 1_000_000, 1)]
-    edges = points[sample] - points[np.roll(sample, 1, axis=1)]
-    cell = float(np.linalg.norm(edges, axis=-1).mean()) * np.sqrt(len(faces) / max_faces)
-    origin = points.min(axis=0)
-    while True:
-        cells = np.floor((points - origin) / cell).astype(np.int64)
-        _, _, cluster = unique_rows(cells)
-        counts = np.bincount(cluster)
-        merged = np.stack([np.bincount(cluster, weights=points[:, axis]) for axis in range(3)], axis=1)
-        merged /= counts[:, np.newaxis]
-        kept = cluster[faces]
-        kept = kept[(kept[:, 0] != kept[:, 1]) & (kept[:, 1] != kept[:, 2]) & (kept[:, 2] != kept[:, 0])]
-        _, first, _ = unique_rows(np.sort(kept, axis=1))
-        kept = kept[np.sort(first)]
-        if len(kept) <= max_faces:
-            break
-        cell *= 1.25
-    used, kept = np.unique(kept, return_inverse=True)
-    return merged[used].astype(np.float32), kept.reshape(-1, 3).astype(np.int64)
+    # Edges of at most a million faces give the mean edge length.
+    sample = vertices[faces[:: max(len(faces) // 1_000_000, 1)]]
+
+    def chunks():
+        for start in range(0, len(faces), TRIANGLES_PER_CHUNK):
+            yield vertices[faces[start : start + TRIANGLES_PER_CHUNK]]
+
+    return simplify_triangles(chunks, len(faces), max_faces, vertices.min(axis=0), vertices.max(axis=0), _mean_edge(sample))
+
+
+def stl_face_count(path: str | os.PathLike) -> int:
+    """Faces of a binary STL file, from its header."""
+    with open(path, "rb") as stl_file:
+        stl_file.seek(80)
+        count = int(np.frombuffer(stl_file.read(4), "<u4")[0])
+    expected = STL_HEADER_BYTES + count * STL_RECORD.itemsize
+    if os.path.getsize(path) != expected:
+        raise ValueError(f"{path}: not a binary STL of {count} faces ({expected} bytes): {os.path.getsize(path)} bytes")
+    return count
+
+
+def read_stl_simplified(path: str | os.PathLike, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read a binary STL file simplified to at most ``max_faces`` faces, a chunk of faces at a time.
+
+    A file within the budget is read whole (:func:`read_stl`); a larger one is
+    memory-mapped and simplified by :func:`simplify_triangles`, so that an STL larger
+    than memory can still be previewed.
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+    faces : ndarray of int64, shape (n_faces, 3)
+    """
+    n_faces = stl_face_count(path)
+    if n_faces <= max_faces:
+        return read_stl(path)
+    records = np.memmap(path, dtype=STL_RECORD, mode="r", offset=STL_HEADER_BYTES, shape=(n_faces,))
+
+    def chunks():
+        for start in range(0, n_faces, TRIANGLES_PER_CHUNK):
+            yield np.asarray(records["corners"][start : start + TRIANGLES_PER_CHUNK])
+
+    low, high = np.full(3, np.inf), np.full(3, -np.inf)
+    for triangles in chunks():
+        low = np.minimum(low, triangles.min(axis=(0, 1)))
+        high = np.maximum(high, triangles.max(axis=(0, 1)))
+    sample = np.asarray(records["corners"][:: max(n_faces // 1_000_000, 1)])
+    return simplify_triangles(chunks, n_faces, max_faces, low, high, _mean_edge(sample))
 
 
 def enclosed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:

@@ -17,7 +17,7 @@ from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from vem3d.atomic import write_atomically, write_text_atomically
 from vem3d.labels import class_values, label_slices, read_class_labels
-from vem3d.mesh import decimate_mesh, read_stl
+from vem3d.mesh import decimate_mesh, read_stl_simplified, stl_face_count
 from vem3d.preprocess import normalise_percentile
 from vem3d.slices import list_slices, read_slice, read_stack_slices, stack_slice_names
 
@@ -118,19 +118,20 @@ def render_mesh_views(
     return len(faces)
 
 
-def _read_mesh_or_empty(stl_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The mesh of an STL file, or an empty one where the file is missing (nothing segmented)."""
+def _read_mesh_or_empty(stl_path: Path, max_faces: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The mesh of an STL file simplified to ``max_faces`` (read a chunk at a time) and its
+    full face count; an empty mesh where the file is missing (nothing segmented)."""
     if stl_path.is_file():
-        return read_stl(stl_path)
-    return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+        return *read_stl_simplified(stl_path, max_faces), stl_face_count(stl_path)
+    return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), 0
 
 
 def render_mesh_preview(stl_path: str | os.PathLike, png_path: str | os.PathLike, max_faces: int = 20_000) -> int:
     """Render an STL file (nm) with :func:`render_mesh_views`; a missing file means an empty mesh."""
     stl_path = Path(stl_path)
-    vertices, faces = _read_mesh_or_empty(stl_path)
+    vertices, faces, n_faces = _read_mesh_or_empty(stl_path, max_faces)
     drawn = render_mesh_views(vertices, faces, png_path, max_faces, title=stl_path.stem)
-    log.info("rendered %s: %d of %d faces drawn", stl_path, drawn, len(faces))
+    log.info("rendered %s: %d of %d faces drawn", stl_path, drawn, n_faces)
     return drawn
 
 
@@ -312,7 +313,7 @@ def write_mesh_viewer(
 def mesh_viewer_from_stl(stl_path: str | os.PathLike, html_path: str | os.PathLike, max_faces: int = 200_000) -> int:
     """:func:`write_mesh_viewer` for an STL file (nm); a missing file means an empty mesh."""
     stl_path = Path(stl_path)
-    vertices, faces = _read_mesh_or_empty(stl_path)
+    vertices, faces, n_faces = _read_mesh_or_empty(stl_path, max_faces)
     shown = write_mesh_viewer(vertices, faces, html_path, max_faces, title=stl_path.stem)
-    log.info("3D viewer of %s: %d of %d faces", stl_path, shown, len(faces))
+    log.info("3D viewer of %s: %d of %d faces", stl_path, shown, n_faces)
     return shown
