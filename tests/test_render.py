@@ -10,6 +10,7 @@ from vem3d.mesh import (
     enclosed_volume,
     read_stl,
     read_stl_simplified,
+    simplify_triangles,
     surface_area,
     volume_to_mesh,
     write_stl,
@@ -97,15 +98,26 @@ def test_montage_slices_spread_from_first_to_last():
     assert choose_montage_slices(2, 6) == [0, 1]
 
 
-def test_an_stl_simplified_a_chunk_at_a_time_equals_the_mesh_simplified_whole(tmp_path, ball_mesh, monkeypatch):
+def test_simplifying_a_chunk_at_a_time_equals_simplifying_whole(tmp_path, ball_mesh, monkeypatch):
     vertices, faces = ball_mesh
+    triangles = vertices[faces]
+    bounds = (vertices.min(axis=0), vertices.max(axis=0), 10.0)
+    whole = simplify_triangles(lambda: [triangles], len(faces), len(faces) // 10, *bounds)
+    step = len(faces) // 7  # 8 chunks, the last one short
+    chunked = simplify_triangles(
+        lambda: (triangles[start : start + step] for start in range(0, len(faces), step)), len(faces), len(faces) // 10, *bounds
+    )
+    np.testing.assert_array_equal(chunked[1], whole[1])
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
+    assert len(whole[1]) <= len(faces) // 10
+
+    # From an STL file, read a chunk at a time, as from the mesh in memory.
     write_stl(tmp_path / "ball.stl", vertices, faces)
-    whole_vertices, whole_faces = decimate_mesh(*read_stl(tmp_path / "ball.stl"), len(faces) // 10)
-    monkeypatch.setattr(mesh_module, "TRIANGLES_PER_CHUNK", len(faces) // 7)  # 8 chunks, the last one short
-    chunked_vertices, chunked_faces = read_stl_simplified(tmp_path / "ball.stl", len(faces) // 10)
-    np.testing.assert_array_equal(chunked_faces, whole_faces)
-    np.testing.assert_allclose(chunked_vertices, whole_vertices, rtol=1e-6)
-    assert len(chunked_faces) <= len(faces) // 10
+    monkeypatch.setattr(mesh_module, "TRIANGLES_PER_CHUNK", step)
+    from_file = read_stl_simplified(tmp_path / "ball.stl", len(faces) // 10)
+    in_memory = decimate_mesh(*read_stl(tmp_path / "ball.stl"), len(faces) // 10)
+    np.testing.assert_array_equal(from_file[1], in_memory[1])
+    np.testing.assert_allclose(from_file[0], in_memory[0], rtol=1e-6)
     # Within the budget the file is read as it is.
     assert len(read_stl_simplified(tmp_path / "ball.stl", len(faces))[1]) == len(faces)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +178,7 @@ def unique_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 # A binary STL file: an 80-byte header, a uint32 face count, then 50 bytes a face.
 STL_HEADER_BYTES = 84
 STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
-TRIANGLES_PER_CHUNK = 1_000_000  # 36 MB of float32 corners; clustering works on this many at a time
+TRIANGLES_PER_CHUNK = 250_000  # clustering works on this many at a time, in about 100 MB
 
 
 def _first_unique_faces(faces: np.ndarray) -> np.ndarray:
@@ -281,8 +281,8 @@ def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tu
         raise ValueError(f"max_faces must be > 0, got {max_faces}")
     if len(faces) <= max_faces:
         return vertices, faces
-    # Edges of at most a million faces give the mean edge length.
-    sample = vertices[faces[:: max(len(faces) // 1_000_000, 1)]]
+    # The first chunk's edges estimate the mean edge length, as read_stl_simplified's do.
+    sample = vertices[faces[:TRIANGLES_PER_CHUNK]]
 
     def chunks():
         for start in range(0, len(faces), TRIANGLES_PER_CHUNK):
@@ -302,12 +302,20 @@ def stl_face_count(path: str | os.PathLike) -> int:
     return count
 
 
+def _stl_triangles(path: str | os.PathLike, n_faces: int) -> Iterator[np.ndarray]:
+    """The triangles of a binary STL file, ``TRIANGLES_PER_CHUNK`` at a time: float32 (k, 3, 3)."""
+    with open(path, "rb") as stl_file:
+        stl_file.seek(STL_HEADER_BYTES)
+        for start in range(0, n_faces, TRIANGLES_PER_CHUNK):
+            yield np.fromfile(stl_file, dtype=STL_RECORD, count=min(TRIANGLES_PER_CHUNK, n_faces - start))["corners"]
+
+
 def read_stl_simplified(path: str | os.PathLike, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
     """Read a binary STL file simplified to at most ``max_faces`` faces, a chunk of faces at a time.
 
-    A file within the budget is read whole (:func:`read_stl`); a larger one is
-    memory-mapped and simplified by :func:`simplify_triangles`, so that an STL larger
-    than memory can still be previewed.
+    A file within the budget is read whole (:func:`read_stl`); a larger one is read
+    ``TRIANGLES_PER_CHUNK`` faces at a time and simplified by :func:`simplify_triangles`,
+    so that memory holds a chunk, not the mesh.
 
     Returns
     -------
@@ -317,18 +325,12 @@ def read_stl_simplified(path: str | os.PathLike, max_faces: int) -> tuple[np.nda
     n_faces = stl_face_count(path)
     if n_faces <= max_faces:
         return read_stl(path)
-    records = np.memmap(path, dtype=STL_RECORD, mode="r", offset=STL_HEADER_BYTES, shape=(n_faces,))
-
-    def chunks():
-        for start in range(0, n_faces, TRIANGLES_PER_CHUNK):
-            yield np.asarray(records["corners"][start : start + TRIANGLES_PER_CHUNK])
-
-    low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    for triangles in chunks():
+    low, high, mean_edge = np.full(3, np.inf), np.full(3, -np.inf), None
+    for triangles in _stl_triangles(path, n_faces):
         low = np.minimum(low, triangles.min(axis=(0, 1)))
         high = np.maximum(high, triangles.max(axis=(0, 1)))
-    sample = np.asarray(records["corners"][:: max(n_faces // 1_000_000, 1)])
-    return simplify_triangles(chunks, n_faces, max_faces, low, high, _mean_edge(sample))
+        mean_edge = _mean_edge(triangles) if mean_edge is None else mean_edge  # the first chunk's: estimate enough
+    return simplify_triangles(lambda: _stl_triangles(path, n_faces), n_faces, max_faces, low, high, mean_edge)
 
 
 def enclosed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
