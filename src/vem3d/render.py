@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
 from vem3d.atomic import write_atomically, write_text_atomically
@@ -107,11 +108,15 @@ def render_mesh_views(
         axis.set_zlim(low[2], high[2])
         axis.set_box_aspect(np.maximum(high - low, 1e-6 * (high - low).max()))
         axis.view_init(elev=elevation, azim=azimuth)
-        for name in "xyz":
+        for index, name in enumerate("xyz"):
             if name == end_on:  # its ticks would pile up in one spot
                 getattr(axis, f"set_{name}ticks")([])
             else:
                 getattr(axis, f"set_{name}label")(f"{name} (um)")
+                # Ticks in proportion to the axis's drawn length, so that a thin stack's
+                # short z axis does not get as many labels as the long ones.
+                share = (high - low)[index] / (high - low).max()
+                getattr(axis, f"{name}axis").set_major_locator(MaxNLocator(nbins=max(2, round(6 * share))))
         axis.set_title(view)
     figure.suptitle(f"{title} ({len(faces)} faces drawn)" if title else f"{len(faces)} faces drawn")
     _save_figure(figure, path, dpi=90)
