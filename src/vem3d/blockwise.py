@@ -40,6 +40,7 @@ import zarr
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from stl import mesh as stl_mesh
+from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_directory_atomically
 from vem3d.mesh import (
@@ -649,7 +650,7 @@ def mesh_blockwise(
     return weld_block_meshes(mesh_blocks(volume, voxel_size_nm, block_size, smoothing_sigma, level))
 
 
-STL_HEADER = b"vem3d binary STL".ljust(80)  # must not start with "solid", which marks ASCII STL
+STL_HEADER = b"vem3d binary STL".ljust(stl_format.HEADER_SIZE)  # must not start with "solid", which marks ASCII STL
 
 
 def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:

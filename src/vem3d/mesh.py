@@ -12,6 +12,7 @@ import pandas as pd
 import skimage.measure
 from scipy import ndimage
 from stl import mesh as stl_mesh
+from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_text_atomically
 from vem3d.volume import class_volumes, label_objects
@@ -175,9 +176,8 @@ def unique_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ordered[starts], order[starts].astype(np.int64), inverse
 
 
-# A binary STL file: an 80-byte header, a uint32 face count, then 50 bytes a face.
-STL_HEADER_BYTES = 84
-STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attribute", "<u2")])
+# A binary STL file: a header, a uint32 face count, then one numpy-stl record a face.
+STL_FACES_OFFSET = stl_format.HEADER_SIZE + stl_format.COUNT_SIZE
 TRIANGLES_PER_CHUNK = 250_000  # clustering works on this many at a time, in about 100 MB
 
 
@@ -294,9 +294,9 @@ def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tu
 def stl_face_count(path: str | os.PathLike) -> int:
     """Faces of a binary STL file, from its header."""
     with open(path, "rb") as stl_file:
-        stl_file.seek(80)
-        count = int(np.frombuffer(stl_file.read(4), "<u4")[0])
-    expected = STL_HEADER_BYTES + count * STL_RECORD.itemsize
+        stl_file.seek(stl_format.HEADER_SIZE)
+        count = int(np.frombuffer(stl_file.read(stl_format.COUNT_SIZE), "<u4")[0])
+    expected = STL_FACES_OFFSET + count * stl_mesh.Mesh.dtype.itemsize
     if os.path.getsize(path) != expected:
         raise ValueError(f"{path}: not a binary STL of {count} faces ({expected} bytes): {os.path.getsize(path)} bytes")
     return count
@@ -305,9 +305,10 @@ def stl_face_count(path: str | os.PathLike) -> int:
 def _stl_triangles(path: str | os.PathLike, n_faces: int) -> Iterator[np.ndarray]:
     """The triangles of a binary STL file, ``TRIANGLES_PER_CHUNK`` at a time: float32 (k, 3, 3)."""
     with open(path, "rb") as stl_file:
-        stl_file.seek(STL_HEADER_BYTES)
+        stl_file.seek(STL_FACES_OFFSET)
         for start in range(0, n_faces, TRIANGLES_PER_CHUNK):
-            yield np.fromfile(stl_file, dtype=STL_RECORD, count=min(TRIANGLES_PER_CHUNK, n_faces - start))["corners"]
+            count = min(TRIANGLES_PER_CHUNK, n_faces - start)
+            yield np.fromfile(stl_file, dtype=stl_mesh.Mesh.dtype, count=count)["vectors"]
 
 
 def read_stl_simplified(path: str | os.PathLike, max_faces: int) -> tuple[np.ndarray, np.ndarray]:
