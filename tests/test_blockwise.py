@@ -189,7 +189,9 @@ def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mas
     by_block = mesh_from_masks(
         masks, VOXEL_NM, tmp_path / "b/meshes", tmp_path / "b/summary.tsv", block_size=8, min_object_voxels=5
     )
-    assert by_block.iloc[0].drop("class").to_dict() == pytest.approx(in_memory.iloc[0].drop("class").to_dict(), rel=1e-6)
+    assert by_block.iloc[0].drop("class").to_dict() == pytest.approx(
+        in_memory.iloc[0].drop("class").to_dict(), rel=1e-6
+    )
     assert pd.read_csv(tmp_path / "b/summary.tsv", sep="\t").iloc[0].to_dict() == pytest.approx(
         pd.read_csv(tmp_path / "a/summary.tsv", sep="\t").iloc[0].to_dict(), rel=1e-6
     )
@@ -199,7 +201,9 @@ def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mas
 
 def test_a_volume_over_the_memory_budget_is_meshed_block_by_block(tmp_path, mask_folders, monkeypatch):
     calls = []
-    monkeypatch.setattr(blockwise, "mesh_masks_blockwise", lambda *args: calls.append(args) or blockwise_summary_stub())
+    monkeypatch.setattr(
+        blockwise, "mesh_masks_blockwise", lambda *args, **kwargs: calls.append(args) or blockwise_summary_stub()
+    )
     masks = {"mito": mask_folders}
     mesh_from_masks(masks, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
     assert len(calls) == 1 and calls[0][6] == blockwise.DEFAULT_BLOCK_SIZE
@@ -250,3 +254,93 @@ def test_object_statistics_block_by_block_equal_object_statistics(tmp_path, bloc
     table = object_statistics_blockwise(volume, VOXEL_NM, tmp_path, block_size=block_size)
     pd.testing.assert_frame_equal(table, expected, rtol=1e-6)
     assert list(tmp_path.iterdir()) == []
+
+
+def write_chunked_masks(volume, folder, chunk_slices=8):
+    """Mask PNGs of ``volume`` in chunk folders of ``chunk_slices``; the folders in z order."""
+    folders = [folder / f"chunk{z // chunk_slices}" for z in range(0, len(volume), chunk_slices)]
+    for z, mask in enumerate(volume):
+        write_image(folders[z // chunk_slices] / f"{z:03d}.png", mask.astype(np.uint8) * 255)
+    return folders
+
+
+@pytest.mark.parametrize("block_size", [0, 8])  # in memory (blocks patched small), block by block
+def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size):
+    monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
+    marched = []
+    march = blockwise._march_block
+    monkeypatch.setattr(blockwise, "_march_block", lambda *args: marched.append(args[1]) or march(*args))
+    volume = blobs((24, 30, 26), 7)
+    folders = write_chunked_masks(volume, tmp_path / "masks")
+
+    def mesh(name, cache="cache"):
+        marched.clear()
+        summary = mesh_from_masks(
+            {"mito": folders},
+            VOXEL_NM,
+            tmp_path / name,
+            tmp_path / f"{name}.tsv",
+            min_object_voxels=5,
+            block_size=block_size,
+            cache_dir=tmp_path / cache if cache else None,
+        )
+        return summary, read_stl(tmp_path / name / "mito.stl"), len(marched)
+
+    first, first_mesh, blocks_with_surface = mesh("first")
+    again, again_mesh, n_marched = mesh("again")
+    assert n_marched == 0 and blocks_with_surface > 4
+    pd.testing.assert_frame_equal(again, first)
+    assert (tmp_path / "again/mito.stl").read_bytes() == (tmp_path / "first/mito.stl").read_bytes()
+    assert len(list((tmp_path / "cache/mito").iterdir())) == blocks_with_surface
+
+    volume[20, 5:20, 5:20] = ~volume[20, 5:20, 5:20]  # a re-acquired slice, in the last 8-slice block along z
+    write_image(folders[2] / "020.png", volume[20].astype(np.uint8) * 255)
+    changed, changed_mesh, n_marched = mesh("changed")
+    reached = {tuple(wanted[0]) for wanted in marched}
+    assert 0 < n_marched < blocks_with_surface and all(lo <= 20 < hi for lo, hi in reached)
+    expected, expected_mesh, blocks_with_surface = mesh("uncached", cache=None)
+    pd.testing.assert_frame_equal(changed, expected)
+    assert_same_mesh(changed_mesh, expected_mesh)
+    assert changed.loc[0, "faces"] != first.loc[0, "faces"]
+    # The cache keeps the latest run's entries only: one per block with surface.
+    assert len(list((tmp_path / "cache/mito").iterdir())) == blocks_with_surface
+
+
+@pytest.mark.parametrize("block_size", [0, 8])
+def test_a_rerun_meshes_again_only_the_objects_a_changed_slice_reaches(tmp_path, monkeypatch, block_size):
+    meshed = []
+    to_mesh = volume_to_mesh
+    monkeypatch.setattr(
+        "vem3d.stats.volume_to_mesh",
+        lambda inside, *args, **kwargs: meshed.append(inside.shape) or to_mesh(inside, *args, **kwargs),
+    )
+    shape = (24, 30, 26)
+    volume = np.any([ball(shape, (z, y, x), 3) for z in (4, 12, 20) for y in (5, 15, 24) for x in (5, 19)], axis=0)
+    folders = write_chunked_masks(volume, tmp_path / "masks")
+
+    def measure(name, cache="cache"):
+        meshed.clear()
+        statistics_from_masks(
+            {"mito": folders},
+            VOXEL_NM,
+            tmp_path / f"{name}.tsv",
+            tmp_path / f"{name}_summary.tsv",
+            min_object_voxels=5,
+            block_size=block_size,
+            cache_dir=tmp_path / cache if cache else None,
+        )
+        return pd.read_csv(tmp_path / f"{name}.tsv", sep="\t"), len(meshed)
+
+    first, n_objects = measure("first")
+    again, n_meshed = measure("again")
+    assert n_meshed == 0 and n_objects == len(first) > 5
+    pd.testing.assert_frame_equal(again, first)
+
+    volume[20, 10, 10:16] = True  # a re-acquired slice with a new small object, apart from the balls
+    write_image(folders[2] / "020.png", volume[20].astype(np.uint8) * 255)
+    changed, n_meshed = measure("changed")
+    expected, _ = measure("uncached", cache=None)
+    pd.testing.assert_frame_equal(changed, expected)
+    measured = ["voxels", "centroid_z_nm", "centroid_y_nm", "centroid_x_nm"]
+    new_objects = len(changed.merge(first[measured], how="left", indicator=True).query("_merge == 'left_only'"))
+    assert n_meshed == new_objects == 1 and len(changed) == n_objects + 1

@@ -43,17 +43,17 @@ from stl import mesh as stl_mesh
 from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_directory_atomically
+from vem3d.cache import ArrayCache, TableCache, mask_key
 from vem3d.mesh import (
     NM2_PER_UM2,
     NM3_PER_UM3,
     enclosed_volume,
     read_stl_simplified,
     surface_area,
-    volume_to_mesh,
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
-from vem3d.stats import AXES, OBJECT_COLUMNS, sphericity
+from vem3d.stats import AXES, OBJECT_COLUMNS, object_mesh_measures, sphericity
 
 log = logging.getLogger(__name__)
 
@@ -323,11 +323,11 @@ def _touches_border(labels: np.ndarray, region: tuple[slice, ...], shape: Sequen
 
 @dataclass
 class CleanedVolume:
-    """A cleaned volume on disk and what the clean-up counted.
+    """A cleaned volume (on disk, or in memory when it fits) and what the clean-up counted.
 
     Attributes
     ----------
-    volume : zarr.Array of bool, shape (slices, rows, columns)
+    volume : zarr.Array or ndarray of bool, shape (slices, rows, columns)
     objects : int
         26-connected objects of the cleaned volume.
     foreground_voxels : int
@@ -478,6 +478,14 @@ def _cube_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
     return [(-1 if k == 0 else start, n if k == len(starts) - 1 else starts[k + 1]) for k, start in enumerate(starts)]
 
 
+def _block_shape(block_size) -> tuple[int, int, int]:
+    """A block's sides (z, y, x) from one side for all axes or three."""
+    sides = (int(block_size),) * 3 if np.ndim(block_size) == 0 else tuple(int(side) for side in block_size)
+    if len(sides) != 3 or min(sides) < 1:
+        raise ValueError(f"block size must be one side or three (z, y, x), each >= 1 voxel; got {block_size}")
+    return sides
+
+
 def _smoothing_input(
     voxels: np.ndarray, wanted: Sequence[tuple[int, int]], shape: Sequence[int], padding: int
 ) -> np.ndarray:
@@ -518,13 +526,37 @@ def _smoothed_field(data: np.ndarray, radius: int, sigma: float) -> np.ndarray:
     return field
 
 
+def _march_block(
+    voxels: np.ndarray,
+    wanted: Sequence[tuple[int, int]],
+    shape: Sequence[int],
+    padding: int,
+    radius: int,
+    smoothing_sigma: float,
+    level: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth one block's voxels (with halo) and run marching cubes: (vertices in block voxel units, faces).
+
+    Both are empty when the smoothed values do not cross ``level``.
+    """
+    reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
+    data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
+    field = _smoothed_field(data, radius, smoothing_sigma)
+    del data
+    if field.max() <= level or field.min() > level:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
+    local, faces, _, _ = skimage.measure.marching_cubes(field, level=level)
+    return local, faces
+
+
 def mesh_blocks(
     volume,
     voxel_size_nm: tuple[float, float, float],
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size=DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
     level: float = 0.5,
     task: str = "marching cubes",
+    cache: ArrayCache | None = None,
 ) -> Iterator[BlockMesh]:
     """Marching cubes of :func:`vem3d.mesh.volume_to_mesh`, one block at a time.
 
@@ -541,10 +573,14 @@ def mesh_blocks(
         Foreground where non-zero.
     voxel_size_nm, level, smoothing_sigma
         As for :func:`vem3d.mesh.volume_to_mesh`.
-    block_size : int
-        Block side in voxels.
+    block_size : int or (int, int, int)
+        Block side in voxels, or sides along z, y, x.
     task : str
         Name under which progress is logged; "" logs nothing.
+    cache : vem3d.cache.ArrayCache, optional
+        Blocks whose voxels and halo are those of a block meshed before (same place,
+        same settings) take its marching cubes from here instead of computing them;
+        the others are stored. The caller prunes it.
 
     Yields
     ------
@@ -559,7 +595,7 @@ def mesh_blocks(
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
     radius = int(GAUSSIAN_TRUNCATE * smoothing_sigma + 0.5) if smoothing_sigma > 0 else 0
     padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
-    ranges = [_cube_ranges(n, block_size) for n in shape]
+    ranges = [_cube_ranges(n, side) for n, side in zip(shape, _block_shape(block_size))]
     indices = list(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)))
     for index in _logged(indices, len(indices), task):
         cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
@@ -568,17 +604,19 @@ def mesh_blocks(
         voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
         if not voxels.any():
             continue
-        reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
-        if voxels.all() and not reaches_border:
+        if voxels.all() and not any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape)):
             continue
-        data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
+        key = mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, level) if cache else None
+        stored = cache.get(key) if cache else None
+        if stored is not None:
+            local, faces = stored["vertices"], stored["faces"]
+        else:
+            local, faces = _march_block(voxels, wanted, shape, padding, radius, smoothing_sigma, level)
+            if cache:
+                cache.put(key, vertices=local, faces=faces)
         del voxels
-        field = _smoothed_field(data, radius, smoothing_sigma)
-        del data
-        if field.max() <= level or field.min() > level:
+        if not len(faces):
             continue
-        local, faces, _, _ = skimage.measure.marching_cubes(field, level=level)
-        del field
         grid = local.astype(np.float64) + np.array([first for first, _ in cubes], dtype=np.float64)
         lower = np.zeros(len(grid), bool)
         upper = np.zeros(len(grid), bool)
@@ -594,6 +632,8 @@ def mesh_blocks(
             shared=lower | upper,
             owned=~lower,
         )
+    if cache and task:
+        log.info("%s: %d blocks' meshes reused, %d computed", task, cache.hits, cache.misses)
 
 
 def weld_block_meshes(block_meshes) -> tuple[np.ndarray, np.ndarray]:
@@ -727,9 +767,10 @@ def write_mesh_blockwise(
     cleaned: CleanedVolume,
     voxel_size_nm: tuple[float, float, float],
     stl_path: str | os.PathLike,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size=DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
     max_faces: int = 0,
+    cache: ArrayCache | None = None,
 ) -> dict[str, float | int]:
     """Mesh a cleaned volume block by block into an STL; measure the mesh on the way.
 
@@ -741,12 +782,15 @@ def write_mesh_blockwise(
         As for :func:`vem3d.mesh.volume_to_mesh`.
     stl_path : path
         STL written (not when the mesh is empty).
-    block_size : int
-        Block side in voxels.
+    block_size : int or (int, int, int)
+        Block side in voxels, or sides along z, y, x.
     max_faces : int
         Simplify the STL to at most this many faces: the full mesh is written to a
         scratch STL beside ``stl_path`` and simplified from there a chunk of faces at a
         time (:func:`vem3d.mesh.read_stl_simplified`); 0 writes the full mesh block by block.
+    cache : vem3d.cache.ArrayCache, optional
+        Reuse the marching cubes of unchanged blocks (:func:`mesh_blocks`); pruned
+        to this mesh's blocks afterwards.
 
     Returns
     -------
@@ -756,7 +800,7 @@ def write_mesh_blockwise(
     """
     started = time.monotonic()
     totals = MeshMeasurements()
-    block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma))
+    block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma, cache=cache))
     if max_faces:
         # The full mesh goes to a scratch STL block by block, then is simplified from
         # there a chunk of faces at a time: memory never holds the full mesh.
@@ -772,8 +816,10 @@ def write_mesh_blockwise(
         log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
     else:
         write_stl_blocks(stl_path, block_meshes)
+    if cache:
+        cache.prune()
     log.info(
-        "meshed %d voxels in blocks of %d in %.1f s: %d faces",
+        "meshed %d voxels in blocks of %s in %.1f s: %d faces",
         math.prod(cleaned.volume.shape),
         block_size,
         time.monotonic() - started,
@@ -801,6 +847,7 @@ def mesh_masks_blockwise(
     block_size: int = DEFAULT_BLOCK_SIZE,
     max_faces: int = 0,
     scratch_dir: str | os.PathLike | None = None,
+    cache: ArrayCache | None = None,
 ) -> dict[str, float | int]:
     """Mask folders to an STL and its measurements, holding blocks, not the volume, in memory.
 
@@ -812,7 +859,7 @@ def mesh_masks_blockwise(
     ----------
     mask_dirs, voxel_size_nm, min_object_voxels, smoothing_sigma, fill_cavities
         As for :func:`vem3d.mesh.mesh_from_masks`.
-    stl_path, block_size, max_faces
+    stl_path, block_size, max_faces, cache
         As for :func:`write_mesh_blockwise`.
     scratch_dir : path, optional
         Where the zarr volumes go (compressed masks: far less than a byte per voxel);
@@ -825,7 +872,7 @@ def mesh_masks_blockwise(
     """
     scratch_parent = scratch_dir if scratch_dir is not None else Path(stl_path).parent
     with _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels, fill_cavities, block_size) as (cleaned, _):
-        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces)
+        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces, cache)
 
 
 @contextlib.contextmanager
@@ -857,6 +904,7 @@ def object_statistics_blockwise(
     scratch_dir: str | os.PathLike,
     smoothing_sigma: float = 0.75,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    cache: TableCache | None = None,
 ) -> pd.DataFrame:
     """:func:`vem3d.stats.object_statistics`, block by block: the same table.
 
@@ -875,6 +923,8 @@ def object_statistics_blockwise(
         Folder for the label volume (removed afterwards).
     block_size : int
         Block side in voxels.
+    cache : vem3d.cache.TableCache, optional
+        As for :func:`vem3d.stats.object_statistics`.
 
     Returns
     -------
@@ -920,7 +970,11 @@ def object_statistics_blockwise(
                     *start,
                     *(np.array([part.stop for part in window]) + origin),
                     np.ravel_multi_index(tuple(np.array([c[0] for c in coordinates]) + start), shape),
-                    *((np.nan, np.nan) if crosses[k] else _mesh_measures(inside, voxel_size_nm, smoothing_sigma)),
+                    *(
+                        (np.nan, np.nan)
+                        if crosses[k]
+                        else object_mesh_measures(inside, voxel_size_nm, smoothing_sigma, cache)
+                    ),
                 ]
             rows.append(block_rows)
             if crosses.any():
@@ -946,8 +1000,8 @@ def object_statistics_blockwise(
             box = [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])]
             mask = _ObjectMask(spanning, object_of, order[object_number - 1], box)
             if math.prod(mask.shape) <= block_size**3:
-                measures[object_number] = _mesh_measures(
-                    mask[tuple(slice(0, n) for n in mask.shape)], voxel_size_nm, smoothing_sigma
+                measures[object_number] = object_mesh_measures(
+                    mask[tuple(slice(0, n) for n in mask.shape)], voxel_size_nm, smoothing_sigma, cache
                 )
             else:
                 mesh_totals = MeshMeasurements()
@@ -972,12 +1026,6 @@ def object_statistics_blockwise(
     return pd.DataFrame(columns)[OBJECT_COLUMNS]
 
 
-def _mesh_measures(inside: np.ndarray, voxel_size_nm, smoothing_sigma: float) -> tuple[float, float]:
-    """(enclosed volume nm^3, area nm^2) of the mesh of one object, as object_statistics meshes it."""
-    vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
-    return (enclosed_volume(vertices, faces) if len(faces) else 0.0, surface_area(vertices, faces))
-
-
 def object_statistics_from_masks_blockwise(
     mask_dirs,
     voxel_size_nm: tuple[float, float, float],
@@ -986,6 +1034,7 @@ def object_statistics_from_masks_blockwise(
     smoothing_sigma: float = 0.75,
     fill_cavities: bool = True,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    cache: TableCache | None = None,
 ) -> pd.DataFrame:
     """Mask folders to the object table of :func:`vem3d.stats.object_statistics`, block by block.
 
@@ -995,4 +1044,4 @@ def object_statistics_from_masks_blockwise(
     :func:`vem3d.stats.statistics_from_masks`.
     """
     with _cleaned_masks(mask_dirs, scratch_dir, min_object_voxels, fill_cavities, block_size) as (cleaned, scratch):
-        return object_statistics_blockwise(cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size)
+        return object_statistics_blockwise(cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size, cache)

@@ -133,6 +133,12 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
         default=_default(function, "memory_gib"),
         help="memory the whole-volume path may use, GiB (default: %(default)s)",
     )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep per-block meshes / per-object measures here and reuse those of unchanged parts on the "
+        "next run (default: no cache)",
+    )
 
 
 def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
@@ -330,6 +336,7 @@ def run(args: argparse.Namespace) -> None:
             "fill_cavities": args.fill_cavities,
             "block_size": args.block_size,
             "memory_gib": args.memory_gib,
+            "cache_dir": args.cache_dir,
         }
         if args.command == "mesh":
             mesh_from_masks(

@@ -19,6 +19,7 @@ import pandas as pd
 from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
+from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, enclosed_volume, surface_area, volume_to_mesh
 from vem3d.volume import class_volumes, label_objects
 
@@ -50,8 +51,37 @@ def sphericity(volume: float, area: float) -> float:
     return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
 
 
+def object_mesh_measures(
+    inside: np.ndarray, voxel_size_nm: tuple[float, float, float], smoothing_sigma: float, cache: TableCache | None = None
+) -> tuple[float, float]:
+    """Enclosed volume (nm^3) and area (nm^2) of one object's own mesh.
+
+    Parameters
+    ----------
+    inside : ndarray of bool, shape (slices, rows, columns)
+        The object over (at least) its bounding box.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`vem3d.mesh.volume_to_mesh`.
+    cache : vem3d.cache.TableCache, optional
+        Measures of objects seen before, by their voxels (wherever they lie) and the
+        settings; an object not there is measured and stored.
+    """
+    key = mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma) if cache else None
+    stored = cache.get(key) if cache else None
+    if stored is not None:
+        return float(stored[0]), float(stored[1])
+    vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
+    measures = (enclosed_volume(vertices, faces) if len(faces) else 0.0, surface_area(vertices, faces))
+    if cache:
+        cache.put(key, measures)
+    return measures
+
+
 def object_statistics(
-    volume: np.ndarray, voxel_size_nm: tuple[float, float, float], smoothing_sigma: float = 0.75
+    volume: np.ndarray,
+    voxel_size_nm: tuple[float, float, float],
+    smoothing_sigma: float = 0.75,
+    cache: TableCache | None = None,
 ) -> pd.DataFrame:
     """Measure every 26-connected object of a binary volume.
 
@@ -66,6 +96,8 @@ def object_statistics(
         Voxel size along z, y, x in nanometres.
     smoothing_sigma : float
         Gaussian smoothing before marching cubes, in voxels.
+    cache : vem3d.cache.TableCache, optional
+        Reuse the mesh measures of unchanged objects (:func:`object_mesh_measures`).
 
     Returns
     -------
@@ -84,9 +116,9 @@ def object_statistics(
     started = time.monotonic()
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
         inside = labels[window] == index
-        vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
-        area_um2 = surface_area(vertices, faces) / NM2_PER_UM2
-        mesh_volume_um3 = enclosed_volume(vertices, faces) / NM3_PER_UM3 if len(faces) else 0.0
+        mesh_volume_nm3, area_nm2 = object_mesh_measures(inside, voxel_size_nm, smoothing_sigma, cache)
+        area_um2 = area_nm2 / NM2_PER_UM2
+        mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
         offset = np.array([axis.start for axis in window])
         centroid = (np.argwhere(inside).mean(axis=0) + offset) * spacing
         first = offset - 0.5
@@ -156,6 +188,7 @@ def statistics_from_masks(
     threshold: float = 0.5,
     block_size: int = 0,
     memory_gib: float = 4.0,
+    cache_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Measure the objects of each class of a sample; write the object table and summary rows.
 
@@ -180,6 +213,9 @@ def statistics_from_masks(
         As for :func:`object_statistics`.
     block_size, memory_gib
         When to work block by block, as for :func:`vem3d.mesh.mesh_from_masks`.
+    cache_dir : path, optional
+        Keep each class's objects' mesh measures here (:func:`object_mesh_measures`),
+        so that a run after some slices changed meshes again only the objects they reach.
 
     Returns
     -------
@@ -189,6 +225,11 @@ def statistics_from_masks(
     from vem3d import blockwise  # builds on this module
 
     n_voxels = math.prod(blockwise.mask_volume_shape(next(iter(mask_dirs.values()))))
+    caches = {
+        class_name: TableCache(Path(cache_dir) / f"{class_name}.npz", columns=2, context="object mesh measures")
+        for class_name in mask_dirs
+        if cache_dir is not None
+    }
     if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
         tables = {
             class_name: blockwise.object_statistics_from_masks_blockwise(
@@ -199,14 +240,19 @@ def statistics_from_masks(
                 smoothing_sigma,
                 fill_cavities,
                 block_size or blockwise.DEFAULT_BLOCK_SIZE,
+                caches.get(class_name),
             )
             for class_name, folders in mask_dirs.items()
         }
     else:
         volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
         tables = {
-            class_name: object_statistics(volume, voxel_size_nm, smoothing_sigma) for class_name, volume in volumes.items()
+            class_name: object_statistics(volume, voxel_size_nm, smoothing_sigma, caches.get(class_name))
+            for class_name, volume in volumes.items()
         }
+    for class_name, cache in caches.items():
+        log.info("%s: mesh measures of %d objects reused, %d computed", class_name, cache.hits, cache.misses)
+        cache.save()
     rows = []
     for class_name, objects in tables.items():
         objects.insert(0, "class", class_name)

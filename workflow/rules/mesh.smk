@@ -22,5 +22,7 @@ rule mesh:
         block_size=config["mesh"]["block_size"],
         memory_gib=config["mesh"]["memory_gib"],
         max_faces=config["mesh"]["max_faces"] or 0,
+        # Block meshes of the last run, reused where a block's voxels did not change.
+        cache_dir=lambda wildcards: f"results/{wildcards.sample}/mesh_cache",
     script:
         "../scripts/mesh.py"

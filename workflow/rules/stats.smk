@@ -26,6 +26,8 @@ rule object_statistics:
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
         block_size=config["mesh"]["block_size"],
         memory_gib=config["mesh"]["memory_gib"],
+        # Mesh measures of the last run's objects, reused where an object did not change.
+        cache_dir=lambda wildcards: f"results/{wildcards.sample}/object_cache",
     script:
         "../scripts/object_statistics.py"
 

@@ -9,5 +9,6 @@ with log_to(snakemake.log[0]):
         smoothing_sigma=snakemake.params.smoothing_sigma,
         block_size=snakemake.params.block_size,
         memory_gib=snakemake.params.memory_gib,
+        cache_dir=snakemake.params.cache_dir,
         **snakemake.params.clean_up,
     )
