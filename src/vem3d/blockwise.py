@@ -534,12 +534,12 @@ def _march_block(
     radius: int,
     smoothing_sigma: float,
     level: float,
+    reaches_border: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smooth one block's voxels (with halo) and run marching cubes: (vertices in block voxel units, faces).
 
     Both are empty when the smoothed values do not cross ``level``.
     """
-    reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
     data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
     field = _smoothed_field(data, radius, smoothing_sigma)
     del data
@@ -604,14 +604,15 @@ def mesh_blocks(
         voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
         if not voxels.any():
             continue
-        if voxels.all() and not any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape)):
+        reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
+        if voxels.all() and not reaches_border:
             continue
         key = mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, level) if cache else None
         stored = cache.get(key) if cache else None
         if stored is not None:
             local, faces = stored["vertices"], stored["faces"]
         else:
-            local, faces = _march_block(voxels, wanted, shape, padding, radius, smoothing_sigma, level)
+            local, faces = _march_block(voxels, wanted, shape, padding, radius, smoothing_sigma, level, reaches_border)
             if cache:
                 cache.put(key, vertices=local, faces=faces)
         del voxels

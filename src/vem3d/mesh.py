@@ -448,7 +448,8 @@ def mesh_from_masks(
     def block_cache(class_name: str):
         if cache_dir is None:
             return None
-        return ArrayCache(Path(cache_dir) / class_name, context=("mesh", tuple(map(float, voxel_size_nm))))
+        # Entries are in voxel units, so they hold for any voxel size.
+        return ArrayCache(Path(cache_dir) / class_name, context="mesh")
 
     if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
         rows = [
