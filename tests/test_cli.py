@@ -74,6 +74,7 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     mesh_summary = pd.read_csv(tmp_path / "sample/mesh_summary.tsv", sep="\t").iloc[0]
     assert len(objects) == summary["objects"] == mesh_summary["objects"] > 0
     assert objects["voxels"].sum() == mesh_summary["foreground_voxels"]
+    assert mesh_summary["voxel_volume_um3"] == pytest.approx(mesh_summary["foreground_voxels"] * 20 * 10 * 10 / 1e9)
 
 
 def test_train_needs_one_label_folder_or_one_per_preprocessed_folder(tmp_path):

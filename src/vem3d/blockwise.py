@@ -47,9 +47,8 @@ from vem3d.cache import ArrayCache, TableCache, mask_key
 from vem3d.mesh import (
     NM2_PER_UM2,
     NM3_PER_UM3,
-    enclosed_volume,
+    area_and_volume,
     read_stl_simplified,
-    surface_area,
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
@@ -722,10 +721,12 @@ def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:
         with open(temporary, "wb") as stl_file:
             stl_file.write(STL_HEADER + struct.pack("<I", 0))
             for block in itertools.chain([first], block_meshes):
-                solid = stl_mesh.Mesh(np.zeros(len(block.faces), dtype=stl_mesh.Mesh.dtype))
-                solid.vectors[:] = block.vertices[block.faces]
-                solid.update_normals()
-                solid.data.tofile(stl_file)
+                records = np.zeros(len(block.faces), dtype=stl_mesh.Mesh.dtype)
+                triangles = block.vertices[block.faces]
+                records["vectors"] = triangles
+                # As numpy-stl's update_normals, without the areas and centroids it also computes.
+                records["normals"] = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+                records.tofile(stl_file)
                 written += len(block.faces)
             if written >= 2**32:
                 raise ValueError(f"{path}: {written} faces do not fit a binary STL (at most 2^32 - 1)")
@@ -738,7 +739,7 @@ def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:
 
 @dataclass
 class MeshMeasurements:
-    """Running totals over block meshes: what :func:`vem3d.mesh.mesh_summary` measures on a whole mesh.
+    """Running totals over block meshes: the measurements of the whole mesh.
 
     Attributes
     ----------
@@ -759,8 +760,9 @@ class MeshMeasurements:
         for block in block_meshes:
             self.vertices += int(np.count_nonzero(block.owned))
             self.faces += len(block.faces)
-            self.volume_nm3 += enclosed_volume(block.vertices, block.faces)
-            self.area_nm2 += surface_area(block.vertices, block.faces)
+            area_nm2, volume_nm3 = area_and_volume(block.vertices, block.faces)
+            self.area_nm2 += area_nm2
+            self.volume_nm3 += volume_nm3
             yield block
 
 
@@ -796,8 +798,9 @@ def write_mesh_blockwise(
     Returns
     -------
     dict
-        ``objects`` and the measurements of :func:`vem3d.mesh.mesh_summary`, all of
-        the full (not simplified) mesh.
+        ``objects``, ``foreground_voxels``, ``voxel_volume_um3`` (voxel count times
+        voxel volume), ``mesh_volume_um3``, ``surface_area_um2``, ``vertices`` and
+        ``faces``, all of the full (not simplified) mesh.
     """
     started = time.monotonic()
     totals = MeshMeasurements()

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
-from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, enclosed_volume, surface_area, volume_to_mesh
+from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, volume_to_mesh
 from vem3d.volume import class_volumes, label_objects
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def object_mesh_measures(
     if stored is not None:
         return float(stored[0]), float(stored[1])
     vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
-    measures = (enclosed_volume(vertices, faces) if len(faces) else 0.0, surface_area(vertices, faces))
+    area_nm2, volume_nm3 = area_and_volume(vertices, faces)
+    measures = (volume_nm3, area_nm2)
     if cache:
         cache.put(key, measures)
     return measures

@@ -55,7 +55,7 @@ def label_objects(volume: np.ndarray) -> tuple[np.ndarray, int]:
         of their first voxel.
     n_objects : int
     """
-    labels, n_objects = ndimage.label(volume.astype(bool), structure=np.ones((3,) * volume.ndim, dtype=bool))
+    labels, n_objects = ndimage.label(volume.astype(bool, copy=False), structure=np.ones((3,) * volume.ndim, dtype=bool))
     return labels, int(n_objects)
 
 
@@ -76,11 +76,13 @@ def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     foreground = volume.astype(bool)
     if min_voxels <= 1:
         return foreground
-    labels, _ = label_objects(foreground)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_voxels
-    keep[0] = False
-    return keep[labels]
+    labels, n_objects = label_objects(foreground)
+    # Counted and decided over the foreground voxels only: a few percent of an EM
+    # volume, where a bincount over all labels took longer than the labelling.
+    object_labels = labels[foreground]
+    sizes = np.bincount(object_labels, minlength=n_objects + 1)
+    foreground[foreground] = sizes[object_labels] >= min_voxels
+    return foreground
 
 
 def fill_holes(volume: np.ndarray) -> np.ndarray:
