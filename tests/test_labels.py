@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 
 from vem3d.labels import class_values, decode_label_map, label_slices, one_hot, read_class_labels
 from vem3d.metrics import evaluate_folders
@@ -156,7 +157,7 @@ def test_multi_class_training_on_a_crop_of_real_em_lowers_the_loss(tmp_path):
 def test_labelled_pairs_give_one_hot_targets_for_several_classes(tmp_path):
     preprocessed = tmp_path / "pre"
     preprocessed.mkdir()
-    iio.imwrite(preprocessed / "s1.png", np.full((8, 8), 30000, np.uint16))
+    tifffile.imwrite(preprocessed / "s1.tif", np.full((8, 8), 30000, np.uint16))
     (preprocessed / "shapes.tsv").write_text("slice\trows\tcolumns\ns1\t8\t8\n")
     label_map = np.zeros((8, 8), np.uint8)
     label_map[:2] = 2

@@ -69,8 +69,8 @@ def tiny_demo_run(tmp_path_factory):
 def check_tiny_demo_outputs(project, result):
     """Every core output of a tiny demo run with EVERYTHING_FOREGROUND is there and plausible."""
     names = [f"slice_{z:04d}" for z in range(8)]
-    for step in ("preprocessed", "probabilities", "masks"):
-        found = sorted(path.stem for path in (project / "results/demo" / step).glob("**/chunk*/*.png"))
+    for step, suffix in (("preprocessed", "tif"), ("probabilities", "png"), ("masks", "png")):
+        found = sorted(path.stem for path in (project / "results/demo" / step).glob(f"**/chunk*/*.{suffix}"))
         assert found == names, step
     masks = np.stack(
         [iio.imread(path) for path in sorted((project / "results/demo/masks/mitochondrion").glob("chunk*/*.png"))]

@@ -1,7 +1,9 @@
 """Preprocessing of single slices: grey float, percentile normalisation, rescaling.
 
-Preprocessed slices are stored as 16-bit PNG holding intensities in [0, 1] scaled to
-0..65535, so that 16-bit input keeps its precision and the files stay viewable.
+Preprocessed slices are stored as uncompressed 16-bit TIFF holding intensities in [0, 1]
+scaled to 0..65535, so that 16-bit input keeps its precision and the files open in any
+EM viewer (Fiji, napari). Not PNG: encoding a 1024 x 1024 slice took 90 ms, most of the
+step's time, and saved a fifth of the bytes at most on EM noise; a TIFF takes 1 ms.
 """
 
 from __future__ import annotations
@@ -10,16 +12,17 @@ import logging
 import os
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 import pandas as pd
 import skimage.transform
+import tifffile
 
-from vem3d.atomic import write_text_atomically
-from vem3d.slices import SliceError, read_stack_slices, write_image
+from vem3d.atomic import write_atomically, write_text_atomically
+from vem3d.slices import SliceError, read_stack_slices
 
 log = logging.getLogger(__name__)
 SHAPES_NAME = "shapes.tsv"
+PREPROCESSED_SUFFIX = ".tif"
 
 PREPROCESSED_MAX = 65535
 
@@ -141,7 +144,7 @@ def preprocess_stack(
 ) -> None:
     """Preprocess the named slices of a stack into ``out_dir``.
 
-    Writes ``{name}.png`` (16-bit, see :func:`to_uint16`) per slice and
+    Writes ``{name}.tif`` (16-bit, see :func:`to_uint16`) per slice and
     ``shapes.tsv`` with each raw slice's rows and columns, which segmentation uses
     to return masks at the original size.
 
@@ -172,7 +175,8 @@ def preprocess_stack(
                 f"{reference_name} has {expected_shape}; all slices of a stack must have one size"
             )
         processed = preprocess_slice(image, low_percentile, high_percentile, scale, size)
-        write_image(out_dir / f"{name}.png", to_uint16(processed))
+        stored = to_uint16(processed)
+        write_atomically(out_dir / f"{name}{PREPROCESSED_SUFFIX}", lambda temporary: tifffile.imwrite(temporary, stored))
         rows.append({"slice": name, "rows": image.shape[0], "columns": image.shape[1]})
         log.info("preprocessed %s %s -> %s", name, image.shape, processed.shape)
     write_text_atomically(out_dir / SHAPES_NAME, pd.DataFrame(rows).to_csv(sep="\t", index=False))
@@ -185,7 +189,10 @@ def preprocessed_files(folder: str | os.PathLike) -> list[tuple[str, Path, tuple
     """
     folder = Path(folder)
     shapes = pd.read_csv(folder / SHAPES_NAME, sep="\t", dtype={"slice": str})
-    return [(row.slice, folder / f"{row.slice}.png", (row.rows, row.columns)) for row in shapes.itertuples(index=False)]
+    return [
+        (row.slice, folder / f"{row.slice}{PREPROCESSED_SUFFIX}", (row.rows, row.columns))
+        for row in shapes.itertuples(index=False)
+    ]
 
 
 def read_preprocessed(folder: str | os.PathLike, names=None):
@@ -196,4 +203,4 @@ def read_preprocessed(folder: str | os.PathLike, names=None):
     """
     for name, path, original_shape in preprocessed_files(folder):
         if names is None or name in names:
-            yield name, from_stored(iio.imread(path)), original_shape
+            yield name, from_stored(tifffile.imread(path)), original_shape
