@@ -1,6 +1,7 @@
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 
 from vem3d.preprocess import (
     from_stored,
@@ -50,6 +51,22 @@ def test_preprocess_stack_writes_slices_and_original_shapes(tmp_path):
     assert [name for name, _, _ in slices] == ["s0", "s1", "s2"]
     assert all(image.shape == (10, 15) and shape == (20, 30) for _, image, shape in slices)
     assert {path.name: path.stat().st_mtime_ns for path in source.iterdir()} == before
+    # Stored as 16-bit TIFF, byte for byte the same when preprocessed again (the segment cache keys on the bytes).
+    first = (tmp_path / "out/s1.tif").read_bytes()
+    preprocess_stack(source, ["s1"], tmp_path / "again", scale=0.5)
+    assert tifffile.imread(tmp_path / "out/s1.tif").dtype == np.uint16
+    assert (tmp_path / "again/s1.tif").read_bytes() == first
+
+
+def test_a_missing_preprocessed_slice_is_named(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("s0", "s1"):
+        iio.imwrite(source / f"{name}.png", np.zeros((8, 8), np.uint8))
+    preprocess_stack(source, ["s0", "s1"], tmp_path / "out")
+    (tmp_path / "out/s1.tif").unlink()
+    with pytest.raises(FileNotFoundError, match=r"out: 1 preprocessed slices .* missing, e.g. s1.tif"):
+        list(read_preprocessed(tmp_path / "out"))
 
 
 def test_slice_of_another_shape_stops_naming_it(tmp_path):

@@ -189,10 +189,18 @@ def preprocessed_files(folder: str | os.PathLike) -> list[tuple[str, Path, tuple
     """
     folder = Path(folder)
     shapes = pd.read_csv(folder / SHAPES_NAME, sep="\t", dtype={"slice": str})
-    return [
+    files = [
         (row.slice, folder / f"{row.slice}{PREPROCESSED_SUFFIX}", (row.rows, row.columns))
         for row in shapes.itertuples(index=False)
     ]
+    missing = [path.name for _, path, _ in files if not path.is_file()]
+    if missing:
+        older = (folder / f"{files[0][0]}.png").is_file()
+        raise FileNotFoundError(
+            f"{folder}: {len(missing)} preprocessed slices listed in {SHAPES_NAME} are missing, e.g. {missing[0]}"
+            + (" (this folder holds the PNG slices of an older vem3d: preprocess again)" if older else "")
+        )
+    return files
 
 
 def read_preprocessed(folder: str | os.PathLike, names=None):
