@@ -1,4 +1,4 @@
-"""Property-based tests: the slice reader and volume-to-mesh on random inputs."""
+"""Property-based tests: the slice reader, connected components and volume-to-mesh on random inputs."""
 
 import imageio.v3 as iio
 import numpy as np
@@ -6,10 +6,12 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 from stl import mesh as stl_mesh
 
 from vem3d.mesh import is_watertight, volume_to_mesh, write_stl
 from vem3d.slices import read_slice
+from vem3d.volume import connected_components, fill_holes
 
 shapes_2d = st.tuples(st.integers(1, 40), st.integers(1, 40))
 
@@ -29,6 +31,27 @@ def test_reader_gives_back_what_was_written(tmp_path, image, suffix):
     else:
         iio.imwrite(path, image)
     np.testing.assert_array_equal(read_slice(path), image)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    mask=st.one_of(arrays(bool, shapes_2d), arrays(bool, st.tuples(*[st.integers(1, 12)] * 3))),
+    connectivity=st.sampled_from([6, 26]),
+)
+def test_components_are_numbered_as_scipy_numbers_them(mask, connectivity):
+    # Objects are numbered in raster order of their first voxel; statistics and scores rely on it.
+    full = connectivity == 26
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim if full else 1)
+    expected, expected_count = ndimage.label(mask, structure=structure)
+    labels, count = connected_components(mask, connectivity)
+    assert count == expected_count
+    np.testing.assert_array_equal(labels, expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(volume=arrays(bool, st.tuples(*[st.integers(1, 12)] * 3)))
+def test_filling_cavities_equals_scipy_fill_holes(volume):
+    np.testing.assert_array_equal(fill_holes(volume), ndimage.binary_fill_holes(volume))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -53,6 +53,7 @@ from vem3d.mesh import (
 )
 from vem3d.slices import list_slices, read_slice
 from vem3d.stats import AXES, OBJECT_COLUMNS, object_mesh_measures, sphericity
+from vem3d.volume import connected_components
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred M
 # (clean_volume, label_objects, volume_to_mesh); reading the masks stacks a copy.
 IN_MEMORY_BYTES_PER_VOXEL = 16
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 sigma + 0.5)
-FOREGROUND_STRUCTURE = np.ones((3, 3, 3), dtype=bool)  # 26-connected, as vem3d.volume.label_objects
-BACKGROUND_STRUCTURE = ndimage.generate_binary_structure(3, 1)  # 6-connected, as binary_fill_holes
 
 
 def _mask_files(mask_dirs) -> list[Path]:
@@ -203,14 +202,14 @@ def _logged(items, total: int, task: str):
             log.info("%s: %d of %d blocks in %.0f s", task, done, total, time.monotonic() - started)
 
 
-def _label(mask: np.ndarray, structure: np.ndarray) -> tuple[np.ndarray, int]:
+def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     """Connected components of ``mask`` (int32 labels, 0 outside), without the work for uniform blocks."""
     if not mask.any():
         return np.zeros(mask.shape, np.int32), 0
     if mask.all():
         return np.ones(mask.shape, np.int32), 1
-    labels, count = ndimage.label(mask, structure=structure)
-    return labels.astype(np.int32, copy=False), int(count)
+    labels, count = connected_components(mask, connectivity)
+    return labels.astype(np.int32), count
 
 
 class BlockComponents:
@@ -233,7 +232,7 @@ class BlockComponents:
     def __init__(self, connectivity: int):
         if connectivity not in (6, 26):
             raise ValueError(f"connectivity must be 6 or 26, got {connectivity}")
-        self.structure = FOREGROUND_STRUCTURE if connectivity == 26 else BACKGROUND_STRUCTURE
+        self.connectivity = connectivity
         # Neighbours before a block in raster order: offsets lexicographically below (0, 0, 0).
         self._directions = [
             step
@@ -249,7 +248,7 @@ class BlockComponents:
 
     def label(self, index: tuple[int, ...], mask: np.ndarray) -> tuple[np.ndarray, int]:
         """Label the block ``index`` of ``mask``, record it and return (local labels, count)."""
-        labels, count = _label(mask, self.structure)
+        labels, count = _label(mask, self.connectivity)
         self.add(index, labels, count)
         return labels, count
 
@@ -394,7 +393,7 @@ def clean_blockwise(
             if kept_pieces[1:].all():  # nothing removed here: no need to label again
                 kept = mask
             else:
-                kept = kept_pieces[_label(mask, objects.structure)[0]]
+                kept = kept_pieces[_label(mask, objects.connectivity)[0]]
             if kept.any():
                 target[region] = kept
             if fill_cavities:
@@ -419,7 +418,7 @@ def clean_blockwise(
             filled = np.asarray(target[region])
             cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
             if cavity_pieces.any():
-                filled = filled | cavity_pieces[_label(~filled, background.structure)[0]]
+                filled = filled | cavity_pieces[_label(~filled, background.connectivity)[0]]
                 target[region] = filled
             final.label(index, filled)
             foreground += int(np.count_nonzero(filled))
