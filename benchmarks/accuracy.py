@@ -14,6 +14,11 @@ tiled inference is from whole-slice inference on one held-out slice.
     python benchmarks/accuracy.py isbi --preset cpu       # ISBI 2012 membranes
     KERAS_BACKEND=jax python benchmarks/accuracy.py lucchi --preset gpu
 
+``--precisions mixed_bfloat16 ...`` then segments the same stack again with the same
+weights in each of those compute precisions (``segment.precision``) and prints how far
+each one's scores are from the first run's (the check: at most 0.005 IoU);
+``--epochs N`` shortens the preset's training for such checks.
+
 The data's licences forbid redistribution: it is read in place (the project only
 links to it) and the project lives outside the repository.
 """
@@ -232,6 +237,33 @@ def summarise(project: Path, dataset: Dataset, preset: str, wall_seconds: float)
               f"recall {row['recall']:.4f}  object F1 {objects.loc[row['class'], 'object_f1']:.4f}")
 
 
+def volume_scores(project: Path, dataset: Dataset) -> pd.DataFrame:
+    """The held-out slices' scores over the whole volume, one row per class."""
+    scores = pd.read_csv(project / "results" / dataset.folder / "evaluation/scores.tsv", sep="\t")
+    return scores[scores["slice"] == "volume"].set_index("class")
+
+
+def compare_precisions(project: Path, dataset: Dataset, precisions: list[str], command: list[str]) -> None:
+    """Segment the stack again in each precision (same weights; the workflow redoes segmentation
+    and what follows, not training) and print each one's IoU beside the first run's."""
+    config_path = project / "config" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    reference_precision = config["segment"]["precision"]
+    reference = volume_scores(project, dataset)
+    for precision in precisions:
+        config["segment"]["precision"] = precision
+        config_path.write_text(yaml.safe_dump(config))
+        started = time.monotonic()
+        if subprocess.run(command).returncode:
+            sys.exit(f"the workflow failed in {precision}: see {project}/logs")
+        scores = volume_scores(project, dataset)
+        for class_name, row in scores.iterrows():
+            change = row["iou"] - reference.loc[class_name, "iou"]
+            print(f"{class_name:14s} IoU {row['iou']:.4f} in {precision} against {reference.loc[class_name, 'iou']:.4f} "
+                  f"in {reference_precision}: {change:+.4f} (check: at most 0.005 either way: "
+                  f"{'passed' if abs(change) <= 0.005 else 'FAILED'}); re-run {time.monotonic() - started:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", choices=sorted(DATASETS))
@@ -239,9 +271,16 @@ def main() -> None:
     parser.add_argument("--project", type=Path, help="project folder to create (default: /tmp/vem3d-accuracy/DATASET-PRESET)")
     parser.add_argument("--cores", default="all")
     parser.add_argument("--compare-tiling", action="store_true", help="also compare tiled with whole-slice inference")
+    parser.add_argument("--epochs", type=int, help="train this many epochs instead of the preset's")
+    parser.add_argument(
+        "--precisions", nargs="+", default=[], choices=["float32", "mixed_float16", "mixed_bfloat16"],
+        help="then segment again in each of these precisions and compare the scores",
+    )
     arguments = parser.parse_args()
     dataset = DATASETS[arguments.dataset]
     settings = SMOKE if arguments.preset == "smoke" else PRESETS[arguments.dataset][arguments.preset]
+    if arguments.epochs:
+        settings = merged(settings, {"train": {"epochs": arguments.epochs}})
     project = arguments.project or Path("/tmp/vem3d-accuracy") / f"{arguments.dataset}-{arguments.preset}"
     if project.exists():
         sys.exit(f"{project} exists: remove it or give --project (a rerun in it only redoes what changed)")
@@ -262,6 +301,8 @@ def main() -> None:
               f"mask IoU {comparison['iou']:.5f}, {100 * comparison['pixels_differing']:.4f} % of pixels differ, "
               f"probability difference max {comparison['max_probability_difference']:.4f}, "
               f"mean {comparison['mean_probability_difference']:.6f}")
+    if arguments.precisions:
+        compare_precisions(project, dataset, arguments.precisions, command)
 
 
 if __name__ == "__main__":

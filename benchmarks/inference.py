@@ -79,7 +79,12 @@ def matrix_products(size: int, dtype: str) -> dict:
     rng = np.random.default_rng(0)
     a, b = (rng.random((size, size), dtype=np.float32) for _ in range(2))
     tensors = [keras.ops.convert_to_tensor(array, dtype=dtype) for array in (a, b)]
-    products = {f"{keras.backend.backend()} matmul": lambda: keras.ops.convert_to_numpy(keras.ops.matmul(*tensors)[0, 0])}
+    # One element back to the host, as float32: numpy has no bfloat16 of its own.
+    products = {
+        f"{keras.backend.backend()} matmul": lambda: keras.ops.convert_to_numpy(
+            keras.ops.cast(keras.ops.matmul(*tensors)[0, 0], "float32")
+        )
+    }
     if dtype == "float32":
         products["numpy matmul"] = lambda: a @ b
     return products

@@ -25,7 +25,7 @@ import numpy as np
 
 import vem3d
 from vem3d.atomic import write_directory_atomically
-from vem3d.devices import visible_gpus
+from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
 from vem3d.train import load_weights
@@ -234,14 +234,17 @@ def probabilities_to_mask(probabilities: np.ndarray, threshold: float = 0.5) -> 
 def load_model(weights_path, unet_config: UNetConfig, precision: str = "float32") -> keras.Model:
     """Build the configured U-Net in ``precision`` (see :func:`vem3d.unet.build_unet`) and load trained weights into it.
 
-    The forward pass is compiled with XLA on the TensorFlow and JAX backends. Keras
-    leaves XLA off for TensorFlow on CPU-only machines, but on a CPU it runs the U-Net
-    1.3 times faster (it fuses batch normalisation with the activation) and 16-bit
-    precisions 1.9 to 2.4 times faster, for a few seconds of compilation per batch shape.
+    The forward pass is compiled with XLA where that is faster on this machine
+    (:func:`vem3d.devices.xla_speeds_up_inference`): on JAX, on GPUs, and on CPUs whose
+    instructions TensorFlow's oneDNN kernels do not use to the full (AVX2, where Keras
+    would leave XLA off). There XLA fuses batch normalisation with the activation, for
+    a second or two of compilation per batch shape.
     """
     model = build_unet(unet_config, precision=precision)
     load_weights(model, weights_path)
-    model.compile(jit_compile=keras.backend.backend() in ("tensorflow", "jax"))
+    jit_compile = xla_speeds_up_inference()
+    log.info("forward pass %s", "compiled with XLA" if jit_compile else f"with {keras.backend.backend()}'s own kernels")
+    model.compile(jit_compile=jit_compile)
     return model
 
 
