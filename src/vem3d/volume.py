@@ -67,8 +67,11 @@ def connected_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.n
         raise ValueError(f"connectivity must be 6 or 26, got {connectivity}")
     if mask.ndim == 2:
         connectivity = 8 if connectivity == 26 else 4
+    # As uint8: connected-components-3d 4.1 labels 2D boolean images wrongly with
+    # 8-connectivity (a lone pixel in the last row of an 18 x 5 image also labels
+    # another); from uint8 it numbers as scipy does. A view, not a copy.
     labels, count = cc3d.connected_components(
-        mask.astype(bool, copy=False), connectivity=connectivity, return_N=True, out_dtype=np.uint32
+        mask.astype(bool, copy=False).view(np.uint8), connectivity=connectivity, return_N=True, out_dtype=np.uint32
     )
     return labels, int(count)
 
