@@ -267,14 +267,16 @@ def write_chunked_masks(volume, folder, chunk_slices=8):
 @pytest.mark.parametrize("block_size", [0, 8])  # in memory (blocks patched small), block by block
 def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size):
     monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
-    marched = []
-    march = blockwise._march_block
+    marched, recorded = [], []
+    march, make_records = blockwise._march_block, blockwise.stl_records
     monkeypatch.setattr(blockwise, "_march_block", lambda *args: marched.append(args[1]) or march(*args))
+    monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
     volume = blobs((24, 30, 26), 7)
     folders = write_chunked_masks(volume, tmp_path / "masks")
 
     def mesh(name, cache="cache"):
         marched.clear()
+        recorded.clear()
         summary = mesh_from_masks(
             {"mito": folders},
             VOXEL_NM,
@@ -288,22 +290,48 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
 
     first, first_mesh, blocks_with_surface = mesh("first")
     again, again_mesh, n_marched = mesh("again")
-    assert n_marched == 0 and blocks_with_surface > 4
+    # Unchanged blocks' STL records come from the last run's STL (linked into the cache), as written.
+    assert n_marched == 0 and not recorded and blocks_with_surface > 4
     pd.testing.assert_frame_equal(again, first)
     assert (tmp_path / "again/mito.stl").read_bytes() == (tmp_path / "first/mito.stl").read_bytes()
-    assert len(list((tmp_path / "cache/mito").iterdir())) == blocks_with_surface
+    assert len(list((tmp_path / "cache/mito").glob("*.npz"))) == blocks_with_surface
 
     volume[20, 5:20, 5:20] = ~volume[20, 5:20, 5:20]  # a re-acquired slice, in the last 8-slice block along z
     write_image(folders[2] / "020.png", volume[20].astype(np.uint8) * 255)
     changed, changed_mesh, n_marched = mesh("changed")
     reached = {tuple(wanted[0]) for wanted in marched}
     assert 0 < n_marched < blocks_with_surface and all(lo <= 20 < hi for lo, hi in reached)
+    assert len(recorded) <= n_marched
     expected, expected_mesh, blocks_with_surface = mesh("uncached", cache=None)
     pd.testing.assert_frame_equal(changed, expected)
     assert_same_mesh(changed_mesh, expected_mesh)
     assert changed.loc[0, "faces"] != first.loc[0, "faces"]
     # The cache keeps the latest run's entries only: one per block with surface.
-    assert len(list((tmp_path / "cache/mito").iterdir())) == blocks_with_surface
+    assert len(list((tmp_path / "cache/mito").glob("*.npz"))) == blocks_with_surface
+
+
+def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, monkeypatch):
+    # Entries keep the marching cubes in voxel units, and the STL records and measures
+    # in nm beside the voxel size they were made at: at another, only the latter are redone.
+    monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
+    marched = []
+    march = blockwise._march_block
+    monkeypatch.setattr(blockwise, "_march_block", lambda *args: marched.append(args[1]) or march(*args))
+    folders = write_chunked_masks(blobs((24, 30, 26), 8), tmp_path / "masks")
+
+    def mesh(name, voxel_size_nm, cache):
+        summary = mesh_from_masks({"mito": folders}, voxel_size_nm, tmp_path / name, tmp_path / f"{name}.tsv",
+                                  cache_dir=tmp_path / "cache" if cache else None)
+        return summary, (tmp_path / name / "mito.stl").read_bytes()
+
+    mesh("first", VOXEL_NM, cache=True)
+    marched.clear()
+    other_size = (VOXEL_NM[0] / 3, VOXEL_NM[1] * 2, VOXEL_NM[2])
+    reused, reused_stl = mesh("reused", other_size, cache=True)
+    assert not marched
+    expected, expected_stl = mesh("expected", other_size, cache=False)
+    pd.testing.assert_frame_equal(reused, expected)
+    assert reused_stl == expected_stl
 
 
 @pytest.mark.parametrize("block_size", [0, 8])

@@ -26,9 +26,11 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import struct
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +42,18 @@ import zarr
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from stl import mesh as stl_mesh
-from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_directory_atomically
 from vem3d.cache import ArrayCache, TableCache, mask_key
 from vem3d.mesh import (
     NM2_PER_UM2,
     NM3_PER_UM3,
+    STL_FACES_OFFSET,
+    STL_HEADER,
     area_and_volume,
     read_stl_simplified,
+    stl_face_count,
+    stl_records,
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
@@ -456,6 +461,13 @@ class BlockMesh:
     owned : ndarray of bool, shape (n_vertices,)
         Vertices this block counts: all but those on a plane it shares with an earlier
         block, so each vertex of the merged mesh is owned by exactly one block.
+    key : str, optional
+        The block's key in a cache of block meshes (its voxels, halo, place and settings).
+    stl_records : ndarray of numpy-stl's record dtype, shape (n_faces,), optional
+        The block's binary STL records (:func:`vem3d.mesh.stl_records`), where already made.
+    area_nm2, volume_nm3 : float, optional
+        Its surface area and share of the enclosed volume
+        (:func:`vem3d.mesh.area_and_volume`), where already measured.
     """
 
     vertices: np.ndarray
@@ -463,6 +475,10 @@ class BlockMesh:
     grid: np.ndarray
     shared: np.ndarray
     owned: np.ndarray
+    key: str | None = None
+    stl_records: np.ndarray | None = None
+    area_nm2: float | None = None
+    volume_nm3: float | None = None
 
 
 def _cube_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
@@ -630,6 +646,7 @@ def mesh_blocks(
             grid=grid,
             shared=lower | upper,
             owned=~lower,
+            key=key,
         )
     if cache and task:
         log.info("%s: %d blocks' meshes reused, %d computed", task, cache.hits, cache.misses)
@@ -689,10 +706,7 @@ def mesh_blockwise(
     return weld_block_meshes(mesh_blocks(volume, voxel_size_nm, block_size, smoothing_sigma, level))
 
 
-STL_HEADER = b"vem3d binary STL".ljust(stl_format.HEADER_SIZE)  # must not start with "solid", which marks ASCII STL
-
-
-def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:
+def write_stl_blocks(path: str | os.PathLike, block_meshes, on_block=None) -> int:
     """Write block meshes as one binary STL, a block at a time (atomically).
 
     STL stores each triangle's corner positions, so the copies of shared vertices,
@@ -703,6 +717,9 @@ def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:
     path : path
         Output ``.stl`` file; not written when there are no faces.
     block_meshes : iterable of BlockMesh
+    on_block : callable, optional
+        Called as ``on_block(block, first_face)`` for each block written, with the
+        index in the STL of the block's first face.
 
     Returns
     -------
@@ -720,12 +737,10 @@ def write_stl_blocks(path: str | os.PathLike, block_meshes) -> int:
         with open(temporary, "wb") as stl_file:
             stl_file.write(STL_HEADER + struct.pack("<I", 0))
             for block in itertools.chain([first], block_meshes):
-                records = np.zeros(len(block.faces), dtype=stl_mesh.Mesh.dtype)
-                triangles = block.vertices[block.faces]
-                records["vectors"] = triangles
-                # As numpy-stl's update_normals, without the areas and centroids it also computes.
-                records["normals"] = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+                records = stl_records(block.vertices, block.faces) if block.stl_records is None else block.stl_records
                 records.tofile(stl_file)
+                if on_block is not None:
+                    on_block(block, written)
                 written += len(block.faces)
             if written >= 2**32:
                 raise ValueError(f"{path}: {written} faces do not fit a binary STL (at most 2^32 - 1)")
@@ -755,14 +770,106 @@ class MeshMeasurements:
     area_nm2: float = 0.0
 
     def measure(self, block_meshes) -> Iterator[BlockMesh]:
-        """Pass block meshes through, adding each to the totals."""
+        """Pass block meshes through, adding each to the totals (measuring those not measured yet)."""
         for block in block_meshes:
             self.vertices += int(np.count_nonzero(block.owned))
             self.faces += len(block.faces)
-            area_nm2, volume_nm3 = area_and_volume(block.vertices, block.faces)
-            self.area_nm2 += area_nm2
-            self.volume_nm3 += volume_nm3
+            if block.area_nm2 is None:
+                block.area_nm2, block.volume_nm3 = area_and_volume(block.vertices, block.faces)
+            self.area_nm2 += block.area_nm2
+            self.volume_nm3 += block.volume_nm3
             yield block
+
+
+class BlockMeshCache:
+    """What the mesh step keeps of a run for the next: each block's mesh, found by its content.
+
+    - The marching cubes of each block, in voxel units (:attr:`cubes`, an
+      :class:`vem3d.cache.ArrayCache`, one entry per block, for any voxel size).
+    - Each block's STL records, area and volume at one voxel size. The records are not
+      copied: the run's full STL is hard-linked into the folder (no extra disk while
+      that STL exists; copied where a link cannot be made) beside a table of where
+      each block's records start in it. A re-run writes an unchanged block's records
+      as they are, without computing normals or measures again.
+
+    Parameters
+    ----------
+    folder : path
+        The cache (created): block entries ``*.npz``, ``last.stl`` and ``last_stl.table``.
+    voxel_size_nm : (float, float, float)
+        The STL records and measures kept and reused are those of this voxel size.
+    """
+
+    def __init__(self, folder: str | os.PathLike, voxel_size_nm: tuple[float, float, float]):
+        self.folder = Path(folder)
+        # Entries are in voxel units, so they hold for any voxel size.
+        self.cubes = ArrayCache(self.folder, context="mesh")
+        self._stl_path = self.folder / "last.stl"
+        self._table_path = self.folder / "last_stl.table"
+        self._voxel_size_nm = np.asarray(voxel_size_nm, dtype=np.float64)
+        self._last_records = None
+        self._last_rows: dict[str, tuple[int, int, float, float]] = {}
+        self._rows: dict[str, tuple[int, int, float, float]] = {}
+        try:
+            with np.load(self._table_path) as table:
+                stat = os.stat(self._stl_path)
+                # The table belongs to this very file (a run killed between linking the
+                # STL and writing the table leaves them apart) and this voxel size.
+                if table["stl"].tolist() == [stat.st_ino, stat.st_size] and np.array_equal(
+                    table["voxel_size_nm"], self._voxel_size_nm
+                ):
+                    self._last_records = np.memmap(
+                        self._stl_path, dtype=stl_mesh.Mesh.dtype, mode="r", offset=STL_FACES_OFFSET,
+                        shape=(stl_face_count(self._stl_path),),
+                    )
+                    rows = zip(table["first"].tolist(), table["count"].tolist(), table["area"].tolist(), table["volume"].tolist())
+                    self._last_rows = dict(zip(table["keys"].tolist(), rows))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # no STL kept yet, or from an older layout: records are made afresh
+
+    def with_kept_records(self, block_meshes) -> Iterator[BlockMesh]:
+        """Pass block meshes through, giving those kept from the last run their STL records, area and volume."""
+        for block in block_meshes:
+            row = self._last_rows.get(block.key)
+            if row is not None and row[1] == len(block.faces) and row[0] + row[1] <= len(self._last_records):
+                first, count, block.area_nm2, block.volume_nm3 = row
+                block.stl_records = self._last_records[first : first + count]
+            yield block
+
+    def written(self, block: BlockMesh, first_face: int) -> None:
+        """Note where a measured block's records start in the STL being written (for :func:`write_stl_blocks`)."""
+        self._rows[block.key] = (first_face, len(block.faces), block.area_nm2, block.volume_nm3)
+
+    def keep(self, stl_path: str | os.PathLike | None) -> None:
+        """Keep the STL just written (the full mesh) for the next run; drop the last run's
+        and the block entries this run did not use."""
+        self._last_records = None
+        self._table_path.unlink(missing_ok=True)
+        if stl_path is None:
+            self._stl_path.unlink(missing_ok=True)
+        else:
+            linked = self.folder / ".last.stl.part"
+            linked.unlink(missing_ok=True)
+            try:
+                os.link(stl_path, linked)
+            except OSError:  # another file system, or one without hard links
+                shutil.copyfile(stl_path, linked)
+            os.replace(linked, self._stl_path)
+            stat = os.stat(self._stl_path)
+            keys = list(self._rows)
+            columns = list(zip(*self._rows.values())) or [(), (), (), ()]
+
+            def save(temporary: str) -> None:
+                with open(temporary, "wb") as table:
+                    np.savez(
+                        table, stl=np.array([stat.st_ino, stat.st_size]), voxel_size_nm=self._voxel_size_nm,
+                        keys=np.array(keys, dtype=str), first=np.array(columns[0], dtype=np.int64),
+                        count=np.array(columns[1], dtype=np.int64), area=np.array(columns[2], dtype=np.float64),
+                        volume=np.array(columns[3], dtype=np.float64),
+                    )
+
+            write_atomically(self._table_path, save)
+        self.cubes.prune()
 
 
 def write_mesh_blockwise(
@@ -772,7 +879,7 @@ def write_mesh_blockwise(
     block_size=DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
     max_faces: int = 0,
-    cache: ArrayCache | None = None,
+    cache: BlockMeshCache | None = None,
 ) -> dict[str, float | int]:
     """Mesh a cleaned volume block by block into an STL; measure the mesh on the way.
 
@@ -790,9 +897,9 @@ def write_mesh_blockwise(
         Simplify the STL to at most this many faces: the full mesh is written to a
         scratch STL beside ``stl_path`` and simplified from there a chunk of faces at a
         time (:func:`vem3d.mesh.read_stl_simplified`); 0 writes the full mesh block by block.
-    cache : vem3d.cache.ArrayCache, optional
-        Reuse the marching cubes of unchanged blocks (:func:`mesh_blocks`); pruned
-        to this mesh's blocks afterwards.
+    cache : BlockMeshCache, optional
+        Reuse the marching cubes (:func:`mesh_blocks`), STL records and measures of
+        unchanged blocks; left holding this mesh's.
 
     Returns
     -------
@@ -803,7 +910,11 @@ def write_mesh_blockwise(
     """
     started = time.monotonic()
     totals = MeshMeasurements()
-    block_meshes = totals.measure(mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma, cache=cache))
+    block_meshes = mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma, cache=cache and cache.cubes)
+    if cache:
+        block_meshes = cache.with_kept_records(block_meshes)
+    block_meshes = totals.measure(block_meshes)
+    on_block = cache.written if cache else None
     if max_faces:
         # The full mesh goes to a scratch STL block by block, then is simplified from
         # there a chunk of faces at a time: memory never holds the full mesh.
@@ -811,16 +922,18 @@ def write_mesh_blockwise(
         os.close(handle)
         try:
             faces = np.zeros((0, 3), np.int64)
-            if write_stl_blocks(full_path, block_meshes):
+            if write_stl_blocks(full_path, block_meshes, on_block):
                 vertices, faces = read_stl_simplified(full_path, max_faces)
                 write_stl(stl_path, vertices, faces)
+            if cache:
+                cache.keep(full_path if len(faces) else None)
         finally:
             Path(full_path).unlink(missing_ok=True)
         log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
-    else:
-        write_stl_blocks(stl_path, block_meshes)
-    if cache:
-        cache.prune()
+    elif write_stl_blocks(stl_path, block_meshes, on_block) and cache:
+        cache.keep(stl_path)
+    elif cache:
+        cache.keep(None)
     log.info(
         "meshed %d voxels in blocks of %s in %.1f s: %d faces",
         math.prod(cleaned.volume.shape),
@@ -850,7 +963,7 @@ def mesh_masks_blockwise(
     block_size: int = DEFAULT_BLOCK_SIZE,
     max_faces: int = 0,
     scratch_dir: str | os.PathLike | None = None,
-    cache: ArrayCache | None = None,
+    cache: BlockMeshCache | None = None,
 ) -> dict[str, float | int]:
     """Mask folders to an STL and its measurements, holding blocks, not the volume, in memory.
 

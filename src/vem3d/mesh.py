@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from stl import mesh as stl_mesh
 from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_text_atomically
-from vem3d.cache import ArrayCache
 from vem3d.volume import class_volumes, label_objects
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,31 @@ def volume_to_mesh(
     return vertices_zyx[:, ::-1].astype(np.float32), faces.astype(np.int64)
 
 
+STL_HEADER = b"vem3d binary STL".ljust(stl_format.HEADER_SIZE)  # must not start with "solid", which marks ASCII STL
+
+
+def stl_records(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Binary STL records of a triangle mesh: normal, corners, zero attribute.
+
+    Normals as numpy-stl's ``update_normals`` computes them (edge cross products, not
+    of unit length), without the areas and centroids it also computes.
+
+    Returns
+    -------
+    ndarray of ``stl.mesh.Mesh.dtype``, shape (n_faces,)
+    """
+    records = np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype)
+    triangles = vertices[faces]
+    records["vectors"] = triangles
+    records["normals"] = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    return records
+
+
 def write_stl(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) -> None:
     """Write a triangle mesh as binary STL (vectorised, atomically).
+
+    The header is the same for every file (no date, unlike numpy-stl's), so the same
+    mesh gives the same bytes.
 
     Parameters
     ----------
@@ -98,10 +121,14 @@ def write_stl(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) 
     """
     if len(faces) == 0:
         raise ValueError(f"{path}: refusing to write an STL without faces")
-    # Normals once, on saving (numpy-stl would also compute them for the empty mesh).
-    solid = stl_mesh.Mesh(np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype), calculate_normals=False)
-    solid.vectors[:] = vertices[faces]
-    write_atomically(path, lambda temporary: solid.save(temporary, mode=stl_mesh.stl.Mode.BINARY))
+    records = stl_records(np.asarray(vertices, dtype=np.float32), faces)
+
+    def save(temporary: str) -> None:
+        with open(temporary, "wb") as stl_file:
+            stl_file.write(STL_HEADER + struct.pack("<I", len(records)))
+            records.tofile(stl_file)
+
+    write_atomically(path, save)
 
 
 def read_stl(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -440,8 +467,8 @@ def mesh_from_masks(
         Simplify each STL to at most this many faces (:func:`simplify_triangles`); 0
         keeps the full mesh. The summary always measures the full mesh.
     cache_dir : path, optional
-        Keep each class's block meshes here (:class:`vem3d.cache.ArrayCache`), so that
-        a run after some slices changed meshes again only the blocks they reach.
+        Keep each class's block meshes here (:class:`vem3d.blockwise.BlockMeshCache`),
+        so that a run after some slices changed meshes again only the blocks they reach.
 
     Returns
     -------
@@ -453,10 +480,7 @@ def mesh_from_masks(
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
 
     def block_cache(class_name: str):
-        if cache_dir is None:
-            return None
-        # Entries are in voxel units, so they hold for any voxel size.
-        return ArrayCache(Path(cache_dir) / class_name, context="mesh")
+        return None if cache_dir is None else blockwise.BlockMeshCache(Path(cache_dir) / class_name, voxel_size_nm)
 
     if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
         rows = [
