@@ -46,9 +46,9 @@ def xla_speeds_up_inference(on_gpu: bool | None = None, flags: frozenset[str] | 
     default U-Net, two one-thread segment jobs at once: on AVX2 CPUs (AMD EPYC) XLA
     needs 1.15 times less CPU time per forward pass and makes 16-bit precisions 1.9 to
     2.4 times faster; on an AMX CPU (Intel Xeon, Sapphire Rapids) oneDNN's kernels
-    are 1.3 times faster in float32 (86 against 67 GFLOP/s a job), 2.2 times in
-    bfloat16 (147 GFLOP/s, on AMX), and their first forward pass takes 0.6 s where
-    XLA's compilation takes 1.5 s.
+    are 1.3 times faster in float32 (86 against 67 GFLOP/s a job), reach 147 GFLOP/s
+    in bfloat16 (on AMX; XLA's bfloat16 was no faster than its float32), and their
+    first forward pass takes 0.6 s where XLA's compilation takes 1.5 s.
 
     Parameters
     ----------

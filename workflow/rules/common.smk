@@ -225,8 +225,8 @@ HAS_GPU = gpu_device_present()
 
 def segment_threads(wildcards):
     """Threads of a segment job. Without a GPU, half the cores: two chunks run at once,
-    so that one's start (importing TensorFlow, compiling the network: about 7 s on 2
-    cores) overlaps the other's forward passes, and two one-thread jobs do 13 % more
+    so that one's start (importing TensorFlow and, with XLA, compiling the network:
+    5 to 7 s on 2 cores) overlaps the other's forward passes, and two one-thread jobs do 13 % more
     forward passes per second than one two-thread job (2 AVX2 cores). With a GPU, all
     cores and one chunk at a time, which then has the GPU's memory to itself.
     --set-threads segment=N overrides this."""
