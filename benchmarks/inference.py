@@ -17,9 +17,11 @@ For the model of config/config.yaml and a 64-filter U-Net (depth 4) it prints
 
 Targets on a CPU: the network reaches at least 60 % of the matrix-multiply rate, and
 the whole segment step at least 80 % of the network-only rate. Runs on any Keras
-backend and precision:
+backend and precision, with the CPU threads the workflow's segment jobs get (all
+cores; on a machine without a GPU two jobs run at once with half each, ``--threads``):
 
     python benchmarks/inference.py
+    python benchmarks/inference.py --threads 1 --models default
     KERAS_BACKEND=jax python benchmarks/inference.py --precision mixed_bfloat16
 """
 
@@ -31,16 +33,34 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
-import numpy as np
-import yaml
+from vem3d.threads import limit_cpu_threads
 
-from vem3d.preprocess import preprocess_stack, read_preprocessed
-from vem3d.segment import Tiling, automatic_batch_size, load_model, segment_folder
-from vem3d.slices import write_image
-from vem3d.synth import synthesise_stack
-from vem3d.train import save_weights
-from vem3d.unet import PRECISIONS, UNetConfig, build_unet, unet_gflop
+
+def threads_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)),
+        help="CPU threads of the framework and of numpy's BLAS, set as the workflow's segment jobs set "
+             "them (default: every core; the workflow's two jobs at once on a CPU have half each)",
+    )
+    return parser
+
+
+# As in the workflow's segment script: the limits must be set before the framework
+# (and numpy's BLAS) is imported. Left unset, oneDNN's kernels kept one of 2 cores busy.
+limit_cpu_threads(threads_parser().parse_known_args()[0].threads)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from vem3d.preprocess import preprocess_stack, read_preprocessed  # noqa: E402
+from vem3d.segment import Tiling, automatic_batch_size, load_model, segment_folder  # noqa: E402
+from vem3d.slices import write_image  # noqa: E402
+from vem3d.synth import synthesise_stack  # noqa: E402
+from vem3d.train import save_weights  # noqa: E402
+from vem3d.unet import PRECISIONS, UNetConfig, build_unet, unet_gflop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SLICE_SHAPE = (768, 1024)
@@ -168,7 +188,9 @@ def report_model(name, config, tile, batch_size, precision, matmul_size, folders
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[threads_parser()]
+    )
     parser.add_argument("--tile-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, help="tiles per forward pass (default: automatic, as segment.batch_size: null)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32")
@@ -179,7 +201,8 @@ def main() -> None:
     arguments = parser.parse_args()
 
     print(
-        f"backend {keras.backend.backend()}, {arguments.precision}, {os.cpu_count()} CPUs; "
+        f"backend {keras.backend.backend()}, {arguments.precision}, {os.cpu_count()} CPUs, "
+        f"{arguments.threads} thread(s); "
         f"load average {os.getloadavg()[0]:.1f} (other processes slow every figure); "
         f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS')}"
     )
