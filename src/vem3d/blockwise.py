@@ -930,10 +930,10 @@ def write_mesh_blockwise(
         finally:
             Path(full_path).unlink(missing_ok=True)
         log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
-    elif write_stl_blocks(stl_path, block_meshes, on_block) and cache:
-        cache.keep(stl_path)
-    elif cache:
-        cache.keep(None)
+    else:
+        written = write_stl_blocks(stl_path, block_meshes, on_block)
+        if cache:
+            cache.keep(stl_path if written else None)
     log.info(
         "meshed %d voxels in blocks of %s in %.1f s: %d faces",
         math.prod(cleaned.volume.shape),
