@@ -20,6 +20,7 @@ from vem3d.mesh import (
     is_watertight,
     mesh_from_masks,
     read_stl,
+    stl_face_count,
     volume_to_mesh,
 )
 from vem3d.slices import write_image
@@ -332,6 +333,32 @@ def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, 
     expected, expected_stl = mesh("expected", other_size, cache=False)
     pd.testing.assert_frame_equal(reused, expected)
     assert reused_stl == expected_stl
+
+
+@pytest.mark.parametrize("block_size", [0, 8])
+def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(tmp_path, monkeypatch, block_size):
+    # With max_faces the output is the simplified mesh: the cache keeps the full one, whose
+    # records an unchanged re-run writes again (to the scratch STL it simplifies from).
+    monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
+    recorded = []
+    make_records = blockwise.stl_records
+    monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
+    folders = write_chunked_masks(blobs((24, 30, 26), 9), tmp_path / "masks")
+
+    def mesh(name):
+        recorded.clear()
+        summary = mesh_from_masks({"mito": folders}, VOXEL_NM, tmp_path / name, tmp_path / f"{name}.tsv",
+                                  block_size=block_size, max_faces=300, cache_dir=tmp_path / "cache")
+        return summary, (tmp_path / name / "mito.stl").read_bytes()
+
+    first, first_stl = mesh("first")
+    assert recorded and stl_face_count(tmp_path / "first/mito.stl") <= 300
+    assert stl_face_count(tmp_path / "cache/mito/last.stl") == first.loc[0, "faces"] > 300
+    again, again_stl = mesh("again")
+    assert not recorded
+    pd.testing.assert_frame_equal(again, first)
+    assert again_stl == first_stl
+    assert sorted(path.name for path in (tmp_path / "again").iterdir()) == ["mito.stl"]  # no scratch STL left
 
 
 @pytest.mark.parametrize("block_size", [0, 8])
