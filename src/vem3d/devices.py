@@ -42,13 +42,13 @@ def xla_speeds_up_inference(on_gpu: bool | None = None, flags: frozenset[str] | 
 
     Always on JAX (its operations run compiled), never on PyTorch (Keras's XLA is not
     PyTorch's). On TensorFlow, on a GPU; on a CPU only where TensorFlow's oneDNN
-    kernels lack the AVX-512 VNNI, BF16 or AMX instructions. Measured on 2 cores,
-    default U-Net, two one-thread segment jobs at once: on AVX2 CPUs (AMD EPYC) XLA
-    needs 1.15 times less CPU time per forward pass and makes 16-bit precisions 1.9 to
-    2.4 times faster; on an AMX CPU (Intel Xeon, Sapphire Rapids) oneDNN's kernels
-    are 1.3 times faster in float32 (86 against 67 GFLOP/s a job), reach 147 GFLOP/s
-    in bfloat16 (on AMX; XLA's bfloat16 was no faster than its float32), and their
-    first forward pass takes 0.6 s where XLA's compilation takes 1.5 s.
+    kernels lack the AVX-512 VNNI, BF16 or AMX instructions. Measured on 2 cores with
+    the default U-Net: on AVX2 CPUs (AMD EPYC) XLA needed 1.15 times less CPU time per
+    forward pass and made 16-bit precisions 1.9 to 2.4 times faster; on an AMX CPU
+    (Intel Xeon, Sapphire Rapids), with two one-thread segment jobs at once, oneDNN's
+    kernels were 1.3 times faster in float32 (86 against 67 GFLOP/s a job), reached
+    147 GFLOP/s in bfloat16 (on AMX; XLA's bfloat16 was no faster than its float32),
+    and their first forward pass took 0.6 s where XLA's compilation took 1.5 s.
 
     Parameters
     ----------
@@ -56,6 +56,11 @@ def xla_speeds_up_inference(on_gpu: bool | None = None, flags: frozenset[str] | 
         Whether the network runs on a GPU; by default, whether the Keras backend sees one.
     flags : frozenset of str, optional
         The CPU's instruction-set extensions; by default :func:`cpu_flags`.
+
+    Returns
+    -------
+    bool
+        True to compile with XLA (``jit_compile`` of ``keras.Model.compile``).
     """
     backend = keras.backend.backend()
     if backend != "tensorflow":
