@@ -214,11 +214,17 @@ def compare_tiling(project: Path, sample: str, slice_name: str, config: dict) ->
     }
 
 
+def volume_scores(project: Path, dataset: Dataset) -> pd.DataFrame:
+    """The held-out slices' scores over the whole volume, one row per class."""
+    scores = pd.read_csv(project / "results" / dataset.folder / "evaluation/scores.tsv", sep="\t")
+    return scores[scores["slice"] == "volume"].set_index("class")
+
+
 def summarise(project: Path, dataset: Dataset, preset: str, wall_seconds: float) -> None:
     """Print the scores on the held-out slices and the times of a finished benchmark project."""
     sample = dataset.folder
     results = project / "results"
-    scores = pd.read_csv(results / sample / "evaluation/scores.tsv", sep="\t")
+    scores = volume_scores(project, dataset)
     objects = pd.read_csv(results / sample / "evaluation/object_scores.tsv", sep="\t").set_index("class")
     training = pd.read_csv(results / "benchmarks/train.tsv", sep="\t")["s"].sum()
     segment_seconds = sum(
@@ -232,15 +238,9 @@ def summarise(project: Path, dataset: Dataset, preset: str, wall_seconds: float)
     print(f"workflow: {wall_seconds / 60:.1f} min wall; training {training / 60:.1f} min ({len(history)} epochs, "
           f"best validation IoU {history['val_iou'].max():.4f} at epoch {int(history.loc[history['val_iou'].idxmax(), 'epoch'])})")
     print(f"segmentation: {segment_seconds / n_slices:.2f} s per slice (job time, network loading included)")
-    for row in scores[scores["slice"] == "volume"].to_dict("records"):
-        print(f"{row['class']:14s} IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  precision {row['precision']:.4f}  "
-              f"recall {row['recall']:.4f}  object F1 {objects.loc[row['class'], 'object_f1']:.4f}")
-
-
-def volume_scores(project: Path, dataset: Dataset) -> pd.DataFrame:
-    """The held-out slices' scores over the whole volume, one row per class."""
-    scores = pd.read_csv(project / "results" / dataset.folder / "evaluation/scores.tsv", sep="\t")
-    return scores[scores["slice"] == "volume"].set_index("class")
+    for class_name, row in scores.iterrows():
+        print(f"{class_name:14s} IoU {row['iou']:.4f}  Dice {row['dice']:.4f}  precision {row['precision']:.4f}  "
+              f"recall {row['recall']:.4f}  object F1 {objects.loc[class_name, 'object_f1']:.4f}")
 
 
 def compare_precisions(project: Path, dataset: Dataset, precisions: list[str], command: list[str]) -> None:

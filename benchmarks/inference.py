@@ -47,9 +47,9 @@ def threads_parser() -> argparse.ArgumentParser:
 
 
 # As in the workflow's segment script: the limits must be set before the framework
-# (and numpy's BLAS) is imported. Left unset, oneDNN's kernels kept one of 2 cores busy.
+# (and numpy's BLAS, which reads OMP_NUM_THREADS) is imported. Left unset, oneDNN's
+# kernels kept one of 2 cores busy.
 limit_cpu_threads(threads_parser().parse_known_args()[0].threads)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", os.environ["OMP_NUM_THREADS"])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

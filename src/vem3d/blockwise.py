@@ -922,11 +922,12 @@ def write_mesh_blockwise(
         os.close(handle)
         try:
             faces = np.zeros((0, 3), np.int64)
-            if write_stl_blocks(full_path, block_meshes, on_block):
+            written = write_stl_blocks(full_path, block_meshes, on_block)
+            if written:
                 vertices, faces = read_stl_simplified(full_path, max_faces)
                 write_stl(stl_path, vertices, faces)
             if cache:
-                cache.keep(full_path if len(faces) else None)
+                cache.keep(full_path if written else None)
         finally:
             Path(full_path).unlink(missing_ok=True)
         log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
