@@ -14,7 +14,11 @@ and prints
 - the wall time of a re-run after one slice changed; target: at most 15 % of the full
   run;
 - for both, the seconds of each step (from Snakemake's benchmark files), to show where
-  the time goes.
+  the time goes;
+- the seconds each segment job spends outside its slices (starting Python, importing
+  the network's framework, building the model) and the share of the full run that
+  this alone makes "not the network", all other steps being free: the floor that
+  loading the network once per chunk sets.
 
     python benchmarks/pipeline.py                        # 256 slices of 512 x 512, chunk_size 32
     python benchmarks/pipeline.py --slices 64 --size 256 # quicker
@@ -46,6 +50,7 @@ SAMPLE = "synthetic"
 HEADER = "sample\tslices\tlabels\tground_truth\tvoxel_size_z_nm\tvoxel_size_y_nm\tvoxel_size_x_nm\n"
 NETWORK_SECONDS = re.compile(r"([\d.]+) s of it in the network's forward passes")
 CPU_THREADS = re.compile(r"(\d+) CPU threads")
+SEGMENTING_SECONDS = re.compile(r"segmented \d+ slices in ([\d.]+) s,")
 
 
 def train_weights(weights: Path, folders: dict, config: dict) -> None:
@@ -87,16 +92,22 @@ def run_workflow(project: Path, cores: int) -> float:
     return seconds
 
 
-def network_seconds(project: Path, since: float, cores: int) -> float:
-    """The machine's seconds in the network's forward passes, over the segment logs written
-    since ``since``: each job's seconds times its CPU threads, over ``cores``."""
-    total = 0.0
+def segment_jobs(project: Path, since: float, cores: int) -> pd.DataFrame:
+    """Per segment job whose log was written since ``since``: its share of the machine
+    (CPU threads over ``cores``), its wall seconds (Snakemake's benchmark file), its
+    seconds segmenting its slices and, of those, in the network's forward passes (its log)."""
+    rows = []
     for log in (project / "logs" / SAMPLE / "segment").glob("*.log"):
         if log.stat().st_mtime >= since:
             text = log.read_text()
-            threads = int(CPU_THREADS.search(text).group(1))
-            total += sum(float(value) for value in NETWORK_SECONDS.findall(text)) * min(threads, cores) / cores
-    return total
+            timing = pd.read_csv(project / "results" / "benchmarks" / SAMPLE / "segment" / f"{log.stem}.tsv", sep="\t")
+            rows.append({
+                "share": min(int(CPU_THREADS.search(text).group(1)), cores) / cores,
+                "seconds": float(timing["s"].iloc[0]),
+                "segmenting": sum(float(value) for value in SEGMENTING_SECONDS.findall(text)),
+                "network": sum(float(value) for value in NETWORK_SECONDS.findall(text)),
+            })
+    return pd.DataFrame(rows, columns=["share", "seconds", "segmenting", "network"])
 
 
 def step_seconds(project: Path, since: float) -> pd.DataFrame:
@@ -117,13 +128,20 @@ def step_seconds(project: Path, since: float) -> pd.DataFrame:
 
 def report(title: str, wall: float, project: Path, since: float, cores: int) -> float:
     """Print a run's figures; return its seconds in the network's forward passes."""
-    network = network_seconds(project, since, cores)
+    jobs = segment_jobs(project, since, cores)
+    network = float((jobs["network"] * jobs["share"]).sum())
     steps = step_seconds(project, since)
     print(f"\n{title}: {wall:.1f} s wall, {network:.1f} s of the machine's in the network's forward passes, "
           f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network; "
           f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores (5 min, others' work included)")
     print("per step, each job's own wall and CPU seconds (jobs may overlap on several cores):")
     print(steps.round(1).to_string())
+    if len(jobs) and network > 0:
+        outside = jobs["seconds"] - jobs["segmenting"]
+        start = float((outside * jobs["share"]).sum())
+        print(f"segment jobs outside their slices (Python, the network's framework, the model): "
+              f"{outside.mean():.1f} s a job ({outside.min():.1f}-{outside.max():.1f}), {start:.1f} s of the machine's; "
+              f"with every other step free, not the network would still be {100 * start / (start + network):.1f} %")
     return network
 
 

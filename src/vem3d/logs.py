@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -30,3 +31,20 @@ def log_to(path: str | os.PathLike | None = None, level: int = logging.INFO):
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+@contextlib.contextmanager
+def workflow_job(log_path: str | os.PathLike):
+    """The body of a workflow script: one Snakemake job, which its process ends with, logged to ``log_path``.
+
+    Logs as :func:`log_to`. First, the objects alive (mostly the modules imported:
+    millions of them with TensorFlow) are moved out of the garbage collector's way for
+    good (``gc.freeze``). Python would otherwise walk them all once more as the
+    process ends: 1.2 s of each segment job's 18 s on a 2-core CPU, 0.3 s of the
+    other jobs. Objects made inside the job are collected as usual. Not for a process
+    that goes on after the block (a test, a notebook): what it had made before would
+    not be collected any more.
+    """
+    gc.freeze()
+    with log_to(log_path) as logger:
+        yield logger

@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.metrics import evaluate_folders
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     evaluate_folders(
         truth_dir=snakemake.params.truth_dir,
         scores_path=snakemake.output.scores,

@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.mesh import mesh_from_masks
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     mesh_from_masks(
         voxel_size_nm=snakemake.params.voxel_size_nm,
         mesh_dir=snakemake.output.meshes,

@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.render import montage_from_folders
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     montage_from_folders(
         snakemake.params.source,
         snakemake.input.masks,

@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.stats import statistics_from_masks
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     statistics_from_masks(
         voxel_size_nm=snakemake.params.voxel_size_nm,
         objects_path=snakemake.output.objects,

@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.preprocess import preprocess_stack
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     preprocess_stack(
         snakemake.params.source,
         snakemake.params.names,

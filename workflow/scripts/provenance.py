@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.provenance import write_provenance
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     write_provenance(
         snakemake.output[0],
         snakemake.wildcards.sample,

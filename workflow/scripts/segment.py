@@ -3,11 +3,11 @@ from vem3d.threads import limit_cpu_threads
 limit_cpu_threads(snakemake.threads)  # before the network's framework is imported
 
 from vem3d.devices import check_devices  # noqa: E402
-from vem3d.logs import log_to  # noqa: E402
+from vem3d.logs import workflow_job  # noqa: E402
 from vem3d.segment import segment_folder  # noqa: E402
 from vem3d.unet import UNetConfig  # noqa: E402
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     check_devices(gpu_required=snakemake.params.gpu_required)
     segment_folder(
         snakemake.input.preprocessed,

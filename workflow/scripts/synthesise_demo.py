@@ -1,7 +1,7 @@
-from vem3d.logs import log_to
+from vem3d.logs import workflow_job
 from vem3d.synth import write_demo_stack
 
-with log_to(snakemake.log[0]):
+with workflow_job(snakemake.log[0]):
     write_demo_stack(
         snakemake.params.out_dir,
         n_slices=snakemake.params.n_slices,
