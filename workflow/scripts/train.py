@@ -1,4 +1,7 @@
-from vem3d.threads import limit_cpu_threads
+import gc
+
+gc.disable()  # until workflow_job: collecting took 1 s of TensorFlow's 5 s import
+from vem3d.threads import limit_cpu_threads  # noqa: E402
 
 limit_cpu_threads(snakemake.threads)  # before the network's framework is imported
 
