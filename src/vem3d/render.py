@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mpl_toolkits.mplot3d.art3d import Poly3DCollection
@@ -26,8 +27,10 @@ log = logging.getLogger(__name__)
 
 NM_PER_UM = 1000.0
 MESH_COLOUR = np.array([0.85, 0.45, 0.25])
-# (title, elevation, azimuth in degrees, axis seen end-on) of the three preview cameras.
-PREVIEW_VIEWS = (("oblique", 30, -60, None), ("top (along z)", 90, -90, "z"), ("side (along y)", 0, -90, "y"))
+OBLIQUE_VIEW = (30, -60)  # elevation and azimuth of the preview's 3D camera, degrees
+# The preview's two flat views: (title, horizontal axis, vertical axis, axis looked
+# along, +1 when looking down it from its high end, -1 from its low end).
+PREVIEW_PROJECTIONS = (("top (along z)", 0, 1, 2, 1), ("side (along y)", 0, 2, 1, -1))
 MASK_COLOUR = (1.0, 0.15, 0.1)
 REFERENCE_COLOUR = "yellow"
 
@@ -71,7 +74,8 @@ def render_mesh_views(
     max_faces: int = 20_000,
     title: str = "",
 ) -> int:
-    """Render a mesh from three angles (oblique, top, side) into one PNG.
+    """Render a mesh from three angles into one PNG: oblique in 3D, and top and side as flat
+    projections (the nearer faces drawn over the farther).
 
     Parameters
     ----------
@@ -99,24 +103,36 @@ def render_mesh_views(
     triangles = vertices[faces].astype(np.float64) / NM_PER_UM
     colours = shaded_face_colours(triangles)
     low, high = triangles.reshape(-1, 3).min(axis=0), triangles.reshape(-1, 3).max(axis=0)
+    extent = high - low
     figure = Figure(figsize=(13, 4.6))
-    for column, (view, elevation, azimuth, end_on) in enumerate(PREVIEW_VIEWS, start=1):
-        axis = figure.add_subplot(1, 3, column, projection="3d")
-        axis.add_collection3d(Poly3DCollection(triangles, facecolors=colours, edgecolors="none"))
-        axis.set_xlim(low[0], high[0])
-        axis.set_ylim(low[1], high[1])
-        axis.set_zlim(low[2], high[2])
-        axis.set_box_aspect(np.maximum(high - low, 1e-6 * (high - low).max()))
-        axis.view_init(elev=elevation, azim=azimuth)
-        for index, name in enumerate("xyz"):
-            if name == end_on:  # its ticks would pile up in one spot
-                getattr(axis, f"set_{name}ticks")([])
-            else:
-                getattr(axis, f"set_{name}label")(f"{name} (um)")
-                # Ticks in proportion to the axis's drawn length, so that a thin stack's
-                # short z axis does not get as many labels as the long ones.
-                share = (high - low)[index] / (high - low).max()
-                getattr(axis, f"{name}axis").set_major_locator(MaxNLocator(nbins=max(2, round(6 * share))))
+    figure.subplots_adjust(left=0.02, right=0.98, wspace=0.5)  # room for the 3D axes' z labels
+    axis = figure.add_subplot(1, 3, 1, projection="3d")
+    axis.add_collection3d(Poly3DCollection(triangles, facecolors=colours, edgecolors="none"))
+    axis.set_xlim(low[0], high[0])
+    axis.set_ylim(low[1], high[1])
+    axis.set_zlim(low[2], high[2])
+    axis.set_box_aspect(np.maximum(extent, 1e-6 * extent.max()))
+    axis.view_init(elev=OBLIQUE_VIEW[0], azim=OBLIQUE_VIEW[1])
+    for index, name in enumerate("xyz"):
+        getattr(axis, f"set_{name}label")(f"{name} (um)")
+        # Ticks in proportion to the axis's drawn length, so that a thin stack's
+        # short z axis does not get as many labels as the long ones.
+        share = extent[index] / extent.max()
+        getattr(axis, f"{name}axis").set_major_locator(MaxNLocator(nbins=max(2, round(6 * share))))
+    axis.set_title("oblique")
+    # Flat views are drawn in 2D, the far faces first: matplotlib's 3D axes seen
+    # end-on ran their labels into each other.
+    for column, (view, across, up, along, looking_down) in enumerate(PREVIEW_PROJECTIONS, start=2):
+        axis = figure.add_subplot(1, 3, column)
+        order = np.argsort(looking_down * triangles[:, :, along].mean(axis=1), kind="stable")
+        axis.add_collection(
+            PolyCollection(triangles[order][:, :, [across, up]], facecolors=colours[order], edgecolors="none")
+        )
+        axis.set_xlim(low[across], high[across])
+        axis.set_ylim(low[up], high[up])
+        axis.set_aspect("equal")
+        axis.set_xlabel(f"{'xyz'[across]} (um)")
+        axis.set_ylabel(f"{'xyz'[up]} (um)")
         axis.set_title(view)
     figure.suptitle(f"{title} ({len(faces)} faces drawn)" if title else f"{len(faces)} faces drawn")
     _save_figure(figure, path, dpi=90)
