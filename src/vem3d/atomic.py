@@ -39,6 +39,15 @@ def write_atomically(path: str | os.PathLike, save: Callable[[str], object]) -> 
         raise
 
 
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Hard-link ``source`` to the new path ``target`` (no extra disk), or copy it where
+    a link cannot be made (another file system, or one without hard links)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically."""
     write_atomically(path, lambda temporary: Path(temporary).write_text(text))

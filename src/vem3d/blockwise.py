@@ -26,7 +26,6 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import struct
 import tempfile
 import time
@@ -43,7 +42,7 @@ from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 from stl import mesh as stl_mesh
 
-from vem3d.atomic import write_atomically, write_directory_atomically
+from vem3d.atomic import link_or_copy, write_atomically, write_directory_atomically
 from vem3d.cache import ArrayCache, TableCache, mask_key
 from vem3d.mesh import (
     NM2_PER_UM2,
@@ -850,10 +849,7 @@ class BlockMeshCache:
         else:
             linked = self.folder / ".last.stl.part"
             linked.unlink(missing_ok=True)
-            try:
-                os.link(stl_path, linked)
-            except OSError:  # another file system, or one without hard links
-                shutil.copyfile(stl_path, linked)
+            link_or_copy(stl_path, linked)
             os.replace(linked, self._stl_path)
             stat = os.stat(self._stl_path)
             keys = list(self._rows)

@@ -24,7 +24,7 @@ import keras
 import numpy as np
 
 import vem3d
-from vem3d.atomic import write_directory_atomically
+from vem3d.atomic import link_or_copy, write_directory_atomically
 from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
@@ -431,13 +431,6 @@ def segment_slices(
         yield from compute_ahead(segmented(compute_ahead(tiled(), prefetch)), prefetch)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or one without hard links
-        shutil.copyfile(source, target)
-
-
 class SliceCache:
     """Results of single slices kept for reuse: a chunk re-run after one of its slices
     changed sends only that slice through the network.
@@ -479,7 +472,7 @@ class SliceCache:
         if not entry.is_dir():
             return False
         for index, target in enumerate(targets):
-            _link_or_copy(entry / str(index), target)
+            link_or_copy(entry / str(index), target)
         return True
 
     def store(self, name: str, key: str, sources: list[Path]) -> None:
@@ -487,7 +480,7 @@ class SliceCache:
 
         def save(temporary: str) -> None:
             for index, source in enumerate(sources):
-                _link_or_copy(source, Path(temporary) / str(index))
+                link_or_copy(source, Path(temporary) / str(index))
 
         write_directory_atomically(self.folder / name / key, save)
         for older in (self.folder / name).iterdir():
