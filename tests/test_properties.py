@@ -11,7 +11,7 @@ from stl import mesh as stl_mesh
 
 from vem3d.mesh import is_watertight, volume_to_mesh, write_stl
 from vem3d.slices import read_slice
-from vem3d.volume import connected_components, fill_holes
+from vem3d.volume import clean_objects, connected_components, fill_holes
 
 shapes_2d = st.tuples(st.integers(1, 40), st.integers(1, 40))
 
@@ -58,6 +58,37 @@ def test_components_are_numbered_as_scipy_numbers_them(mask, connectivity):
 @given(volume=arrays(bool, st.tuples(*[st.integers(1, 12)] * 3)))
 def test_filling_cavities_equals_scipy_fill_holes(volume):
     np.testing.assert_array_equal(fill_holes(volume), ndimage.binary_fill_holes(volume))
+
+
+def hollow_cube_around_a_speck(side: int = 9) -> np.ndarray:
+    """A cube's shell, and one voxel floating in its cavity."""
+    volume = np.zeros((side,) * 3, bool)
+    volume[1:-1, 1:-1, 1:-1] = True
+    volume[2:-2, 2:-2, 2:-2] = False
+    volume[side // 2, side // 2, side // 2] = True
+    return volume
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    volume=arrays(bool, st.tuples(*[st.integers(1, 12)] * 3)),
+    min_voxels=st.integers(0, 6),
+    fill_cavities=st.booleans(),
+)
+@example(volume=hollow_cube_around_a_speck(), min_voxels=0, fill_cavities=True)
+@example(volume=hollow_cube_around_a_speck(), min_voxels=2, fill_cavities=True)
+def test_clean_up_objects_are_those_of_the_cleaned_volume(volume, min_voxels, fill_cavities):
+    # Small objects out (26-connected), then cavities filled as scipy fills them, then
+    # numbered as scipy numbers them: what meshes and statistics are made of.
+    structure = np.ones((3, 3, 3), bool)
+    labels, count = ndimage.label(volume, structure)
+    expected = volume & (np.bincount(labels.ravel())[labels] >= max(min_voxels, 1))
+    if fill_cavities:
+        expected = ndimage.binary_fill_holes(expected)
+    expected_labels, expected_count = ndimage.label(expected, structure)
+    labels, count = clean_objects(volume, min_voxels, fill_cavities)
+    assert count == expected_count
+    np.testing.assert_array_equal(labels, expected_labels)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

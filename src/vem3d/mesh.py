@@ -16,7 +16,7 @@ from stl import mesh as stl_mesh
 from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_text_atomically
-from vem3d.volume import class_volumes, label_objects
+from vem3d.volume import class_objects
 
 log = logging.getLogger(__name__)
 
@@ -453,7 +453,7 @@ def mesh_from_masks(
         TSV with one row per class: class and the measurements of
         :func:`vem3d.blockwise.write_mesh_blockwise`.
     probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
-        The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
+        The 3D clean-up, as for :func:`vem3d.volume.class_objects`.
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
     block_size : int
@@ -502,10 +502,12 @@ def mesh_from_masks(
         ]
     else:
         rows = []
-        volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
-        for class_name, volume in volumes.items():
+        objects = class_objects(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
+        for class_name, labels, n_objects in objects:
+            volume = labels != 0
+            del labels
             # Meshed in blocks too, thin along z, so that a cache can skip those a changed slice leaves alone.
-            cleaned = blockwise.CleanedVolume(volume, label_objects(volume)[1], int(np.count_nonzero(volume)))
+            cleaned = blockwise.CleanedVolume(volume, n_objects, int(np.count_nonzero(volume)))
             row = blockwise.write_mesh_blockwise(
                 cleaned,
                 voxel_size_nm,

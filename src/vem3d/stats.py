@@ -21,7 +21,7 @@ from scipy import ndimage
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, volume_to_mesh
-from vem3d.volume import class_volumes, label_objects
+from vem3d.volume import class_objects, label_objects
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ def object_statistics(
 ) -> pd.DataFrame:
     """Measure every 26-connected object of a binary volume.
 
-    Each object is meshed on its own (marching cubes after Gaussian smoothing, as
+    The objects are numbered by :func:`label_objects` and measured by
+    :func:`measure_objects`. Each object is meshed on its own (marching cubes after Gaussian smoothing, as
     :func:`vem3d.mesh.volume_to_mesh`), so touching neighbours do not share surface.
 
     Parameters
@@ -111,8 +112,33 @@ def object_statistics(
         ``bbox_{z,y,x}_{min,max}_nm`` (outer faces of the extreme voxels). Empty,
         with these columns, when there is no foreground.
     """
+    return measure_objects(*label_objects(volume), voxel_size_nm, smoothing_sigma, cache)
+
+
+def measure_objects(
+    labels: np.ndarray,
+    n_objects: int,
+    voxel_size_nm: tuple[float, float, float],
+    smoothing_sigma: float = 0.75,
+    cache: TableCache | None = None,
+) -> pd.DataFrame:
+    """Measure numbered objects: the table of :func:`object_statistics`.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (slices, rows, columns)
+        0 for background, 1 to ``n_objects`` for the objects (as
+        :func:`vem3d.volume.label_objects` or :func:`vem3d.volume.clean_objects` number them).
+    n_objects : int
+    voxel_size_nm, smoothing_sigma, cache
+        As for :func:`object_statistics`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`object_statistics` returns it, one row per object in the order of their numbers.
+    """
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
-    labels, n_objects = label_objects(volume)
     rows = []
     started = time.monotonic()
     for index, window in enumerate(ndimage.find_objects(labels), start=1):
@@ -209,7 +235,7 @@ def statistics_from_masks(
     summary_path : path
         TSV with one row per class: ``class``, the voxel size, and :func:`summarise_objects`.
     probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
-        The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
+        The 3D clean-up, as for :func:`vem3d.volume.class_objects`.
     smoothing_sigma : float
         As for :func:`object_statistics`.
     block_size, memory_gib
@@ -246,10 +272,10 @@ def statistics_from_masks(
             for class_name, folders in mask_dirs.items()
         }
     else:
-        volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
+        objects = class_objects(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
         tables = {
-            class_name: object_statistics(volume, voxel_size_nm, smoothing_sigma, caches.get(class_name))
-            for class_name, volume in volumes.items()
+            class_name: measure_objects(labels, n_objects, voxel_size_nm, smoothing_sigma, caches.get(class_name))
+            for class_name, labels, n_objects in objects
         }
     for class_name, cache in caches.items():
         log.info("%s: mesh measures of %d objects reused, %d computed", class_name, cache.hits, cache.misses)

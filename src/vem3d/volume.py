@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import cc3d
 import numpy as np
@@ -94,6 +94,90 @@ def label_objects(volume: np.ndarray) -> tuple[np.ndarray, int]:
     return connected_components(volume, 26)
 
 
+def clean_objects(volume: np.ndarray, min_object_voxels: int = 0, fill_cavities: bool = True) -> tuple[np.ndarray, int]:
+    """The 3D clean-up before meshing and measuring, and the objects it leaves.
+
+    Objects (26-connected) smaller than ``min_object_voxels`` are removed, then
+    cavities are filled: background regions (6-connected, as
+    ``scipy.ndimage.binary_fill_holes`` has them) that do not reach the border.
+
+    The volume is labelled once. A cavity lies inside the bounding box of one
+    object, which walls it in on its own: two 26-separate objects cannot wall in a
+    region together, as a 6-connected layer of background runs between them. So the
+    cavities are found object by object, in its bounding box, with every voxel not
+    of the object counting as background there; an object inside another's cavity
+    joins it. On a 256 x 1024 x 1024 EM mask volume this took 5 s where removing
+    and filling on the whole volume and labelling the result took 6.7 s (three
+    passes over the whole volume, one of them over its background).
+
+    Parameters
+    ----------
+    volume : ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    min_object_voxels : int
+        Objects with fewer voxels are removed; 0 or 1 keeps everything.
+    fill_cavities : bool
+        Fill enclosed cavities after removing the small objects.
+
+    Returns
+    -------
+    labels : ndarray of uint32, shape as ``volume``
+        The cleaned volume's objects, numbered as :func:`label_objects` numbers them
+        (0 for background).
+    n_objects : int
+    """
+    labels, n_objects = label_objects(volume)
+    if min_object_voxels > 1 and n_objects:
+        # Counted over the foreground voxels only: a few percent of an EM volume,
+        # where a bincount over all voxels took longer than the labelling.
+        foreground = labels != 0
+        object_labels = labels[foreground]
+        kept = np.bincount(object_labels, minlength=n_objects + 1) >= min_object_voxels
+        kept[0] = False
+        if not kept.all():
+            labels, n_objects = _keep_objects(labels, n_objects, kept, foreground, object_labels)
+    if fill_cavities and n_objects:
+        labels, n_objects = _fill_cavities(labels, n_objects)
+    return labels, n_objects
+
+
+def _keep_objects(labels, n_objects, kept, foreground=None, object_labels=None) -> tuple[np.ndarray, int]:
+    """Labels with only the objects ``kept`` (bool per label), numbered again from 1 in their order."""
+    if foreground is None:
+        foreground = labels != 0
+        object_labels = labels[foreground]
+    new_label = np.zeros(n_objects + 1, dtype=np.uint32)
+    new_label[kept] = np.arange(1, np.count_nonzero(kept) + 1, dtype=np.uint32)
+    labels[foreground] = new_label[object_labels]
+    return labels, int(np.count_nonzero(kept))
+
+
+def _fill_cavities(labels: np.ndarray, n_objects: int) -> tuple[np.ndarray, int]:
+    """Fill each object's cavities with its label, in place (see :func:`clean_objects`)."""
+    swallowed = set()
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None or min(side.stop - side.start for side in box) < 3:
+            continue  # too thin to wall anything in
+        window = labels[box]  # a view: filling it fills ``labels``
+        outside, n_regions = connected_components(window != label, 6)
+        reaches_border = np.zeros(n_regions + 1, dtype=bool)
+        for axis in range(window.ndim):
+            reaches_border[np.take(outside, [0, -1], axis=axis)] = True
+        reaches_border[0] = True  # label 0 is the object itself
+        if reaches_border.all():
+            continue
+        cavity = ~reaches_border[outside]
+        swallowed.update(int(inner) for inner in np.unique(window[cavity]) if inner not in (0, label))
+        window[cavity] = label
+    if not swallowed:
+        return labels, n_objects
+    # An object in another's cavity was found after it (its first voxel lies deeper),
+    # so dropping its number keeps the others in raster order of their first voxel.
+    kept = np.ones(n_objects + 1, dtype=bool)
+    kept[[0, *swallowed]] = False
+    return _keep_objects(labels, n_objects, kept)
+
+
 def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     """Remove 3D connected objects (26-connectivity) smaller than ``min_voxels``.
 
@@ -108,16 +192,7 @@ def remove_small_objects(volume: np.ndarray, min_voxels: int) -> np.ndarray:
     -------
     ndarray of bool, shape as ``volume``
     """
-    foreground = volume.astype(bool)
-    if min_voxels <= 1:
-        return foreground
-    labels, n_objects = label_objects(foreground)
-    # Counted and decided over the foreground voxels only: a few percent of an EM
-    # volume, where a bincount over all labels took longer than the labelling.
-    object_labels = labels[foreground]
-    sizes = np.bincount(object_labels, minlength=n_objects + 1)
-    foreground[foreground] = sizes[object_labels] >= min_voxels
-    return foreground
+    return clean_objects(volume, min_voxels, fill_cavities=False)[0] != 0
 
 
 def fill_holes(volume: np.ndarray) -> np.ndarray:
@@ -133,36 +208,14 @@ def fill_holes(volume: np.ndarray) -> np.ndarray:
     ndarray of bool, shape as ``volume``
         As ``scipy.ndimage.binary_fill_holes`` (background 6-connected), which
         grows the outside in one voxel layer per pass over the whole volume: a
-        stack of hundreds of slices took it tens of seconds. Labelling the background
-        once takes one pass.
+        stack of hundreds of slices took it tens of seconds.
     """
-    foreground = volume.astype(bool)
-    background, n_regions = connected_components(~foreground, 6)
-    touches_border = np.zeros(n_regions + 1, dtype=bool)
-    for axis in range(background.ndim):
-        touches_border[np.take(background, [0, -1], axis=axis)] = True
-    touches_border[0] = False  # label 0 is the foreground
-    return ~touches_border[background]
+    return clean_objects(volume, 0, fill_cavities=True)[0] != 0
 
 
 def clean_volume(volume: np.ndarray, min_object_voxels: int = 0, fill_cavities: bool = True) -> np.ndarray:
-    """The 3D clean-up before meshing and measuring: small objects out, cavities filled.
-
-    Parameters
-    ----------
-    volume : ndarray, shape (slices, rows, columns)
-        Foreground where non-zero.
-    min_object_voxels : int
-        See :func:`remove_small_objects`.
-    fill_cavities : bool
-        Fill enclosed cavities afterwards (:func:`fill_holes`).
-
-    Returns
-    -------
-    ndarray of bool, shape as ``volume``
-    """
-    cleaned = remove_small_objects(volume, min_object_voxels)
-    return fill_holes(cleaned) if fill_cavities else cleaned
+    """The cleaned volume of :func:`clean_objects`, as bool (shape as ``volume``)."""
+    return clean_objects(volume, min_object_voxels, fill_cavities)[0] != 0
 
 
 def read_slice_volume(folders: Sequence, dtype=None) -> np.ndarray:
@@ -205,15 +258,17 @@ def smooth_along_z(probabilities: np.ndarray, sigma_slices: float) -> np.ndarray
     return ndimage.gaussian_filter1d(probabilities, sigma_slices, axis=0, mode="nearest")
 
 
-def class_volumes(
+def class_objects(
     mask_dirs: Mapping[str, Sequence],
     probability_dirs: Mapping[str, Sequence] | None = None,
     z_smoothing_sigma: float = 0.0,
     threshold: float = 0.5,
     min_object_voxels: int = 0,
     fill_cavities: bool = True,
-) -> dict[str, np.ndarray]:
-    """Each class's cleaned 3D volume, the one meshes, statistics and scores describe.
+) -> Iterator[tuple[str, np.ndarray, int]]:
+    """Each class's cleaned 3D volume, the one meshes, statistics and scores describe, as its objects.
+
+    One class at a time, so that memory holds one class's labels (4 bytes a voxel).
 
     Parameters
     ----------
@@ -229,11 +284,14 @@ def class_volumes(
     threshold : float
         Probability above which a pixel is foreground (one class).
     min_object_voxels, fill_cavities
-        As for :func:`clean_volume`, applied to each class.
+        As for :func:`clean_objects`, applied to each class.
 
-    Returns
-    -------
-    dict of class name to ndarray of bool, shape (slices, rows, columns)
+    Yields
+    ------
+    class_name : str
+    labels : ndarray of uint32, shape (slices, rows, columns)
+    n_objects : int
+        As :func:`clean_objects` returns them.
     """
     if z_smoothing_sigma > 0:
         if probability_dirs is None:
@@ -247,7 +305,13 @@ def class_volumes(
             background = 1 - np.sum(smoothed, axis=0)
             most_probable = np.argmax(np.stack([background, *smoothed]), axis=0)
             decided = [most_probable == index for index in range(1, len(smoothed) + 1)]
-        raw = dict(zip(mask_dirs, decided))
+        volumes = zip(mask_dirs, decided)
     else:
-        raw = {name: read_slice_volume(folders, dtype=bool) for name, folders in mask_dirs.items()}
-    return {name: clean_volume(volume, min_object_voxels, fill_cavities) for name, volume in raw.items()}
+        volumes = ((name, read_slice_volume(folders, dtype=bool)) for name, folders in mask_dirs.items())
+    for name, volume in volumes:
+        yield name, *clean_objects(volume, min_object_voxels, fill_cavities)
+
+
+def class_volumes(mask_dirs: Mapping[str, Sequence], *args, **kwargs) -> dict[str, np.ndarray]:
+    """Each class's cleaned volume of :func:`class_objects` (same parameters), as bool."""
+    return {name: labels != 0 for name, labels, _ in class_objects(mask_dirs, *args, **kwargs)}
