@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from vem3d.slices import write_image
 
@@ -112,6 +110,11 @@ def synthesise_stack(
     n_cells = n_cells or max(2, round(24 * per_reference_volume))
     n_mitochondria = n_mitochondria or max(1, round(250 * per_reference_volume))
     n_vesicles = n_vesicles or round(120 * per_reference_volume)
+    # Imported here: the workflow imports this module at every start, for the demo's
+    # slice names, and scipy's import took 0.3 s of it.
+    from scipy import ndimage
+    from scipy.spatial import cKDTree
+
     rng = np.random.default_rng(seed)
     # Cells are the Voronoi regions of seeds spread through the volume; slices are
     # thinner than pixels are wide (anisotropy 2), as in FIB-SEM with z steps.
@@ -186,8 +189,8 @@ def write_demo_stack(
     """
     images, truth = synthesise_stack(n_slices=n_slices, size=size, seed=seed)
     folders = {name: Path(out_dir) / name for name in ("slices", "labels", "ground_truth")}
-    for z in range(n_slices):
-        name = f"slice_{z:04d}.png"
+    for z, stem in enumerate(demo_slice_names(n_slices)):
+        name = f"{stem}.png"
         write_image(folders["slices"] / name, images[z])
         mask = truth[z].astype(np.uint8) * 255
         write_image(folders["ground_truth"] / name, mask)
