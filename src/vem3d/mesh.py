@@ -99,11 +99,34 @@ def stl_records(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     -------
     ndarray of ``stl.mesh.Mesh.dtype``, shape (n_faces,)
     """
-    records = np.zeros(len(faces), dtype=stl_mesh.Mesh.dtype)
-    triangles = vertices[faces]
-    records["vectors"] = triangles
-    records["normals"] = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    records = np.empty(len(faces), dtype=stl_mesh.Mesh.dtype)
+    corners, normals = _corners_and_normals(vertices, faces)
+    for axis, normal in enumerate(normals):
+        records["normals"][:, axis] = normal
+    for corner, coordinates in enumerate(corners):
+        records["vectors"][:, corner, :] = coordinates.T
+    records["attr"] = 0
     return records
+
+
+def _corners_and_normals(vertices: np.ndarray, faces: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each face's corners and (not unit) normal, a contiguous row per coordinate.
+
+    Corners: three arrays of shape (3, n_faces), x, y, z of the faces' first,
+    second and third corner; normals: x, y, z of the cross product of the edges
+    from the first corner, as ``np.cross`` computes it. Worked out coordinate by
+    coordinate, which took half the time of ``np.cross`` on (n_faces, 3) arrays.
+    """
+    columns = np.ascontiguousarray(vertices.T)
+    corners = [columns[:, np.ascontiguousarray(faces[:, corner])] for corner in range(3)]
+    first_edge = corners[1] - corners[0]
+    second_edge = corners[2] - corners[0]
+    normals = [
+        first_edge[1] * second_edge[2] - first_edge[2] * second_edge[1],
+        first_edge[2] * second_edge[0] - first_edge[0] * second_edge[2],
+        first_edge[0] * second_edge[1] - first_edge[1] * second_edge[0],
+    ]
+    return corners, normals
 
 
 def write_stl(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray) -> None:
@@ -402,10 +425,10 @@ def area_and_volume(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, flo
     """
     if len(faces) == 0:
         return 0.0, 0.0
-    triangles = vertices.astype(np.float64)[faces]
-    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
-    area = np.sqrt(np.einsum("ij,ij->i", normals, normals)).sum() / 2
-    volume = np.einsum("ij,ij->i", triangles[:, 0], normals).sum() / 6
+    corners, (normal_x, normal_y, normal_z) = _corners_and_normals(vertices.astype(np.float64), faces)
+    area = np.sqrt(normal_x * normal_x + normal_y * normal_y + normal_z * normal_z).sum() / 2
+    first_x, first_y, first_z = corners[0]
+    volume = (first_x * normal_x + first_y * normal_y + first_z * normal_z).sum() / 6
     return float(area), float(volume)
 
 
