@@ -87,8 +87,9 @@ def object_statistics(
     """Measure every 26-connected object of a binary volume.
 
     The objects are numbered by :func:`label_objects` and measured by
-    :func:`measure_objects`. Each object is meshed on its own (marching cubes after Gaussian smoothing, as
-    :func:`vem3d.mesh.volume_to_mesh`), so touching neighbours do not share surface.
+    :func:`measure_objects`. Each object is meshed on its own (marching cubes after
+    Gaussian smoothing, as :func:`vem3d.mesh.volume_to_mesh`), so touching
+    neighbours do not share surface.
 
     Parameters
     ----------
