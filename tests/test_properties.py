@@ -81,8 +81,8 @@ def test_clean_up_objects_are_those_of_the_cleaned_volume(volume, min_voxels, fi
     # Small objects out (26-connected), then cavities filled as scipy fills them, then
     # numbered as scipy numbers them: what meshes and statistics are made of.
     structure = np.ones((3, 3, 3), bool)
-    labels, count = ndimage.label(volume, structure)
-    expected = volume & (np.bincount(labels.ravel())[labels] >= max(min_voxels, 1))
+    components, _ = ndimage.label(volume, structure)
+    expected = volume & (np.bincount(components.ravel())[components] >= max(min_voxels, 1))
     if fill_cavities:
         expected = ndimage.binary_fill_holes(expected)
     expected_labels, expected_count = ndimage.label(expected, structure)

@@ -41,10 +41,10 @@ def workflow_job(log_path: str | os.PathLike):
     440 000 of them once Keras and TensorFlow are imported) are moved out of the
     garbage collector's way for good (``gc.freeze``). Python would otherwise walk them
     all once more as the process ends: 1.2 s of each segment job's 18 s on a 2-core
-    CPU, 0.3 s of the other jobs. Objects made inside the job are collected as usual: the collector is
-    enabled again, for scripts that disable it while they import. Not for a process
-    that goes on after the block (a test, a notebook): what it had made before would
-    not be collected any more.
+    CPU, 0.3 s of the other jobs. Objects made inside the job are collected as usual:
+    the collector is enabled again, for scripts that disable it while they import.
+    Not for a process that goes on after the block (a test, a notebook): what it had
+    made before would not be collected any more.
     """
     gc.freeze()
     gc.enable()

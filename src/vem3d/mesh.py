@@ -109,15 +109,18 @@ def stl_records(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return records
 
 
-def _corners_and_normals(vertices: np.ndarray, faces: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _corners_and_normals(
+    vertices: np.ndarray, faces: np.ndarray, dtype=None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Each face's corners and (not unit) normal, a contiguous row per coordinate.
 
     Corners: three arrays of shape (3, n_faces), x, y, z of the faces' first,
     second and third corner; normals: x, y, z of the cross product of the edges
-    from the first corner, as ``np.cross`` computes it. Worked out coordinate by
-    coordinate, which took half the time of ``np.cross`` on (n_faces, 3) arrays.
+    from the first corner, as ``np.cross`` computes it, in ``dtype`` (default: the
+    vertices'). Worked out coordinate by coordinate, which took half the time of
+    ``np.cross`` on (n_faces, 3) arrays.
     """
-    columns = np.ascontiguousarray(vertices.T)
+    columns = np.ascontiguousarray(vertices.T, dtype=dtype)
     corners = [columns[:, np.ascontiguousarray(faces[:, corner])] for corner in range(3)]
     first_edge = corners[1] - corners[0]
     second_edge = corners[2] - corners[0]
@@ -425,7 +428,7 @@ def area_and_volume(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, flo
     """
     if len(faces) == 0:
         return 0.0, 0.0
-    corners, (normal_x, normal_y, normal_z) = _corners_and_normals(vertices.astype(np.float64), faces)
+    corners, (normal_x, normal_y, normal_z) = _corners_and_normals(vertices, faces, np.float64)
     area = np.sqrt(normal_x * normal_x + normal_y * normal_y + normal_z * normal_z).sum() / 2
     first_x, first_y, first_z = corners[0]
     volume = (first_x * normal_x + first_y * normal_y + first_z * normal_z).sum() / 6
