@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from vem3d.preprocess import preprocess_stack, read_preprocessed  # noqa: E402
-from vem3d.segment import Tiling, automatic_batch_size, load_model, segment_folder  # noqa: E402
+from vem3d.segment import Tiling, automatic_batch_size, batch_tiles, load_model, segment_folder  # noqa: E402
 from vem3d.slices import write_image  # noqa: E402
 from vem3d.synth import synthesise_stack  # noqa: E402
 from vem3d.train import save_weights  # noqa: E402
@@ -131,7 +131,8 @@ def step_and_network_seconds(model, folders, weights, config, tile, batch_size, 
     """
     overlap = tile // 8
     extra = list(read_preprocessed(folders[1]))[1:]
-    batches = [batch for _, image, _ in extra for batch in Tiling(image, tile, overlap, 2**config.depth).batches(batch_size)]
+    tilings = [(name, Tiling(image, tile, overlap, 2**config.depth)) for name, image, _ in extra]
+    batches = [batch for batch, _ in batch_tiles(tilings, batch_size)]  # as segment_slices batches them
     segment = [
         lambda folder=folder: segment_folder(
             folder, weights, [folder.parent / "out/probabilities"], [folder.parent / "out/masks"], config,
@@ -145,7 +146,7 @@ def step_and_network_seconds(model, folders, weights, config, tile, batch_size, 
         warm_up=False,  # segment_folder compiles afresh each time, and the difference leaves that out
     )
     step = (seconds[1] - seconds[0]) / len(extra)
-    return step, seconds["network"] / len(extra), sum(map(len, batches)) // len(extra)
+    return step, seconds["network"] / len(extra), len(tilings[0][1].positions)
 
 
 def report_model(name, config, tile, batch_size, precision, matmul_size, folders, repeats) -> None:

@@ -13,6 +13,7 @@ from vem3d.segment import (
     Tiling,
     activation_bytes,
     automatic_batch_size,
+    batch_tiles,
     blending_window,
     compute_ahead,
     load_model,
@@ -171,6 +172,46 @@ def test_streamed_segmentation_gives_what_the_plain_loop_gives():
     for (_, probabilities, mask), (_, expected_probabilities, expected_mask) in zip(streamed, plain):
         np.testing.assert_array_equal(probabilities, expected_probabilities)
         np.testing.assert_array_equal(mask, expected_mask)
+
+
+class _RecordingIdentity:
+    """A model that returns its input and records the size of each forward pass."""
+
+    def __init__(self):
+        self.batch_sizes = []
+
+    def predict_on_batch(self, batch):
+        self.batch_sizes.append(len(batch))
+        return batch
+
+
+def test_forward_passes_take_tiles_from_several_slices():
+    # Slices of one tile each (as half-resolution Lucchi++ slices are with 512-pixel
+    # tiles): a pass fills up with the next slices' tiles instead of running one tile.
+    rng = np.random.default_rng(3)
+    slices = [(f"s{index}", rng.random((24, 24), dtype=np.float32), (24, 24)) for index in range(9)]
+    model = _RecordingIdentity()
+    results = list(segment_slices(model, iter(slices), tile_size=32, overlap=8, batch_size=4))
+    # 9 tiles: 4, 4, and the last one padded to 4, so a compiled network sees one shape.
+    assert model.batch_sizes == [4, 4, 4]
+    assert [name for name, _, _ in results] == [name for name, _, _ in slices]
+    for (_, image, _), (_, probabilities, _) in zip(slices, results):
+        np.testing.assert_allclose(probabilities[..., 0], image, atol=1e-5)
+
+
+def test_tiles_of_another_size_start_a_new_batch():
+    rng = np.random.default_rng(4)
+    images = [rng.random(shape, dtype=np.float32) for shape in [(40, 40)] * 4 + [(20, 20), (40, 40)]]
+    tilings = [(index, Tiling(image, 64, 16, multiple=16)) for index, image in enumerate(images)]
+    assert [(tiling.tile_size, len(tiling.positions)) for _, tiling in tilings] == [(64, 1)] * 4 + [(48, 1), (64, 1)]
+    batches = list(batch_tiles(tilings, batch_size=3))
+    assert [(batch.shape, owners) for batch, owners in batches] == [
+        ((3, 64, 64, 1), [0, 1, 2]),
+        ((3, 64, 64, 1), [3]),  # padded: a full batch of 64s has run
+        ((1, 48, 48, 1), [4]),  # not padded: none of 48s has
+        ((3, 64, 64, 1), [5]),
+    ]
+    np.testing.assert_array_equal(batches[1][0][1:], batches[1][0][[0, 0]])  # padded with copies of slice 3's tile
 
 
 def _counting(items, counter):

@@ -130,14 +130,18 @@ class Tiling:
         than 4, 4, 1), so that a compiled network sees fewer batch shapes and no
         near-empty batch.
         """
-        size = self.tile_size
-        tiles = [self.padded[top : top + size, left : left + size] for top, left in self.positions]
+        tiles = self.tiles()
         n_batches = -(-len(tiles) // batch_size)
         per_batch = -(-len(tiles) // n_batches)
         return [np.stack(tiles[first : first + per_batch])[..., np.newaxis] for first in range(0, len(tiles), per_batch)]
 
+    def tiles(self) -> list[np.ndarray]:
+        """The tiles, float32 (tile_size, tile_size) views of the padded slice, in blending order."""
+        size = self.tile_size
+        return [self.padded[top : top + size, left : left + size] for top, left in self.positions]
+
     def blend(self, predictions: Iterable[np.ndarray]) -> np.ndarray:
-        """Blend tile predictions, given batch by batch in the order of :meth:`batches`.
+        """Blend tile predictions, given batch by batch in the order of :meth:`tiles`.
 
         Parameters
         ----------
@@ -290,6 +294,59 @@ def automatic_batch_size(unet_config: UNetConfig, tile_size: int, on_gpu: bool |
     return max(1, min(by_pixels, by_memory))
 
 
+def batch_tiles(tilings: Iterable[tuple[object, Tiling]], batch_size: int) -> Iterator[tuple[np.ndarray, list]]:
+    """Group the tiles of consecutive slices into forward passes of ``batch_size`` tiles.
+
+    A GPU needs tens of tiles at once to be busy, more than most slices hold (a
+    Lucchi++ slice of 768 x 1024 is 6 tiles of 512, half-resolution it is 1), so a
+    forward pass takes tiles from as many slices as fill it. Tiles of another size
+    (slices of another shape) start a new batch. Once a full batch of a tile size
+    has run, a last partial one of that size is padded with copies of its last tile,
+    so that a compiled network sees one batch shape per tile size.
+
+    Parameters
+    ----------
+    tilings : iterable of (owner, Tiling)
+        Each slice's tiling, with any object that stands for the slice.
+    batch_size : int
+        Tiles per forward pass.
+
+    Yields
+    ------
+    batch : ndarray of float32, shape (n <= batch_size, tile_size, tile_size, 1)
+    owners : list
+        The owner of each tile of the batch in order; padding tiles, at the end, have none.
+    """
+    tiles, owners = [], []
+    filled_sizes = set()  # tile sizes of which a full batch has run
+
+    def batch(pad: bool) -> tuple[np.ndarray, list]:
+        padding = [tiles[-1]] * (batch_size - len(tiles)) if pad else []
+        return np.stack(tiles + padding)[..., np.newaxis], owners
+
+    for owner, tiling in tilings:
+        if tiles and tiles[0].shape[0] != tiling.tile_size:
+            yield batch(pad=tiles[0].shape[0] in filled_sizes)
+            tiles, owners = [], []
+        for tile in tiling.tiles():
+            tiles.append(tile)
+            owners.append(owner)
+            if len(tiles) == batch_size:
+                yield batch(pad=False)
+                tiles, owners = [], []
+                filled_sizes.add(tiling.tile_size)
+    if tiles:
+        yield batch(pad=tiles[0].shape[0] in filled_sizes)
+
+
+@dataclasses.dataclass(eq=False)  # hashed by identity: one per slice
+class _TiledSlice:
+    name: str
+    tiling: Tiling
+    original_shape: tuple[int, int]
+    predictions: list = dataclasses.field(default_factory=list)
+
+
 _ITEM, _ERROR, _END = range(3)
 
 
@@ -361,10 +418,12 @@ def segment_slices(
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Segment preprocessed slices one after another, streamed, logging progress.
 
-    Three stages run at once: a thread reads and tiles the next slices, another runs
-    the network on the current one and blends its tiles, and the caller handles
-    (e.g. writes) the previous one. Each hands over at most ``prefetch`` slices, so
-    memory stays bounded. The results are those of a plain loop (``prefetch=0``).
+    Three stages run at once: a thread reads and tiles the next slices into batches
+    (:func:`batch_tiles`: a forward pass takes the tiles of several slices where one
+    holds fewer than ``batch_size``), another runs the network on the current batch and
+    blends each slice once its tiles are all predicted, and the caller handles (e.g.
+    writes) the slices before. Each hands over at most ``prefetch`` batches or slices,
+    so memory stays bounded. The results are those of a plain loop (``prefetch=0``).
 
     Parameters
     ----------
@@ -374,14 +433,17 @@ def segment_slices(
         Each preprocessed slice (float32 (rows, columns) in [0, 1]) with the shape
         of the raw slice it came from; predictions are resized back to that shape.
         Iterated in a background thread when ``prefetch`` > 0.
-    tile_size, overlap, batch_size, multiple
-        As for :func:`predict_tiled`.
+    tile_size, overlap, multiple
+        As for :class:`Tiling`.
+    batch_size : int
+        Tiles per forward pass.
     threshold : float
         Probability above which a pixel is foreground (binary models).
     test_time_augmentation : bool
         Average predictions over flips and rotations (8 times slower).
     prefetch : int
-        Slices each stage works ahead of the next; 0 runs everything in the caller's thread.
+        Batches or slices each stage works ahead of the next; 0 runs everything in the
+        caller's thread.
 
     Yields
     ------
@@ -403,21 +465,28 @@ def segment_slices(
 
     predict_batch = with_test_time_augmentation(predict_timed) if test_time_augmentation else predict_timed
 
-    def tiled():
+    def tilings():
         for name, image, original_shape in slices:
             tiling = Tiling(image, tile_size, overlap, multiple)
-            yield name, tiling, tiling.batches(batch_size), original_shape
+            yield _TiledSlice(name, tiling, original_shape), tiling
 
-    def segmented(tiled_slices):
+    def segmented(batches):
         started = time.perf_counter()
         count = 0
-        for count, (name, tiling, batches, original_shape) in enumerate(tiled_slices, start=1):
-            probabilities = tiling.blend(predict_batch(batch) for batch in batches)
-            if probabilities.shape[:2] != tuple(original_shape):
-                probabilities = resize(probabilities, tuple(original_shape) + probabilities.shape[2:])
-            yield name, probabilities, probabilities_to_mask(probabilities, threshold)
-            elapsed = time.perf_counter() - started
-            log.info("segmented %s: %d slices in %.1f s (%.2f slices/s)", name, count, elapsed, count / elapsed)
+        for batch, owners in batches:
+            predicted = np.asarray(predict_batch(batch), dtype=np.float32)
+            for owner, tile in zip(owners, predicted):
+                owner.predictions.append(tile)
+            for owner in dict.fromkeys(owners):  # the batch's slices, in order
+                if len(owner.predictions) < len(owner.tiling.positions):
+                    continue  # its last tiles come in the next batch
+                probabilities = owner.tiling.blend([np.stack(owner.predictions)])
+                if probabilities.shape[:2] != tuple(owner.original_shape):
+                    probabilities = resize(probabilities, tuple(owner.original_shape) + probabilities.shape[2:])
+                yield owner.name, probabilities, probabilities_to_mask(probabilities, threshold)
+                count += 1
+                elapsed = time.perf_counter() - started
+                log.info("segmented %s: %d slices in %.1f s (%.2f slices/s)", owner.name, count, elapsed, count / elapsed)
         log.info(
             "segmented %d slices in %.2f s, %.2f s of it in the network's forward passes",
             count,
@@ -425,10 +494,11 @@ def segment_slices(
             network_seconds,
         )
 
+    batches = batch_tiles(tilings(), batch_size)
     if prefetch < 1:
-        yield from segmented(tiled())
+        yield from segmented(batches)
     else:
-        yield from compute_ahead(segmented(compute_ahead(tiled(), prefetch)), prefetch)
+        yield from compute_ahead(segmented(compute_ahead(batches, prefetch)), prefetch)
 
 
 class SliceCache:
