@@ -1,8 +1,11 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+
+from vem3d.threads import map_ahead
 
 # CPU seconds per wall second of a run of large matrix products, in a fresh process.
 BUSY_CORES = """
@@ -40,3 +43,33 @@ def test_a_thread_limit_after_keras_is_imported_is_refused():
 
     with pytest.raises(RuntimeError, match="before keras is imported"):
         limit_cpu_threads(1)
+
+
+def test_map_ahead_keeps_order_and_takes_few_items_ahead():
+    taken = []
+
+    def items():
+        for index in range(40):
+            taken.append(index)
+            yield index
+
+    def slow_square(index):
+        time.sleep(0.01 * (index % 3))  # finish out of order
+        return index * index
+
+    results = map_ahead(slow_square, items(), workers=3)
+    assert [next(results) for _ in range(5)] == [0, 1, 4, 9, 16]
+    assert len(taken) <= 5 + 2 * 3  # yielded, and at most 2 * workers ahead
+    assert list(results) == [index * index for index in range(5, 40)]
+
+
+def test_map_ahead_raises_an_items_error_in_its_place():
+    def failing(index):
+        if index == 3:
+            raise OSError("slice 3: disk full")
+        return index
+
+    results = map_ahead(failing, range(10), workers=2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(OSError, match="slice 3: disk full"):
+        next(results)

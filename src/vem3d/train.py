@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from vem3d.augment import augment_pair
 from vem3d.labels import class_values, label_slices, one_hot, read_class_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
+from vem3d.threads import map_ahead
 from vem3d.unet import LOSSES, UNetConfig, build_unet, hard_dice
 
 log = logging.getLogger(__name__)
@@ -150,14 +149,7 @@ class PatchSampler:
         a GPU especially) waiting; each batch has its own seed, so the order of
         preparation does not change the result.
         """
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending = deque()
-            for index in range(self.config.steps_per_epoch):
-                pending.append(pool.submit(self.batch, epoch, index))
-                if len(pending) > 2 * workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
+        yield from map_ahead(lambda index: self.batch(epoch, index), range(self.config.steps_per_epoch), workers)
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``index`` of ``epoch``: images (n, size, size, 1) and masks (n, size, size, channels)."""
