@@ -1,5 +1,7 @@
 """Block-wise clean-up and meshing give the in-memory results, with seams that match."""
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,35 @@ def test_object_touching_the_volume_border_is_closed():
     vertices, faces = mesh_blockwise(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0), block_size=4)
     assert is_watertight(faces)
     assert_same_mesh((vertices, faces), volume_to_mesh(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0)))
+
+
+MARCH_BLOCK = blockwise._march_block
+
+
+def _march_block_recording(*arguments):
+    # At module level, so that the worker processes find it by name; they write the
+    # process id into a file, as their memory is their own.
+    with open(os.environ["VEM3D_TEST_MARCHED_IN"], "a") as record:
+        record.write(f"{os.getpid()}\n")
+    return MARCH_BLOCK(*arguments)
+
+
+def test_worker_processes_give_the_mesh_of_one_process(tmp_path, monkeypatch):
+    record = tmp_path / "pids"
+    monkeypatch.setenv("VEM3D_TEST_MARCHED_IN", str(record))
+    monkeypatch.setattr(blockwise, "_march_block", _march_block_recording)
+    volume = blobs((40, 37, 45), 4)
+    serial = list(mesh_blocks(volume, VOXEL_NM, block_size=8))
+    assert set(record.read_text().split()) == {str(os.getpid())}
+    record.unlink()
+    parallel = list(mesh_blocks(volume, VOXEL_NM, block_size=8, workers=3))
+    marched_in = set(record.read_text().split())
+    assert str(os.getpid()) not in marched_in and len(marched_in) > 1
+    assert len(parallel) == len(serial) > 20
+    for got, expected in zip(parallel, serial):  # in the same order, bit for bit
+        np.testing.assert_array_equal(got.vertices, expected.vertices)
+        np.testing.assert_array_equal(got.faces, expected.faces)
+        np.testing.assert_array_equal(got.shared, expected.shared)
 
 
 def test_uniform_blocks_are_not_smoothed(monkeypatch):

@@ -25,12 +25,15 @@ import contextlib
 import itertools
 import logging
 import math
+import multiprocessing
 import os
 import struct
 import tempfile
 import time
 import zipfile
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +60,7 @@ from vem3d.mesh import (
 )
 from vem3d.slices import list_slices, read_slice
 from vem3d.stats import AXES, OBJECT_COLUMNS, object_mesh_measures, sphericity
+from vem3d.threads import finished, ordered_results
 from vem3d.volume import connected_components
 
 log = logging.getLogger(__name__)
@@ -570,6 +574,7 @@ def mesh_blocks(
     level: float = 0.5,
     task: str = "marching cubes",
     cache: ArrayCache | None = None,
+    workers: int = 1,
 ) -> Iterator[BlockMesh]:
     """Marching cubes of :func:`vem3d.mesh.volume_to_mesh`, one block at a time.
 
@@ -594,6 +599,9 @@ def mesh_blocks(
         Blocks whose voxels and halo are those of a block meshed before (same place,
         same settings) take its marching cubes from here instead of computing them;
         the others are stored. The caller prunes it.
+    workers : int
+        Processes that smooth and march blocks, each holding a block or two; 1 does
+        it in this process.
 
     Yields
     ------
@@ -610,45 +618,74 @@ def mesh_blocks(
     padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
     ranges = [_cube_ranges(n, side) for n, side in zip(shape, _block_shape(block_size))]
     indices = list(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)))
-    for index in _logged(indices, len(indices), task):
-        cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
-        # Grid points first..stop (the cubes' corners) and the kernel's reach around them.
-        wanted = [(first - radius, stop + 1 + radius) for first, stop in cubes]
-        voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
-        if not voxels.any():
-            continue
-        reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
-        if voxels.all() and not reaches_border:
-            continue
-        key = mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, level) if cache else None
-        stored = cache.get(key) if cache else None
-        if stored is not None:
-            local, faces = stored["vertices"], stored["faces"]
-        else:
-            local, faces = _march_block(voxels, wanted, shape, padding, radius, smoothing_sigma, level, reaches_border)
-            if cache:
+    blocks = deque()  # (index, cubes, key, computed) of the blocks submitted, in order
+
+    def submitted(submit) -> Iterator[Future]:
+        for index in _logged(indices, len(indices), task):
+            cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
+            # Grid points first..stop (the cubes' corners) and the kernel's reach around them.
+            wanted = [(first - radius, stop + 1 + radius) for first, stop in cubes]
+            voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
+            if not voxels.any():
+                continue
+            reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
+            if voxels.all() and not reaches_border:
+                continue
+            key = mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, level) if cache else None
+            stored = cache.get(key) if cache else None
+            blocks.append((index, cubes, key, stored is None))
+            if stored is not None:
+                yield finished((stored["vertices"], stored["faces"]))
+            else:
+                yield submit(_march_block, voxels, wanted, shape, padding, radius, smoothing_sigma, level, reaches_border)
+
+    with _marching_pool(workers) as submit:
+        for local, faces in ordered_results(submitted(submit), ahead=2 * workers):
+            index, cubes, key, computed = blocks.popleft()
+            if computed and cache:
                 cache.put(key, vertices=local, faces=faces)
-        del voxels
-        if not len(faces):
-            continue
-        grid = local.astype(np.float64) + np.array([first for first, _ in cubes], dtype=np.float64)
-        lower = np.zeros(len(grid), bool)
-        upper = np.zeros(len(grid), bool)
-        for axis, ((first, stop), k) in enumerate(zip(cubes, index)):
-            if k > 0:
-                lower |= grid[:, axis] == first
-            if k < len(ranges[axis]) - 1:
-                upper |= grid[:, axis] == stop
-        yield BlockMesh(
-            vertices=(grid * spacing)[:, ::-1].astype(np.float32),
-            faces=faces.astype(np.int64),
-            grid=grid,
-            shared=lower | upper,
-            owned=~lower,
-            key=key,
-        )
+            yield from _block_mesh(local, faces, cubes, index, ranges, spacing, key)
     if cache and task:
         log.info("%s: %d blocks' meshes reused, %d computed", task, cache.hits, cache.misses)
+
+
+@contextlib.contextmanager
+def _marching_pool(workers: int):
+    """A ``submit(function, *arguments) -> Future`` running in ``workers`` processes; with
+    one worker, in this one, at once.
+
+    Processes, as scikit-image's marching cubes holds the GIL. Forked: a worker needs
+    nothing but the arguments, and a spawned one would run the calling script (the
+    workflow's scripts have no main guard) again.
+    """
+    if workers <= 1:
+        yield lambda function, *arguments: finished(function(*arguments))
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool.submit
+
+
+def _block_mesh(local, faces, cubes, index, ranges, spacing, key) -> Iterator[BlockMesh]:
+    """A marched block's :class:`BlockMesh` (none when it has no faces): vertices in nm,
+    and which of them lie on the planes shared with neighbouring blocks."""
+    if not len(faces):
+        return
+    grid = local.astype(np.float64) + np.array([first for first, _ in cubes], dtype=np.float64)
+    lower = np.zeros(len(grid), bool)
+    upper = np.zeros(len(grid), bool)
+    for axis, ((first, stop), k) in enumerate(zip(cubes, index)):
+        if k > 0:
+            lower |= grid[:, axis] == first
+        if k < len(ranges[axis]) - 1:
+            upper |= grid[:, axis] == stop
+    yield BlockMesh(
+        vertices=(grid * spacing)[:, ::-1].astype(np.float32),
+        faces=faces.astype(np.int64),
+        grid=grid,
+        shared=lower | upper,
+        owned=~lower,
+        key=key,
+    )
 
 
 def weld_block_meshes(block_meshes) -> tuple[np.ndarray, np.ndarray]:
@@ -696,13 +733,14 @@ def mesh_blockwise(
     block_size: int = DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
     level: float = 0.5,
+    workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`vem3d.mesh.volume_to_mesh` block by block: the same mesh, up to vertex and face order.
 
     Holds the mesh, not the volume, in memory. Parameters as for :func:`mesh_blocks`;
     returns as :func:`weld_block_meshes`.
     """
-    return weld_block_meshes(mesh_blocks(volume, voxel_size_nm, block_size, smoothing_sigma, level))
+    return weld_block_meshes(mesh_blocks(volume, voxel_size_nm, block_size, smoothing_sigma, level, workers=workers))
 
 
 def write_stl_blocks(path: str | os.PathLike, block_meshes, on_block=None) -> int:
@@ -876,6 +914,7 @@ def write_mesh_blockwise(
     smoothing_sigma: float = 0.75,
     max_faces: int = 0,
     cache: BlockMeshCache | None = None,
+    workers: int = 1,
 ) -> dict[str, float | int]:
     """Mesh a cleaned volume block by block into an STL; measure the mesh on the way.
 
@@ -896,6 +935,8 @@ def write_mesh_blockwise(
     cache : BlockMeshCache, optional
         Reuse the marching cubes (:func:`mesh_blocks`), STL records and measures of
         unchanged blocks; left holding this mesh's.
+    workers : int
+        Processes that march blocks (:func:`mesh_blocks`).
 
     Returns
     -------
@@ -906,7 +947,9 @@ def write_mesh_blockwise(
     """
     started = time.monotonic()
     totals = MeshMeasurements()
-    block_meshes = mesh_blocks(cleaned.volume, voxel_size_nm, block_size, smoothing_sigma, cache=cache and cache.cubes)
+    block_meshes = mesh_blocks(
+        cleaned.volume, voxel_size_nm, block_size, smoothing_sigma, cache=cache and cache.cubes, workers=workers
+    )
     if cache:
         block_meshes = cache.with_kept_records(block_meshes)
     block_meshes = totals.measure(block_meshes)
@@ -961,6 +1004,7 @@ def mesh_masks_blockwise(
     max_faces: int = 0,
     scratch_dir: str | os.PathLike | None = None,
     cache: BlockMeshCache | None = None,
+    workers: int = 1,
 ) -> dict[str, float | int]:
     """Mask folders to an STL and its measurements, holding blocks, not the volume, in memory.
 
@@ -972,7 +1016,7 @@ def mesh_masks_blockwise(
     ----------
     mask_dirs, voxel_size_nm, min_object_voxels, smoothing_sigma, fill_cavities
         As for :func:`vem3d.mesh.mesh_from_masks`.
-    stl_path, block_size, max_faces, cache
+    stl_path, block_size, max_faces, cache, workers
         As for :func:`write_mesh_blockwise`.
     scratch_dir : path, optional
         Where the zarr volumes go (compressed masks: far less than a byte per voxel);
@@ -985,7 +1029,7 @@ def mesh_masks_blockwise(
     """
     scratch_parent = scratch_dir if scratch_dir is not None else Path(stl_path).parent
     with _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels, fill_cavities, block_size) as (cleaned, _):
-        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces, cache)
+        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces, cache, workers)
 
 
 @contextlib.contextmanager

@@ -271,6 +271,12 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         default=_default(mesh_from_masks, "max_faces"),
         help="simplify the STL to at most this many faces; 0 keeps the full mesh (default: %(default)s)",
     )
+    mesh.add_argument(
+        "--workers",
+        type=int,
+        default=_default(mesh_from_masks, "workers"),
+        help="processes that smooth and mesh blocks at once, up to the cores there are (default: %(default)s)",
+    )
     stats = commands.add_parser("stats", help="measure each 3D object: objects.tsv and objects_summary.tsv")
     _add_mask_options(stats, statistics_from_masks)
     return parser
@@ -344,6 +350,7 @@ def run(args: argparse.Namespace) -> None:
                 mesh_dir=args.out_dir / "meshes",
                 summary_path=args.out_dir / "mesh_summary.tsv",
                 max_faces=args.max_faces,
+                workers=args.workers,
                 **cleaning,
             )
         else:

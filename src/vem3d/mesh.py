@@ -462,6 +462,7 @@ def mesh_from_masks(
     memory_gib: float = 4.0,
     max_faces: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Assemble each class's masks into a volume, clean it, mesh it; write STLs and a summary TSV.
 
@@ -497,6 +498,8 @@ def mesh_from_masks(
     cache_dir : path, optional
         Keep each class's block meshes here (:class:`vem3d.blockwise.BlockMeshCache`),
         so that a run after some slices changed meshes again only the blocks they reach.
+    workers : int
+        Processes that smooth and march blocks of the volume (:func:`vem3d.blockwise.mesh_blocks`).
 
     Returns
     -------
@@ -524,6 +527,7 @@ def mesh_from_masks(
                     block_size or blockwise.DEFAULT_BLOCK_SIZE,
                     max_faces,
                     cache=block_cache(class_name),
+                    workers=workers,
                 ),
             }
             for class_name, folders in mask_dirs.items()
@@ -544,6 +548,7 @@ def mesh_from_masks(
                 smoothing_sigma,
                 max_faces,
                 block_cache(class_name),
+                workers,
             )
             rows.append({"class": class_name, **row})
     for row in rows:

@@ -7,7 +7,7 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 def limit_cpu_threads(n_threads: int) -> None:
@@ -54,13 +54,26 @@ def map_ahead(function: Callable, items: Iterable, workers: int) -> Iterator:
     by ``function`` is raised here, in its item's place, after the items under way end.
     """
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = deque()
-        for item in items:
-            pending.append(pool.submit(function, item))
-            if len(pending) > 2 * workers:
-                yield pending.popleft().result()
-        while pending:
+        yield from ordered_results((pool.submit(function, item) for item in items), ahead=2 * workers)
+
+
+def ordered_results(futures: Iterable[Future], ahead: int) -> Iterator:
+    """The results of ``futures`` in their order, taking at most ``ahead`` futures
+    beyond the one whose result is awaited (those submit the next work)."""
+    pending = deque()
+    for future in futures:
+        pending.append(future)
+        if len(pending) > ahead:
             yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def finished(value) -> Future:
+    """A future that already holds ``value``: a result at hand among results computed elsewhere."""
+    future = Future()
+    future.set_result(value)
+    return future
 
 
 # Device files of the NVIDIA and AMD (ROCm) GPU drivers.

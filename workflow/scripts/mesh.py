@@ -11,5 +11,6 @@ with workflow_job(snakemake.log[0]):
         memory_gib=snakemake.params.memory_gib,
         cache_dir=snakemake.params.cache_dir,
         max_faces=snakemake.params.max_faces,
+        workers=snakemake.threads,
         **snakemake.params.clean_up,
     )
