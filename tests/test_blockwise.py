@@ -9,6 +9,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from vem3d import blockwise
+from vem3d import stats as stats_module
 from vem3d.blockwise import (
     assemble_mask_zarr,
     clean_blockwise,
@@ -122,20 +123,29 @@ def test_object_touching_the_volume_border_is_closed():
     assert_same_mesh((vertices, faces), volume_to_mesh(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0)))
 
 
-MARCH_BLOCK = blockwise._march_block
+MARCH_BLOCK, MESH_MEASURES = blockwise._march_block, stats_module._mesh_measures
 
 
-def _march_block_recording(*arguments):
-    # At module level, so that the worker processes find it by name; they write the
-    # process id into a file, as their memory is their own.
-    with open(os.environ["VEM3D_TEST_MARCHED_IN"], "a") as record:
+def _record_process():
+    # The worker processes write their process id into a file, as their memory is their own.
+    with open(os.environ["VEM3D_TEST_WORKED_IN"], "a") as record:
         record.write(f"{os.getpid()}\n")
+
+
+# At module level, so that the worker processes find them by name.
+def _march_block_recording(*arguments):
+    _record_process()
     return MARCH_BLOCK(*arguments)
+
+
+def _mesh_measures_recording(*arguments):
+    _record_process()
+    return MESH_MEASURES(*arguments)
 
 
 def test_worker_processes_give_the_mesh_of_one_process(tmp_path, monkeypatch):
     record = tmp_path / "pids"
-    monkeypatch.setenv("VEM3D_TEST_MARCHED_IN", str(record))
+    monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
     monkeypatch.setattr(blockwise, "_march_block", _march_block_recording)
     volume = blobs((40, 37, 45), 4)
     serial = list(mesh_blocks(volume, VOXEL_NM, block_size=8))
@@ -276,6 +286,23 @@ def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folde
         "b_summary.tsv",
         "masks",
     ]
+
+
+@pytest.mark.parametrize("block_size", [0, 8])  # in memory, block by block
+def test_worker_processes_give_the_statistics_of_one_process(tmp_path, monkeypatch, mask_folders, block_size):
+    record = tmp_path / "pids"
+    monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
+    monkeypatch.setattr(stats_module, "_mesh_measures", _mesh_measures_recording)
+    masks = {"foreground": mask_folders}
+    tables = {}
+    for workers in (1, 3):
+        paths = (tmp_path / f"{workers}_objects.tsv", tmp_path / f"{workers}_summary.tsv")
+        statistics_from_masks(masks, VOXEL_NM, *paths, min_object_voxels=5, block_size=block_size, workers=workers)
+        tables[workers] = paths[0].read_bytes()
+        worked_in = set(record.read_text().split())
+        record.unlink()
+        assert (worked_in == {str(os.getpid())}) == (workers == 1)
+    assert tables[3] == tables[1] and len(tables[1].splitlines()) > 4
 
 
 @pytest.mark.parametrize("block_size", [5, 64])

@@ -25,7 +25,6 @@ import contextlib
 import itertools
 import logging
 import math
-import multiprocessing
 import os
 import struct
 import tempfile
@@ -33,7 +32,7 @@ import time
 import zipfile
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +58,8 @@ from vem3d.mesh import (
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
-from vem3d.stats import AXES, OBJECT_COLUMNS, object_mesh_measures, sphericity
-from vem3d.threads import finished, ordered_results
+from vem3d.stats import AXES, OBJECT_COLUMNS, mesh_measures, object_mesh_measures, sphericity
+from vem3d.threads import finished, ordered_results, process_pool
 from vem3d.volume import connected_components
 
 log = logging.getLogger(__name__)
@@ -639,7 +638,7 @@ def mesh_blocks(
             else:
                 yield submit(_march_block, voxels, wanted, shape, padding, radius, smoothing_sigma, level, reaches_border)
 
-    with _marching_pool(workers) as submit:
+    with process_pool(workers) as submit:
         for local, faces in ordered_results(submitted(submit), ahead=2 * workers):
             index, cubes, key, computed = blocks.popleft()
             if computed and cache:
@@ -647,22 +646,6 @@ def mesh_blocks(
             yield from _block_mesh(local, faces, cubes, index, ranges, spacing, key)
     if cache and task:
         log.info("%s: %d blocks' meshes reused, %d computed", task, cache.hits, cache.misses)
-
-
-@contextlib.contextmanager
-def _marching_pool(workers: int):
-    """A ``submit(function, *arguments) -> Future`` running in ``workers`` processes; with
-    one worker, in this one, at once.
-
-    Processes, as scikit-image's marching cubes holds the GIL. Forked: a worker needs
-    nothing but the arguments, and a spawned one would run the calling script (the
-    workflow's scripts have no main guard) again.
-    """
-    if workers <= 1:
-        yield lambda function, *arguments: finished(function(*arguments))
-        return
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield pool.submit
 
 
 def _block_mesh(local, faces, cubes, index, ranges, spacing, key) -> Iterator[BlockMesh]:
@@ -1055,6 +1038,32 @@ class _ObjectMask:
         return self._object_of[np.asarray(self._labels[shifted])] == self._component
 
 
+def _measure_pieces(labels, region, shape, block_rows, crosses, whole) -> Iterator[np.ndarray]:
+    """Measure each labelled piece of a block into ``block_rows`` (all but the mesh
+    measures) and ``crosses`` (whether it touches a border with another block); yield
+    the masks of the pieces that are whole objects, their numbers appended to ``whole``."""
+    origin = np.array([part.start for part in region])
+    inner_border = [(part.start > 0, part.stop < n) for part, n in zip(region, shape)]
+    for k, window in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[window] == k
+        coordinates = np.nonzero(inside)
+        start = np.array([part.start for part in window]) + origin
+        crosses[k] = any(
+            (low and part.start == 0) or (high and part.stop == n)
+            for part, n, (low, high) in zip(window, labels.shape, inner_border)
+        )
+        block_rows[k - 1, :11] = [
+            len(coordinates[0]),
+            *(c.sum() + len(c) * s for c, s in zip(coordinates, start)),
+            *start,
+            *(np.array([part.stop for part in window]) + origin),
+            np.ravel_multi_index(tuple(np.array([c[0] for c in coordinates]) + start), shape),
+        ]
+        if not crosses[k]:
+            whole.append(k)
+            yield inside
+
+
 def object_statistics_blockwise(
     volume,
     voxel_size_nm: tuple[float, float, float],
@@ -1062,6 +1071,7 @@ def object_statistics_blockwise(
     smoothing_sigma: float = 0.75,
     block_size: int = DEFAULT_BLOCK_SIZE,
     cache: TableCache | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """:func:`vem3d.stats.object_statistics`, block by block: the same table.
 
@@ -1082,6 +1092,8 @@ def object_statistics_blockwise(
         Block side in voxels.
     cache : vem3d.cache.TableCache, optional
         As for :func:`vem3d.stats.object_statistics`.
+    workers : int
+        Processes that mesh the objects inside one block (:func:`vem3d.stats.mesh_measures`).
 
     Returns
     -------
@@ -1097,7 +1109,7 @@ def object_statistics_blockwise(
     # coordinate sums, box start and stop, raster index of its first voxel, and
     # (mesh volume, area) where the piece is known to be a whole object, else NaN.
     rows: list[np.ndarray] = [np.array([[0, 0, 0, 0, *([np.iinfo(np.int64).max] * 3), 0, 0, 0, -1, 0, 0]], np.float64)]
-    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch, process_pool(workers) as submit:
         spanning = zarr.create_array(
             Path(scratch) / "labels.zarr",
             shape=shape,
@@ -1109,30 +1121,12 @@ def object_statistics_blockwise(
             labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
             if count == 0:
                 continue
-            origin = np.array([part.start for part in region])
-            inner_border = [(part.start > 0, part.stop < n) for part, n in zip(region, shape)]
             crosses = np.zeros(count + 1, bool)
-            block_rows = np.empty((count, 13))
-            for k, window in enumerate(ndimage.find_objects(labels), start=1):
-                inside = labels[window] == k
-                coordinates = np.nonzero(inside)
-                start = np.array([part.start for part in window]) + origin
-                crosses[k] = any(
-                    (low and part.start == 0) or (high and part.stop == n)
-                    for part, n, (low, high) in zip(window, labels.shape, inner_border)
-                )
-                block_rows[k - 1] = [
-                    len(coordinates[0]),
-                    *(c.sum() + len(c) * s for c, s in zip(coordinates, start)),
-                    *start,
-                    *(np.array([part.stop for part in window]) + origin),
-                    np.ravel_multi_index(tuple(np.array([c[0] for c in coordinates]) + start), shape),
-                    *(
-                        (np.nan, np.nan)
-                        if crosses[k]
-                        else object_mesh_measures(inside, voxel_size_nm, smoothing_sigma, cache)
-                    ),
-                ]
+            block_rows = np.full((count, 13), np.nan)
+            whole = deque()  # numbers of the pieces handed to mesh_measures, in order
+            masks = _measure_pieces(labels, region, shape, block_rows, crosses, whole)
+            for measures in mesh_measures(masks, voxel_size_nm, smoothing_sigma, cache, submit):
+                block_rows[whole.popleft() - 1, 11:] = measures
             rows.append(block_rows)
             if crosses.any():
                 spanning[region] = np.where(crosses[labels], labels.astype(np.uint64) + pieces.offsets[index], 0)
@@ -1192,6 +1186,7 @@ def object_statistics_from_masks_blockwise(
     fill_cavities: bool = True,
     block_size: int = DEFAULT_BLOCK_SIZE,
     cache: TableCache | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Mask folders to the object table of :func:`vem3d.stats.object_statistics`, block by block.
 
@@ -1201,4 +1196,6 @@ def object_statistics_from_masks_blockwise(
     :func:`vem3d.stats.statistics_from_masks`.
     """
     with _cleaned_masks(mask_dirs, scratch_dir, min_object_voxels, fill_cavities, block_size) as (cleaned, scratch):
-        return object_statistics_blockwise(cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size, cache)
+        return object_statistics_blockwise(
+            cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size, cache, workers
+        )

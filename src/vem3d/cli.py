@@ -134,6 +134,12 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
         help="memory the whole-volume path may use, GiB (default: %(default)s)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=_default(function, "workers"),
+        help="processes that mesh blocks or objects at once, up to the cores there are (default: %(default)s)",
+    )
+    parser.add_argument(
         "--cache-dir",
         type=Path,
         help="keep per-block meshes / per-object measures here and reuse those of unchanged parts on the "
@@ -271,12 +277,6 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         default=_default(mesh_from_masks, "max_faces"),
         help="simplify the STL to at most this many faces; 0 keeps the full mesh (default: %(default)s)",
     )
-    mesh.add_argument(
-        "--workers",
-        type=int,
-        default=_default(mesh_from_masks, "workers"),
-        help="processes that smooth and mesh blocks at once, up to the cores there are (default: %(default)s)",
-    )
     stats = commands.add_parser("stats", help="measure each 3D object: objects.tsv and objects_summary.tsv")
     _add_mask_options(stats, statistics_from_masks)
     return parser
@@ -343,6 +343,7 @@ def run(args: argparse.Namespace) -> None:
             "block_size": args.block_size,
             "memory_gib": args.memory_gib,
             "cache_dir": args.cache_dir,
+            "workers": args.workers,
         }
         if args.command == "mesh":
             mesh_from_masks(
@@ -350,7 +351,6 @@ def run(args: argparse.Namespace) -> None:
                 mesh_dir=args.out_dir / "meshes",
                 summary_path=args.out_dir / "mesh_summary.tsv",
                 max_faces=args.max_faces,
-                workers=args.workers,
                 **cleaning,
             )
         else:

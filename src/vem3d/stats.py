@@ -8,10 +8,14 @@ meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +25,16 @@ from scipy import ndimage
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, volume_to_mesh
+from vem3d.threads import finished, ordered_results, process_pool
 from vem3d.volume import class_objects, label_objects
 
 log = logging.getLogger(__name__)
 
 AXES = ("z", "y", "x")
 PROGRESS_EVERY = 100  # objects between progress lines in the log
+# Objects handed to the meshing processes ahead of the one awaited: each is a few
+# milliseconds of work, so a worker should never wait for the next.
+OBJECTS_AHEAD = 256
 OBJECT_COLUMNS = [
     "object",
     "voxels",
@@ -66,16 +74,48 @@ def object_mesh_measures(
         Measures of objects seen before, by their voxels (wherever they lie) and the
         settings; an object not there is measured and stored.
     """
-    key = mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma) if cache else None
-    stored = cache.get(key) if cache else None
-    if stored is not None:
-        return float(stored[0]), float(stored[1])
+    return next(mesh_measures([inside], voxel_size_nm, smoothing_sigma, cache))
+
+
+def mesh_measures(
+    insides: Iterable[np.ndarray],
+    voxel_size_nm: tuple[float, float, float],
+    smoothing_sigma: float,
+    cache: TableCache | None = None,
+    submit: Callable | None = None,
+) -> Iterator[tuple[float, float]]:
+    """:func:`object_mesh_measures` of each object in order, those not in ``cache``
+    computed through ``submit`` (a :func:`vem3d.threads.process_pool`'s) where given.
+
+    Objects are taken up to a few hundred ahead of the one whose measures are
+    yielded, so that the workers always have some.
+    """
+    keys = deque()  # per object submitted: its cache key where it is computed, else None
+
+    def submitted(submit) -> Iterator[Future]:
+        for inside in insides:
+            key = mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma) if cache else None
+            stored = cache.get(key) if cache else None
+            keys.append(None if stored is not None else key)
+            if stored is not None:
+                yield finished((float(stored[0]), float(stored[1])))
+            else:
+                yield submit(_mesh_measures, inside, voxel_size_nm, smoothing_sigma)
+
+    with contextlib.nullcontext(submit) if submit else process_pool(1) as submit:
+        for measures in ordered_results(submitted(submit), ahead=OBJECTS_AHEAD):
+            key = keys.popleft()
+            if key is not None:
+                cache.put(key, measures)
+            yield measures
+
+
+def _mesh_measures(
+    inside: np.ndarray, voxel_size_nm: tuple[float, float, float], smoothing_sigma: float
+) -> tuple[float, float]:
     vertices, faces = volume_to_mesh(inside, voxel_size_nm, smoothing_sigma=smoothing_sigma)
     area_nm2, volume_nm3 = area_and_volume(vertices, faces)
-    measures = (volume_nm3, area_nm2)
-    if cache:
-        cache.put(key, measures)
-    return measures
+    return volume_nm3, area_nm2
 
 
 def object_statistics(
@@ -122,6 +162,7 @@ def measure_objects(
     voxel_size_nm: tuple[float, float, float],
     smoothing_sigma: float = 0.75,
     cache: TableCache | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Measure numbered objects: the table of :func:`object_statistics`.
 
@@ -133,6 +174,8 @@ def measure_objects(
     n_objects : int
     voxel_size_nm, smoothing_sigma, cache
         As for :func:`object_statistics`.
+    workers : int
+        Processes that mesh the objects (:func:`mesh_measures`); 1 meshes them in this one.
 
     Returns
     -------
@@ -140,34 +183,40 @@ def measure_objects(
         As :func:`object_statistics` returns it, one row per object in the order of their numbers.
     """
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    voxel_rows = []  # per object: number, voxels, voxel volume, centroid and box, measured as it is handed out
+
+    def insides() -> Iterator[np.ndarray]:
+        for index, window in enumerate(ndimage.find_objects(labels), start=1):
+            inside = labels[window] == index
+            offset = np.array([axis.start for axis in window])
+            voxels = int(np.count_nonzero(inside))
+            voxel_rows.append(
+                (
+                    index,
+                    voxels,
+                    voxels * spacing.prod() / NM3_PER_UM3,
+                    (np.argwhere(inside).mean(axis=0) + offset) * spacing,
+                    (offset - 0.5) * spacing,
+                    (np.array([axis.stop for axis in window]) - 0.5) * spacing,
+                )
+            )
+            yield inside
+
     rows = []
     started = time.monotonic()
-    for index, window in enumerate(ndimage.find_objects(labels), start=1):
-        inside = labels[window] == index
-        mesh_volume_nm3, area_nm2 = object_mesh_measures(inside, voxel_size_nm, smoothing_sigma, cache)
-        area_um2 = area_nm2 / NM2_PER_UM2
-        mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
-        offset = np.array([axis.start for axis in window])
-        centroid = (np.argwhere(inside).mean(axis=0) + offset) * spacing
-        first = offset - 0.5
-        last = np.array([axis.stop for axis in window]) - 0.5
-        voxels = int(np.count_nonzero(inside))
-        rows.append(
-            [
-                index,
-                voxels,
-                voxels * spacing.prod() / NM3_PER_UM3,
-                mesh_volume_um3,
-                area_um2,
-                sphericity(mesh_volume_um3, area_um2),
-                *centroid,
-                *(first * spacing),
-                *(last * spacing),
-            ]
-        )
-        if index % PROGRESS_EVERY == 0:
-            elapsed = time.monotonic() - started
-            log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
+    with process_pool(workers) as submit:
+        measured = mesh_measures(insides(), voxel_size_nm, smoothing_sigma, cache, submit)
+        for index, (mesh_volume_nm3, area_nm2) in enumerate(measured, start=1):
+            number, voxels, volume_um3, centroid, first, last = voxel_rows[index - 1]
+            area_um2 = area_nm2 / NM2_PER_UM2
+            mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
+            rows.append(
+                [number, voxels, volume_um3, mesh_volume_um3, area_um2, sphericity(mesh_volume_um3, area_um2),
+                 *centroid, *first, *last]
+            )
+            if index % PROGRESS_EVERY == 0:
+                elapsed = time.monotonic() - started
+                log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
     log.info("measured %d objects", n_objects)
     return pd.DataFrame(rows, columns=OBJECT_COLUMNS).astype({"object": np.int64, "voxels": np.int64})
 
@@ -217,6 +266,7 @@ def statistics_from_masks(
     block_size: int = 0,
     memory_gib: float = 4.0,
     cache_dir: str | os.PathLike | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Measure the objects of each class of a sample; write the object table and summary rows.
 
@@ -244,6 +294,8 @@ def statistics_from_masks(
     cache_dir : path, optional
         Keep each class's objects' mesh measures here (:func:`object_mesh_measures`),
         so that a run after some slices changed meshes again only the objects they reach.
+    workers : int
+        Processes that mesh the objects (:func:`mesh_measures`).
 
     Returns
     -------
@@ -269,13 +321,14 @@ def statistics_from_masks(
                 fill_cavities,
                 block_size or blockwise.DEFAULT_BLOCK_SIZE,
                 caches.get(class_name),
+                workers,
             )
             for class_name, folders in mask_dirs.items()
         }
     else:
         objects = class_objects(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
         tables = {
-            class_name: measure_objects(labels, n_objects, voxel_size_nm, smoothing_sigma, caches.get(class_name))
+            class_name: measure_objects(labels, n_objects, voxel_size_nm, smoothing_sigma, caches.get(class_name), workers)
             for class_name, labels, n_objects in objects
         }
     for class_name, cache in caches.items():

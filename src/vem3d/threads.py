@@ -1,13 +1,15 @@
 """CPU threads: those of the network's framework, which it sizes once, when imported,
-and pools of threads that prepare or write data beside the network."""
+and pools of threads or processes that share out the work of a step."""
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 
 
 def limit_cpu_threads(n_threads: int) -> None:
@@ -67,6 +69,23 @@ def ordered_results(futures: Iterable[Future], ahead: int) -> Iterator:
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[Callable[..., Future]]:
+    """A ``submit(function, *arguments) -> Future`` that runs in ``workers`` processes;
+    with one worker, in this process, at once.
+
+    For work that holds the GIL (scikit-image's marching cubes), which threads would
+    only take turns at. Forked: a worker needs nothing but its arguments (module-level
+    functions and arrays), and a spawned one would run the calling script again (the
+    workflow's scripts have no main guard).
+    """
+    if workers <= 1:
+        yield lambda function, *arguments: finished(function(*arguments))
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool.submit
 
 
 def finished(value) -> Future:

@@ -10,5 +10,6 @@ with workflow_job(snakemake.log[0]):
         block_size=snakemake.params.block_size,
         memory_gib=snakemake.params.memory_gib,
         cache_dir=snakemake.params.cache_dir,
+        workers=snakemake.threads,
         **snakemake.params.clean_up,
     )
