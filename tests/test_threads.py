@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from vem3d.threads import map_ahead
+from vem3d.threads import map_ahead, ordered_results, process_pool
 
 # CPU seconds per wall second of a run of large matrix products, in a fresh process.
 BUSY_CORES = """
@@ -73,3 +73,19 @@ def test_map_ahead_raises_an_items_error_in_its_place():
     assert [next(results) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(OSError, match="slice 3: disk full"):
         next(results)
+
+
+def _fails_at_three(index):
+    # At module level, so that worker processes find it by name.
+    if index == 3:
+        raise ValueError("block 3: unreadable")
+    return index * index
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # in this process, in worker processes
+def test_process_pool_results_come_in_order_and_an_error_in_its_place(workers):
+    with process_pool(workers) as submit:
+        results = ordered_results((submit(_fails_at_three, index) for index in range(8)), ahead=4)
+        assert [next(results) for _ in range(3)] == [0, 1, 4]
+        with pytest.raises(ValueError, match="block 3: unreadable"):
+            next(results)

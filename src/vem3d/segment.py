@@ -629,8 +629,8 @@ def segment_folder(
     log.info("segmenting in %s, %d tiles of %d x %d per forward pass", precision, batch_size, tile_size, tile_size)
     model = load_model(weights_path, unet_config, precision)
 
-    def write(segmented: tuple[str, np.ndarray, np.ndarray]) -> None:
-        name, probabilities, mask = segmented
+    def write(result: tuple[str, np.ndarray, np.ndarray]) -> None:
+        name, probabilities, mask = result
         for index, (probabilities_dir, masks_dir) in enumerate(zip(probabilities_dirs, masks_dirs), 1):
             channel = probabilities[..., 0 if n_channels == 1 else index]
             write_image(Path(probabilities_dir) / f"{name}.png", np.round(channel * 255).astype(np.uint8))

@@ -183,7 +183,7 @@ def measure_objects(
         As :func:`object_statistics` returns it, one row per object in the order of their numbers.
     """
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
-    voxel_rows = []  # per object: number, voxels, voxel volume, centroid and box, measured as it is handed out
+    voxel_rows = []  # per object: voxels, voxel volume, centroid and box, measured as it is handed out
 
     def insides() -> Iterator[np.ndarray]:
         for index, window in enumerate(ndimage.find_objects(labels), start=1):
@@ -192,7 +192,6 @@ def measure_objects(
             voxels = int(np.count_nonzero(inside))
             voxel_rows.append(
                 (
-                    index,
                     voxels,
                     voxels * spacing.prod() / NM3_PER_UM3,
                     (np.argwhere(inside).mean(axis=0) + offset) * spacing,
@@ -207,11 +206,11 @@ def measure_objects(
     with process_pool(workers) as submit:
         measured = mesh_measures(insides(), voxel_size_nm, smoothing_sigma, cache, submit)
         for index, (mesh_volume_nm3, area_nm2) in enumerate(measured, start=1):
-            number, voxels, volume_um3, centroid, first, last = voxel_rows[index - 1]
+            voxels, volume_um3, centroid, first, last = voxel_rows[index - 1]
             area_um2 = area_nm2 / NM2_PER_UM2
             mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
             rows.append(
-                [number, voxels, volume_um3, mesh_volume_um3, area_um2, sphericity(mesh_volume_um3, area_um2),
+                [index, voxels, volume_um3, mesh_volume_um3, area_um2, sphericity(mesh_volume_um3, area_um2),
                  *centroid, *first, *last]
             )
             if index % PROGRESS_EVERY == 0:

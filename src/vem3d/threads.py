@@ -82,10 +82,20 @@ def process_pool(workers: int) -> Iterator[Callable[..., Future]]:
     workflow's scripts have no main guard).
     """
     if workers <= 1:
-        yield lambda function, *arguments: finished(function(*arguments))
+        yield _run_now
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         yield pool.submit
+
+
+def _run_now(function: Callable, *arguments) -> Future:
+    """``function(*arguments)`` called now, its result or error in a future, as a pool's would be."""
+    future = Future()
+    try:
+        future.set_result(function(*arguments))
+    except Exception as error:  # noqa: BLE001 -- raised where its result is asked for
+        future.set_exception(error)
+    return future
 
 
 def finished(value) -> Future:
