@@ -237,9 +237,13 @@ def main() -> None:
             f"meshing {blockwise['mesh_s']:.0f} s, total {total:.0f} s = {n_voxels / total / 1e6:.1f} M voxels/s "
             f"(CPU time: clean-up {blockwise['clean_cpu_s']:.0f} s, meshing {blockwise['mesh_cpu_s']:.0f} s) "
             f"(meshing alone {n_voxels / blockwise['mesh_s'] / 1e6:.1f} M voxels/s); {blockwise['objects']} objects, "
-            f"{blockwise['faces']:,} faces, STL {blockwise['stl_gib']:.2f} GiB; "
-            f"peak RSS {blockwise['peak_gib']:.2f} GiB, and {blockwise['worker_peak_gib']:.2f} GiB in the largest "
-            f"of {arguments.workers} meshing processes (pages shared with the first counted in both)"
+            f"{blockwise['faces']:,} faces, STL {blockwise['stl_gib']:.2f} GiB; peak RSS {blockwise['peak_gib']:.2f} GiB"
+            + (
+                f", and {blockwise['worker_peak_gib']:.2f} GiB in the largest of {arguments.workers} meshing processes "
+                "(pages shared with the first counted in both)"
+                if arguments.workers > 1
+                else ""
+            )
         )
         if arguments.skip_comparison:
             return
