@@ -23,6 +23,7 @@ and prints
     python benchmarks/pipeline.py                        # 256 slices of 512 x 512, chunk_size 32
     python benchmarks/pipeline.py --slices 64 --size 256 # quicker
     python benchmarks/pipeline.py --weights /tmp/unet.weights.h5  # trains once, then reuses them
+    python benchmarks/pipeline.py --stack-dir /tmp/vem3d-stacks  # writes the stack once, then copies it
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from vem3d.atomic import write_directory_atomically
 from vem3d.preprocess import preprocess_stack
 from vem3d.slices import list_slices, read_slice, write_image
 from vem3d.synth import write_demo_stack
@@ -47,6 +50,7 @@ from vem3d.unet import UNetConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = "synthetic"
+STACK_SEED = 3
 HEADER = "sample\tslices\tlabels\tground_truth\tvoxel_size_z_nm\tvoxel_size_y_nm\tvoxel_size_x_nm\n"
 NETWORK_SECONDS = re.compile(r"([\d.]+) s of it in the network's forward passes")
 CPU_THREADS = re.compile(r"(\d+) CPU threads")
@@ -145,6 +149,18 @@ def report(title: str, wall: float, project: Path, since: float, cores: int) -> 
     return network
 
 
+def synthetic_stack(data: Path, n_slices: int, size: int, stack_dir: Path | None) -> dict[str, Path]:
+    """Write the synthetic stack into ``data``, or copy it there from ``stack_dir``, where
+    the first run with these sizes keeps it (writing a 1024 x 1024 stack takes minutes)."""
+    if stack_dir is None:
+        return write_demo_stack(data, n_slices=n_slices, size=size, seed=STACK_SEED)
+    kept = stack_dir / f"{n_slices}x{size}x{size}-seed{STACK_SEED}"
+    if not kept.is_dir():
+        write_directory_atomically(kept, lambda temporary: write_demo_stack(temporary, n_slices, size, STACK_SEED))
+    shutil.copytree(kept, data, dirs_exist_ok=True)  # a copy: the re-run changes one of its slices
+    return {name: data / name for name in ("slices", "labels", "ground_truth")}
+
+
 def change_one_slice(folder: Path, index: int) -> Path:
     """Give one slice new content (a brighter square), as a re-acquired slice would."""
     path = list_slices(folder)[index]
@@ -163,6 +179,10 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep the project here (default: a temporary folder)")
     parser.add_argument(
+        "--stack-dir", type=Path,
+        help="keep the synthetic stack here and copy it into the project on later runs (default: write it each run)",
+    )
+    parser.add_argument(
         "--weights", type=Path,
         help="weights of the configured model to segment with; trained there first where the file is missing",
     )
@@ -172,7 +192,7 @@ def main() -> None:
         project.mkdir(parents=True, exist_ok=True)
         config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
         started = time.perf_counter()
-        folders = write_demo_stack(project / "data", n_slices=arguments.slices, size=arguments.size, seed=3)
+        folders = synthetic_stack(project / "data", arguments.slices, arguments.size, arguments.stack_dir)
         print(f"synthetic stack of {arguments.slices} slices of {arguments.size} x {arguments.size}: "
               f"{time.perf_counter() - started:.1f} s")
         weights = arguments.weights or project / "weights" / "unet.weights.h5"
