@@ -8,7 +8,6 @@ meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -25,7 +24,7 @@ from scipy import ndimage
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, volume_to_mesh
-from vem3d.threads import finished, ordered_results, process_pool
+from vem3d.threads import finished, ordered_results, process_pool, run_now
 from vem3d.volume import class_objects, label_objects
 
 log = logging.getLogger(__name__)
@@ -82,17 +81,18 @@ def mesh_measures(
     voxel_size_nm: tuple[float, float, float],
     smoothing_sigma: float,
     cache: TableCache | None = None,
-    submit: Callable | None = None,
+    submit: Callable[..., Future] = run_now,
 ) -> Iterator[tuple[float, float]]:
     """:func:`object_mesh_measures` of each object in order, those not in ``cache``
-    computed through ``submit`` (a :func:`vem3d.threads.process_pool`'s) where given.
+    computed through ``submit`` (a :func:`vem3d.threads.process_pool`'s; by default
+    in this process).
 
     Objects are taken up to a few hundred ahead of the one whose measures are
     yielded, so that the workers always have some.
     """
     keys = deque()  # per object submitted: its cache key where it is computed, else None
 
-    def submitted(submit) -> Iterator[Future]:
+    def submitted() -> Iterator[Future]:
         for inside in insides:
             key = mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma) if cache else None
             stored = cache.get(key) if cache else None
@@ -102,12 +102,11 @@ def mesh_measures(
             else:
                 yield submit(_mesh_measures, inside, voxel_size_nm, smoothing_sigma)
 
-    with contextlib.nullcontext(submit) if submit else process_pool(1) as submit:
-        for measures in ordered_results(submitted(submit), ahead=OBJECTS_AHEAD):
-            key = keys.popleft()
-            if key is not None:
-                cache.put(key, measures)
-            yield measures
+    for measures in ordered_results(submitted(), ahead=OBJECTS_AHEAD):
+        key = keys.popleft()
+        if key is not None:
+            cache.put(key, measures)
+        yield measures
 
 
 def _mesh_measures(

@@ -82,14 +82,15 @@ def process_pool(workers: int) -> Iterator[Callable[..., Future]]:
     workflow's scripts have no main guard).
     """
     if workers <= 1:
-        yield _run_now
+        yield run_now
         return
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         yield pool.submit
 
 
-def _run_now(function: Callable, *arguments) -> Future:
-    """``function(*arguments)`` called now, its result or error in a future, as a pool's would be."""
+def run_now(function: Callable, *arguments) -> Future:
+    """``function(*arguments)`` called now, its result or error in a future, as a pool's
+    ``submit`` would give them: the ``submit`` of :func:`process_pool` with one worker."""
     future = Future()
     try:
         future.set_result(function(*arguments))
