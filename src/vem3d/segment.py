@@ -426,10 +426,11 @@ def segment_slices(
 
     Three stages run at once: a thread reads and tiles the next slices into batches
     (:func:`batch_tiles`: a forward pass takes the tiles of several slices where one
-    holds fewer than ``batch_size``), another runs the network on the current batch and
-    blends each slice once its tiles are all predicted, and the caller handles (e.g.
-    writes) the slices before. Each hands over at most ``prefetch`` batches or slices,
-    so memory stays bounded. The results are those of a plain loop (``prefetch=0``).
+    holds fewer than ``batch_size``), another runs the network on the current batch,
+    and the caller's thread blends each slice once its tiles are all predicted and
+    handles (e.g. writes) the slices before. Each hands over at most ``prefetch``
+    batches or slices, so memory stays bounded. The results are those of a plain loop
+    (``prefetch=0``).
 
     Parameters
     ----------
@@ -476,35 +477,38 @@ def segment_slices(
             tiling = Tiling(image, tile_size, overlap, multiple)
             yield _TiledSlice(name, tiling, original_shape), tiling
 
-    def segmented(batches):
-        started = time.perf_counter()
-        count = 0
+    def predicted(batches):
+        # The network's stage hands slices over unblended: on a GPU, blending in its
+        # thread held the step to about half the network's rate.
         for batch, owners in batches:
             predicted = np.asarray(predict_batch(batch), dtype=np.float32)
             for owner, tile in zip(owners, predicted):
                 owner.predictions.append(tile)
             for owner in dict.fromkeys(owners):  # the batch's slices, in order
-                if len(owner.predictions) < len(owner.tiling.positions):
-                    continue  # its last tiles come in the next batch
-                probabilities = owner.tiling.blend([np.stack(owner.predictions)])
-                if probabilities.shape[:2] != tuple(owner.original_shape):
-                    probabilities = resize(probabilities, tuple(owner.original_shape) + probabilities.shape[2:])
-                yield owner.name, probabilities, probabilities_to_mask(probabilities, threshold)
-                count += 1
-                elapsed = time.perf_counter() - started
-                log.info("segmented %s: %d slices in %.1f s (%.2f slices/s)", owner.name, count, elapsed, count / elapsed)
-        log.info(
-            "segmented %d slices in %.2f s, %.2f s of it in the network's forward passes",
-            count,
-            time.perf_counter() - started,
-            network_seconds,
-        )
+                if len(owner.predictions) == len(owner.tiling.positions):
+                    yield owner  # else its last tiles come in the next batch
 
     batches = batch_tiles(tilings(), batch_size)
     if prefetch < 1:
-        yield from segmented(batches)
+        complete = predicted(batches)
     else:
-        yield from compute_ahead(segmented(compute_ahead(batches, prefetch)), prefetch)
+        complete = compute_ahead(predicted(compute_ahead(batches, prefetch)), prefetch)
+    started = time.perf_counter()
+    count = 0
+    for owner in complete:
+        probabilities = owner.tiling.blend([np.stack(owner.predictions)])
+        if probabilities.shape[:2] != tuple(owner.original_shape):
+            probabilities = resize(probabilities, tuple(owner.original_shape) + probabilities.shape[2:])
+        yield owner.name, probabilities, probabilities_to_mask(probabilities, threshold)
+        count += 1
+        elapsed = time.perf_counter() - started
+        log.info("segmented %s: %d slices in %.1f s (%.2f slices/s)", owner.name, count, elapsed, count / elapsed)
+    log.info(
+        "segmented %d slices in %.2f s, %.2f s of it in the network's forward passes",
+        count,
+        time.perf_counter() - started,
+        network_seconds,
+    )
 
 
 class SliceCache:
