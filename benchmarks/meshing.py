@@ -4,8 +4,8 @@ A synthetic binary volume (default 2000 x 2048 x 2048 = 8.4 G voxels) of spheres
 some of them hollow, and specks is generated slab by slab straight into a zarr store
 (never whole in memory). A separate process then cleans it (objects under 64 voxels
 removed, cavities filled) and meshes it block by block into an STL
-(vem3d.blockwise.clean_blockwise + write_mesh_blockwise, marching cubes in --workers
-processes, by default one per core), and reports its time, voxels per second, faces and
+(vem3d.blockwise.clean_blockwise + write_mesh_blockwise, both in --workers processes,
+by default one per core), and reports its time, voxels per second, faces and
 peak resident memory (getrusage, of the process and of its largest worker; target: at
 most 4 GiB).
 
@@ -121,7 +121,7 @@ def generate(path: Path, shape, seed: int) -> None:
 def run_blockwise(volume_path: Path, work: Path, block_size: int, workers: int) -> dict:
     volume = zarr.open_array(volume_path, mode="r")
     started, started_cpu = time.perf_counter(), cpu_seconds()
-    cleaned = clean_blockwise(volume, work / "cleaned.zarr", MIN_OBJECT_VOXELS, True, block_size)
+    cleaned = clean_blockwise(volume, work / "cleaned.zarr", MIN_OBJECT_VOXELS, True, block_size, workers)
     cleaned_at, cleaned_cpu = time.perf_counter(), cpu_seconds()
     summary = write_mesh_blockwise(cleaned, VOXEL_NM, work / "mesh.stl", block_size, workers=workers)
     finished = time.perf_counter()
@@ -239,7 +239,7 @@ def main() -> None:
             f"(meshing alone {n_voxels / blockwise['mesh_s'] / 1e6:.1f} M voxels/s); {blockwise['objects']} objects, "
             f"{blockwise['faces']:,} faces, STL {blockwise['stl_gib']:.2f} GiB; peak RSS {blockwise['peak_gib']:.2f} GiB"
             + (
-                f", and {blockwise['worker_peak_gib']:.2f} GiB in the largest of {arguments.workers} meshing processes "
+                f", and {blockwise['worker_peak_gib']:.2f} GiB in the largest of {arguments.workers} worker processes "
                 "(pages shared with the first counted in both)"
                 if arguments.workers > 1
                 else ""

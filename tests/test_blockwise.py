@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -124,6 +125,7 @@ def test_object_touching_the_volume_border_is_closed():
 
 
 MARCH_BLOCK, MESH_MEASURES = blockwise._march_block, stats_module._mesh_measures
+CLEAN_UP_PASSES = {name: getattr(blockwise, name) for name in ("_objects_in_block", "_keep_in_block", "_fill_block")}
 
 
 def _record_process():
@@ -141,6 +143,48 @@ def _march_block_recording(*arguments):
 def _mesh_measures_recording(*arguments):
     _record_process()
     return MESH_MEASURES(*arguments)
+
+
+def _objects_in_block_recording(*arguments):
+    _record_process()
+    return CLEAN_UP_PASSES["_objects_in_block"](*arguments)
+
+
+def _keep_in_block_recording(*arguments):
+    _record_process()
+    return CLEAN_UP_PASSES["_keep_in_block"](*arguments)
+
+
+def _fill_block_recording(*arguments):
+    _record_process()
+    return CLEAN_UP_PASSES["_fill_block"](*arguments)
+
+
+@pytest.mark.parametrize("source", ["array", "zarr"])
+def test_worker_processes_clean_up_as_one_process_does(tmp_path, monkeypatch, source):
+    record = tmp_path / "pids"
+    monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
+    for name in CLEAN_UP_PASSES:
+        monkeypatch.setattr(blockwise, name, globals()[f"{name}_recording"])
+    rng = np.random.default_rng(5)
+    # Blobs with cavities, and speckle: small objects to remove, in every block.
+    volume = blobs((30, 26, 34), 5, 1.0) ^ (rng.random((30, 26, 34)) > 0.97)
+    if source == "zarr":
+        volume_zarr = zarr.create_array(tmp_path / "v.zarr", shape=volume.shape, chunks=(8, 8, 8), dtype=bool)
+        volume_zarr[:] = volume
+    cleaned = {
+        workers: clean_blockwise(volume_zarr if source == "zarr" else volume, tmp_path / f"c{workers}.zarr", 6, True,
+                                 block_size=8, workers=workers)
+        for workers in (1, 3)
+    }
+    worked_in = record.read_text().split()
+    assert worked_in.count(str(os.getpid())) == 3 * 4 * 4 * 5  # the one-process run: 3 passes over 80 blocks
+    assert len(set(worked_in)) > 2  # and workers of the other
+    expected = clean_volume(volume, 6, True)
+    assert expected.sum() > 1000 and not np.array_equal(expected, volume != 0)
+    for result in cleaned.values():
+        np.testing.assert_array_equal(result.volume[:], expected)
+        assert (result.objects, result.foreground_voxels) == (label_objects(expected)[1], np.count_nonzero(expected))
 
 
 def test_worker_processes_give_the_mesh_of_one_process(tmp_path, monkeypatch):

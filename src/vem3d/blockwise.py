@@ -219,6 +219,25 @@ def _label(mask: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32), count
 
 
+@dataclass
+class BlockLayers:
+    """A block's outer voxel layers of labels, all that :class:`BlockComponents` needs of
+    it: ``first`` and ``last`` hold, per axis, the block's first and last layer along
+    that axis (the axis kept, of length 1). Small enough to come back from a worker
+    process in place of the block's labels."""
+
+    first: list[np.ndarray]
+    last: list[np.ndarray]
+
+
+def outer_layers(labels: np.ndarray) -> BlockLayers:
+    """The :class:`BlockLayers` of a block's labels."""
+    return BlockLayers(
+        [labels.take([0], axis=axis) for axis in range(labels.ndim)],
+        [labels.take([-1], axis=axis) for axis in range(labels.ndim)],
+    )
+
+
 class BlockComponents:
     """Connected components of a volume labelled block by block, merged across block borders.
 
@@ -256,29 +275,32 @@ class BlockComponents:
     def label(self, index: tuple[int, ...], mask: np.ndarray) -> tuple[np.ndarray, int]:
         """Label the block ``index`` of ``mask``, record it and return (local labels, count)."""
         labels, count = _label(mask, self.connectivity)
-        self.add(index, labels, count)
+        self.add(index, outer_layers(labels), count)
         return labels, count
 
-    def add(self, index: tuple[int, ...], labels: np.ndarray, count: int) -> int:
-        """Record a block's local labels (1..count); returns its offset to global labels."""
+    def add(self, index: tuple[int, ...], layers: BlockLayers, count: int) -> int:
+        """Record a block's local labels (1..count), given by its outer layers; returns
+        its offset to global labels."""
         offset = self.offsets[index] = self.n_labels
         self.counts[index] = count
         self.n_labels += count
         for step in self._directions:
             neighbour = tuple(i + s for i, s in zip(index, step))
             if neighbour in self._layers and count and self._layers[neighbour]:
-                self._pair(labels, offset, step, neighbour)
+                self._pair(layers.first, count, offset, step, neighbour)
         # Later blocks lie above along their first differing axis, so they touch only
         # this block's last layer along each axis.
-        self._layers[index] = {} if count == 0 else {axis: labels.take([-1], axis=axis) for axis in range(3)}
+        self._layers[index] = {} if count == 0 else dict(enumerate(layers.last))
         for old in [key for key in self._layers if key[0] < index[0] - 1]:
             del self._layers[old]
         return offset
 
-    def _pair(self, labels: np.ndarray, offset: int, step: tuple[int, ...], neighbour: tuple[int, ...]) -> None:
-        # The layers facing each other: the block's side towards the neighbour, and back.
-        own = labels[tuple(slice(None) if s == 0 else (0 if s < 0 else -1) for s in step)]
-        layer = self._layers[neighbour][next(axis for axis, s in enumerate(step) if s)]
+    def _pair(self, first: Sequence[np.ndarray], count: int, offset: int, step: tuple[int, ...], neighbour) -> None:
+        # The layers facing each other: the block's side towards the neighbour (in its
+        # first layer along the first axis the step moves on), and back.
+        axis = next(axis for axis, s in enumerate(step) if s)
+        own = first[axis][tuple(slice(None) if s == 0 else (0 if s < 0 else -1) for s in step)]
+        layer = self._layers[neighbour][axis]
         theirs = layer[tuple(slice(None) if s == 0 else (-1 if s < 0 else 0) for s in step)]
         if not (own.any() and theirs.any()):
             return
@@ -288,11 +310,11 @@ class BlockComponents:
             own_part = own[tuple(slice(max(0, d), n + min(0, d)) for d, n in zip(shift, own.shape))]
             their_part = theirs[tuple(slice(max(0, -d), n + min(0, -d)) for d, n in zip(shift, theirs.shape))]
             touching = (own_part > 0) & (their_part > 0)
-            keys.append(their_part[touching].astype(np.int64) * (labels.size + 1) + own_part[touching])
+            keys.append(their_part[touching].astype(np.int64) * (count + 1) + own_part[touching])
         keys = np.unique(np.concatenate(keys))
         if len(keys):
             their_offset = self.offsets[neighbour]
-            self._pairs.append(np.stack([keys // (labels.size + 1) + their_offset, keys % (labels.size + 1) + offset]))
+            self._pairs.append(np.stack([keys // (count + 1) + their_offset, keys % (count + 1) + offset]))
 
     def components(self) -> tuple[np.ndarray, int]:
         """The component of every global label.
@@ -343,18 +365,82 @@ class CleanedVolume:
     foreground_voxels: int
 
 
+def _block_source(source, region: tuple[slice, ...]) -> tuple[object, tuple[slice, ...]]:
+    """(array, region) for a worker to read a block from: a zarr volume itself (it
+    pickles in a kilobyte; the worker decompresses), or an in-memory volume's block alone."""
+    if isinstance(source, zarr.Array):
+        return source, region
+    return np.asarray(source[region]), (slice(None),) * len(region)
+
+
+def _objects_in_block(array, region) -> tuple[int, BlockLayers, np.ndarray]:
+    """Clean-up pass 1 for one block: its 26-connected pieces (count, outer layers, voxels of each)."""
+    labels, count = _label(np.asarray(array[region]) != 0, 26)
+    return count, outer_layers(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:]
+
+
+def _keep_in_block(array, region, kept_pieces, target, block, shape, fill_cavities):
+    """Clean-up pass 2 for one block (``block`` of the volume, of ``shape``): write the
+    pieces that ``kept_pieces`` keeps (bool per local label) into ``target``; with
+    ``fill_cavities``, return the background's 6-connected pieces left (count, outer
+    layers, which of them touch the volume's border), else (0, None, None)."""
+    mask = np.asarray(array[region]) != 0
+    if kept_pieces[1:].all():  # nothing removed here: no need to label again
+        kept = mask
+    else:
+        kept = kept_pieces[_label(mask, 26)[0]]
+    if kept.any():
+        target[block] = kept
+    if not fill_cavities:
+        return 0, None, None
+    labels, count = _label(~kept, 6)
+    touching = np.zeros(count + 1, bool)
+    touching[_touches_border(labels, block, shape)] = True
+    return count, outer_layers(labels), touching[1:]
+
+
+def _fill_block(target, block, cavity_pieces) -> tuple[int, BlockLayers, int]:
+    """Clean-up pass 3 for one block: fill the background pieces that ``cavity_pieces``
+    marks (bool per local label); its objects (count, outer layers) and foreground voxels."""
+    filled = np.asarray(target[block])
+    if cavity_pieces.any():
+        filled = filled | cavity_pieces[_label(~filled, 6)[0]]
+        target[block] = filled
+    labels, count = _label(filled, 26)
+    return count, outer_layers(labels), int(np.count_nonzero(filled))
+
+
+def _in_raster_order(submit, shape, block_size: int, task: str, work, ahead: int):
+    """(block index, result) for every block in raster order, where ``work(index, region)``
+    gives the (function, *arguments) to ``submit``; at most ``ahead`` blocks ahead."""
+    indices = deque()
+
+    def submitted():
+        for index, region in blocks(shape, block_size, task):
+            indices.append(index)
+            yield submit(*work(index, region))
+
+    for value in ordered_results(submitted(), ahead):
+        yield indices.popleft(), value
+
+
 def clean_blockwise(
     source,
     path: str | os.PathLike,
     min_object_voxels: int = 0,
     fill_cavities: bool = True,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    workers: int = 1,
 ) -> CleanedVolume:
     """The clean-up of :func:`vem3d.volume.clean_volume`, block by block, into a new zarr volume.
 
     Objects (26-connected) with fewer than ``min_object_voxels`` voxels are removed;
     then background regions (6-connected) not connected to the volume's border are
     filled. The result equals ``clean_volume`` on the whole volume.
+
+    In each of the three passes over the blocks, worker processes read, label and
+    write the blocks; this one joins their pieces across block borders from the
+    blocks' outer layers (:class:`BlockComponents`).
 
     Parameters
     ----------
@@ -368,6 +454,10 @@ def clean_blockwise(
         As for :func:`vem3d.volume.clean_volume`.
     block_size : int
         Block side in voxels; a multiple of the zarr chunk side reads least.
+    workers : int
+        Processes that work on blocks; 1 works in this one. Blocks that do not cover
+        whole chunks of the output (a block side not a multiple of the chunk side)
+        are worked on here, as two processes must not write one chunk.
 
     Returns
     -------
@@ -379,58 +469,64 @@ def clean_blockwise(
 
     def save(temporary: str) -> None:
         target = _empty_volume_like(temporary, source, block_size)
-        # Pass 1: objects and their sizes.
-        objects = BlockComponents(26)
-        piece_sizes = [np.zeros(1, np.int64)]
-        for index, region in blocks(shape, block_size, "clean-up, objects"):
-            labels, count = objects.label(index, np.asarray(source[region]) != 0)
-            piece_sizes.append(np.bincount(labels.ravel(), minlength=count + 1)[1:])
-        object_of, n_objects = objects.components()
-        object_sizes = np.bincount(object_of, weights=np.concatenate(piece_sizes))
-        keep = object_sizes[object_of] >= max(min_object_voxels, 1)
-        keep[0] = False
-        n_kept = len(np.unique(object_of[keep]))
-        log.info("%d objects, %d with fewer than %d voxels removed", n_objects, n_objects - n_kept, min_object_voxels)
-        # Pass 2: write the kept objects; label the background they leave.
-        background = BlockComponents(6)
-        on_border = [np.zeros(1, bool)]
-        for index, region in blocks(shape, block_size, "clean-up, small objects removed"):
-            mask = np.asarray(source[region]) != 0
-            kept_pieces = _label_lookup(keep, objects.offsets[index], objects.counts[index], False)
-            if kept_pieces[1:].all():  # nothing removed here: no need to label again
-                kept = mask
-            else:
-                kept = kept_pieces[_label(mask, objects.connectivity)[0]]
-            if kept.any():
-                target[region] = kept
+        processes = workers if all(block_size % side == 0 for side in target.chunks) else 1
+        ahead = 2 * processes
+        with process_pool(processes) as submit:
+            # Pass 1: objects and their sizes.
+            objects = BlockComponents(26)
+            piece_sizes = [np.zeros(1, np.int64)]
+            for index, (count, layers, sizes) in _in_raster_order(
+                submit, shape, block_size, "clean-up, objects",
+                lambda index, region: (_objects_in_block, *_block_source(source, region)), ahead,
+            ):
+                objects.add(index, layers, count)
+                piece_sizes.append(sizes)
+            object_of, n_objects = objects.components()
+            object_sizes = np.bincount(object_of, weights=np.concatenate(piece_sizes))
+            keep = object_sizes[object_of] >= max(min_object_voxels, 1)
+            keep[0] = False
+            n_kept = len(np.unique(object_of[keep]))
+            log.info("%d objects, %d with fewer than %d voxels removed", n_objects, n_objects - n_kept, min_object_voxels)
+
+            # Pass 2: write the kept objects; label the background they leave.
+            def keep_work(index, region):
+                kept_pieces = _label_lookup(keep, objects.offsets[index], objects.counts[index], False)
+                return (_keep_in_block, *_block_source(source, region), kept_pieces, target, region, shape,
+                        fill_cavities)
+
+            background = BlockComponents(6)
+            on_border = [np.zeros(1, bool)]
+            for index, (count, layers, touching) in _in_raster_order(
+                submit, shape, block_size, "clean-up, small objects removed", keep_work, ahead
+            ):
+                if fill_cavities:
+                    background.add(index, layers, count)
+                    on_border.append(touching)
             if fill_cavities:
-                labels, count = background.label(index, ~kept)
-                touching = np.zeros(count + 1, bool)
-                touching[_touches_border(labels, region, shape)] = True
-                on_border.append(touching[1:])
-        if fill_cavities:
-            region_of, _ = background.components()
-            open_regions = np.zeros(region_of.max() + 1, bool)
-            open_regions[region_of[np.concatenate(on_border)]] = True
-            cavity = ~open_regions[region_of]
-            cavity[0] = False
-        if not fill_cavities or not cavity.any():
-            result["objects"] = n_kept
-            result["foreground_voxels"] = int(np.concatenate(piece_sizes)[keep].sum())
-            return
-        # Pass 3: fill the background components that reach no border; count the objects.
-        final = BlockComponents(26)
-        foreground = 0
-        for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
-            filled = np.asarray(target[region])
-            cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
-            if cavity_pieces.any():
-                filled = filled | cavity_pieces[_label(~filled, background.connectivity)[0]]
-                target[region] = filled
-            final.label(index, filled)
-            foreground += int(np.count_nonzero(filled))
-        result["objects"] = final.components()[1]
-        result["foreground_voxels"] = foreground
+                region_of, _ = background.components()
+                open_regions = np.zeros(region_of.max() + 1, bool)
+                open_regions[region_of[np.concatenate(on_border)]] = True
+                cavity = ~open_regions[region_of]
+                cavity[0] = False
+            if not fill_cavities or not cavity.any():
+                result["objects"] = n_kept
+                result["foreground_voxels"] = int(np.concatenate(piece_sizes)[keep].sum())
+                return
+
+            # Pass 3: fill the background components that reach no border; count the objects.
+            def fill_work(index, region):
+                cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
+                return _fill_block, target, region, cavity_pieces
+
+            final = BlockComponents(26)
+            foreground = 0
+            for index, (count, layers, voxels) in _in_raster_order(
+                submit, shape, block_size, "clean-up, cavities filled", fill_work, ahead
+            ):
+                final.add(index, layers, count)
+                foreground += voxels
+            result["objects"] = final.components()[1]
+            result["foreground_voxels"] = foreground
 
     write_directory_atomically(path, save)
     log.info(
@@ -999,8 +1095,10 @@ def mesh_masks_blockwise(
     ----------
     mask_dirs, voxel_size_nm, min_object_voxels, smoothing_sigma, fill_cavities
         As for :func:`vem3d.mesh.mesh_from_masks`.
-    stl_path, block_size, max_faces, cache, workers
+    stl_path, block_size, max_faces, cache
         As for :func:`write_mesh_blockwise`.
+    workers : int
+        Processes that clean (:func:`clean_blockwise`) and mesh (:func:`mesh_blocks`) blocks.
     scratch_dir : path, optional
         Where the zarr volumes go (compressed masks: far less than a byte per voxel);
         default: beside ``stl_path``.
@@ -1011,18 +1109,24 @@ def mesh_masks_blockwise(
         As :func:`write_mesh_blockwise`.
     """
     scratch_parent = scratch_dir if scratch_dir is not None else Path(stl_path).parent
-    with _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels, fill_cavities, block_size) as (cleaned, _):
+    with _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels, fill_cavities, block_size, workers) as (
+        cleaned,
+        _,
+    ):
         return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces, cache, workers)
 
 
 @contextlib.contextmanager
-def _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels: int, fill_cavities: bool, block_size: int):
+def _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels: int, fill_cavities: bool, block_size: int, workers: int):
     """Assemble and clean mask folders in a scratch folder inside ``scratch_parent``;
     yield (the :func:`clean_blockwise` result, the scratch folder), removed afterwards."""
     Path(scratch_parent).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".blockwise-") as scratch:
         masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
-        yield clean_blockwise(masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size), scratch
+        cleaned = clean_blockwise(
+            masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size, workers
+        )
+        yield cleaned, scratch
 
 
 class _ObjectMask:
@@ -1195,7 +1299,10 @@ def object_statistics_from_masks_blockwise(
     ``scratch_dir`` that is removed afterwards. Other parameters as for
     :func:`vem3d.stats.statistics_from_masks`.
     """
-    with _cleaned_masks(mask_dirs, scratch_dir, min_object_voxels, fill_cavities, block_size) as (cleaned, scratch):
+    with _cleaned_masks(mask_dirs, scratch_dir, min_object_voxels, fill_cavities, block_size, workers) as (
+        cleaned,
+        scratch,
+    ):
         return object_statistics_blockwise(
             cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size, cache, workers
         )

@@ -137,7 +137,8 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
         "--workers",
         type=int,
         default=_default(function, "workers"),
-        help="processes that mesh blocks or objects at once, up to the cores there are (default: %(default)s)",
+        help="processes that mesh blocks or objects, and clean up blocks, at once, up to the cores there are "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--cache-dir",

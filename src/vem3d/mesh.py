@@ -517,7 +517,8 @@ def mesh_from_masks(
         Keep each class's block meshes here (:class:`vem3d.blockwise.BlockMeshCache`),
         so that a run after some slices changed meshes again only the blocks they reach.
     workers : int
-        Processes that smooth and march blocks of the volume (:func:`vem3d.blockwise.mesh_blocks`).
+        Processes that smooth and march blocks of the volume (:func:`vem3d.blockwise.mesh_blocks`)
+        and, block by block, clean it up (:func:`vem3d.blockwise.clean_blockwise`).
 
     Returns
     -------

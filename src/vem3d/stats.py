@@ -293,7 +293,8 @@ def statistics_from_masks(
         Keep each class's objects' mesh measures here (:func:`object_mesh_measures`),
         so that a run after some slices changed meshes again only the objects they reach.
     workers : int
-        Processes that mesh the objects (:func:`mesh_measures`).
+        Processes that mesh the objects (:func:`mesh_measures`) and, block by block,
+        clean the volume up (:func:`vem3d.blockwise.clean_blockwise`).
 
     Returns
     -------
