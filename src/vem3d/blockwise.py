@@ -241,8 +241,9 @@ def outer_layers(labels: np.ndarray) -> BlockLayers:
 class BlockComponents:
     """Connected components of a volume labelled block by block, merged across block borders.
 
-    Blocks are added in raster order (:func:`blocks`) with their local labels; each
-    local label gets a global label ``offset + local``. Labels that touch across the
+    Blocks are added in raster order (:func:`blocks`), each by the outer layers of its
+    local labels (:class:`BlockLayers`); each local label gets a global label
+    ``offset + local``. Labels that touch across the
     border with an earlier neighbour (the 13 of the 26 neighbouring blocks that come
     before it) are recorded as pairs, and :meth:`components` joins them (union-find
     by sparse-graph components). Only the last voxel layers of the blocks of the
