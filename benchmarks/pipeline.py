@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +56,7 @@ HEADER = "sample\tslices\tlabels\tground_truth\tvoxel_size_z_nm\tvoxel_size_y_nm
 NETWORK_SECONDS = re.compile(r"([\d.]+) s of it in the network's forward passes")
 CPU_THREADS = re.compile(r"(\d+) CPU threads")
 SEGMENTING_SECONDS = re.compile(r"segmented \d+ slices in ([\d.]+) s,")
+LOG_TIME = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")  # Snakemake's log: a job's start or end
 
 
 def train_weights(weights: Path, folders: dict, config: dict) -> None:
@@ -130,6 +132,25 @@ def step_seconds(project: Path, since: float) -> pd.DataFrame:
     return steps.sort_values("seconds", ascending=False)
 
 
+def phases(project: Path, wall: float) -> str:
+    """Where a run's wall time went, from its Snakemake log (whole seconds): before the
+    first job, until the last segment job ended, and after it."""
+    log = max((project / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda path: path.stat().st_mtime)
+    stamp, first, last, segmented = None, None, None, None
+    for line in log.read_text().splitlines():
+        if match := LOG_TIME.match(line):
+            stamp = datetime.strptime(match.group(1), "%a %b %d %H:%M:%S %Y")
+            first, last = first or stamp, stamp
+        elif line.startswith("Finished jobid") and "(Rule: segment)" in line:
+            segmented = stamp
+    if first is None:
+        return "no jobs ran"
+    before = wall - (last - first).total_seconds()
+    after = (last - segmented).total_seconds() if segmented else (last - first).total_seconds()
+    return (f"{before:.0f} s before the first job (Snakemake starting, planning), "
+            f"{wall - before - after:.0f} s until the last segment job ended, {after:.0f} s after it")
+
+
 def report(title: str, wall: float, project: Path, since: float, cores: int) -> float:
     """Print a run's figures; return its seconds in the network's forward passes."""
     jobs = segment_jobs(project, since, cores)
@@ -138,6 +159,7 @@ def report(title: str, wall: float, project: Path, since: float, cores: int) -> 
     print(f"\n{title}: {wall:.1f} s wall, {network:.1f} s of the machine's in the network's forward passes, "
           f"{wall - network:.1f} s ({100 * (wall - network) / wall:.1f} %) not the network; "
           f"load average {os.getloadavg()[1]:.1f} on {os.cpu_count()} cores (5 min, others' work included)")
+    print(f"wall time: {phases(project, wall)}")
     print("per step, each job's own wall and CPU seconds (jobs may overlap on several cores):")
     print(steps.round(1).to_string())
     if len(jobs) and network > 0:
