@@ -110,3 +110,18 @@ def test_unique_rows_equals_numpy_unique_along_rows(dtype, colliding_hashes, mon
     np.testing.assert_array_equal(first, expected_first)
     np.testing.assert_array_equal(inverse, expected_inverse.ravel())
     assert [len(part) for part in unique_rows(np.zeros((0, 3), dtype))] == [0, 0, 0]
+
+
+def test_raw_voxels_touching_along_edges_mesh_closed():
+    # Found by the property test: faces shared by two diagonal voxels have a saddle of
+    # exactly 0.5, which marching cubes at exactly 0.5 split differently in the two
+    # cubes sharing them, leaving holes.
+    volume = np.zeros((3, 3, 8), bool)
+    volume[1, 2, 5] = volume[2, 1, 5] = volume[2, 2, 4] = volume[2, 2, 6] = True
+    vertices, faces = volume_to_mesh(volume, (1.0, 1.0, 1.0), smoothing_sigma=0)
+    assert len(faces) and is_watertight(faces)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        volume = rng.random(tuple(rng.integers(2, 8, 3))) > rng.random()
+        faces = volume_to_mesh(volume, (1.0, 1.0, 1.0), smoothing_sigma=0)[1]
+        assert not len(faces) or is_watertight(faces)

@@ -52,6 +52,7 @@ from vem3d.mesh import (
     STL_FACES_OFFSET,
     STL_HEADER,
     area_and_volume,
+    marching_level,
     read_stl_simplified,
     stl_face_count,
     stl_records,
@@ -656,6 +657,7 @@ def _march_block(
     data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
     field = _smoothed_field(data, radius, smoothing_sigma)
     del data
+    level = marching_level(level)
     if field.max() <= level or field.min() > level:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
     local, faces, _, _ = skimage.measure.marching_cubes(field, level=level)
@@ -727,7 +729,9 @@ def mesh_blocks(
             reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
             if voxels.all() and not reaches_border:
                 continue
-            key = mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, level) if cache else None
+            key = (
+                mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, marching_level(level)) if cache else None
+            )
             stored = cache.get(key) if cache else None
             blocks.append((index, cubes, key, stored is None))
             if stored is not None:

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
-from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, volume_to_mesh
+from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, marching_level, volume_to_mesh
 from vem3d.threads import finished, ordered_results, process_pool, run_now
 from vem3d.volume import class_objects, label_objects
 
@@ -94,7 +94,13 @@ def mesh_measures(
 
     def submitted() -> Iterator[Future]:
         for inside in insides:
-            key = mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma) if cache else None
+            # With the level the meshes are marched at (volume_to_mesh's 0.5): measures an
+            # older version marched at another are not reused.
+            key = (
+                mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma, marching_level(0.5))
+                if cache
+                else None
+            )
             stored = cache.get(key) if cache else None
             keys.append(None if stored is not None else key)
             if stored is not None:
