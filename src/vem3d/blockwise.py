@@ -59,7 +59,7 @@ from vem3d.mesh import (
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
-from vem3d.stats import AXES, OBJECT_COLUMNS, mesh_measures, object_mesh_measures, sphericity
+from vem3d.stats import AXES, OBJECT_COLUMNS, mesh_measures, sphericity
 from vem3d.threads import finished, ordered_results, process_pool
 from vem3d.volume import connected_components
 
@@ -1202,7 +1202,8 @@ def object_statistics_blockwise(
     cache : vem3d.cache.TableCache, optional
         As for :func:`vem3d.stats.object_statistics`.
     workers : int
-        Processes that mesh the objects inside one block (:func:`vem3d.stats.mesh_measures`).
+        Processes that mesh the objects (:func:`vem3d.stats.mesh_measures`): those inside one
+        block, those across blocks, and the blocks of objects larger than a block.
 
     Returns
     -------
@@ -1256,18 +1257,31 @@ def object_statistics_blockwise(
         measures = np.full((n_objects + 1, 2), np.nan)
         whole = ~np.isnan(rows[:, 11])
         measures[of_piece[whole]] = rows[whole, 11:13]
-        for object_number in np.unique(of_piece[~whole]):
-            box = [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])]
-            mask = _ObjectMask(spanning, object_of, order[object_number - 1], box)
-            if math.prod(mask.shape) <= block_size**3:
-                measures[object_number] = object_mesh_measures(
-                    mask[tuple(slice(0, n) for n in mask.shape)], voxel_size_nm, smoothing_sigma, cache
-                )
-            else:
-                mesh_totals = MeshMeasurements()
-                for _ in mesh_totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma, task="")):
-                    pass
-                measures[object_number] = (mesh_totals.volume_nm3, mesh_totals.area_nm2)
+        # Objects across block borders: those within a block's size meshed whole in the
+        # worker processes (read here, from the label volume), larger ones block by block.
+        spanning_masks = {
+            object_number: _ObjectMask(
+                spanning,
+                object_of,
+                order[object_number - 1],
+                [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])],
+            )
+            for object_number in np.unique(of_piece[~whole])
+        }
+        small = [number for number, mask in spanning_masks.items() if math.prod(mask.shape) <= block_size**3]
+        insides = (spanning_masks[number][tuple(slice(0, n) for n in spanning_masks[number].shape)] for number in small)
+        for object_number, object_measures in zip(
+            small, mesh_measures(insides, voxel_size_nm, smoothing_sigma, cache, submit)
+        ):
+            measures[object_number] = object_measures
+        for object_number in spanning_masks.keys() - set(small):
+            mesh_totals = MeshMeasurements()
+            blocks_meshed = mesh_blocks(
+                spanning_masks[object_number], voxel_size_nm, block_size, smoothing_sigma, task="", workers=workers
+            )
+            for _ in mesh_totals.measure(blocks_meshed):
+                pass
+            measures[object_number] = (mesh_totals.volume_nm3, mesh_totals.area_nm2)
     log.info("measured %d objects block by block in %.1f s", n_objects, time.monotonic() - started)
     object_voxels = totals[1:, 0]
     volume_um3, area_um2 = measures[1:, 0] / NM3_PER_UM3, measures[1:, 1] / NM2_PER_UM2
