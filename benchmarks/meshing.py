@@ -7,7 +7,9 @@ removed, cavities filled) and meshes it block by block into an STL
 (vem3d.blockwise.clean_blockwise + write_mesh_blockwise, both in --workers processes,
 by default one per core), and reports its time, voxels per second, faces and
 peak resident memory (getrusage, of the process and of its largest worker; target: at
-most 4 GiB).
+most 4 GiB). Another process then measures the cleaned volume's objects as the
+statistics step does (vem3d.blockwise.object_statistics_blockwise), with its time and
+peak memory (--skip-statistics leaves it out).
 
 For comparison, the first slices of the same volume, as many as the in-memory path
 fits in --memory-gib, are meshed by one vem3d.mesh.volume_to_mesh call (Gaussian
@@ -43,6 +45,7 @@ from vem3d.blockwise import (
     IN_MEMORY_BYTES_PER_VOXEL,
     clean_blockwise,
     mesh_blockwise,
+    object_statistics_blockwise,
     write_mesh_blockwise,
 )
 from vem3d.mesh import volume_to_mesh
@@ -138,6 +141,21 @@ def run_blockwise(volume_path: Path, work: Path, block_size: int, workers: int) 
     }
 
 
+def run_statistics(work: Path, block_size: int, workers: int) -> dict:
+    """The statistics step's block-wise table of the volume the block-wise run cleaned."""
+    cleaned = zarr.open_array(work / "cleaned.zarr", mode="r")
+    started, started_cpu = time.perf_counter(), cpu_seconds()
+    table = object_statistics_blockwise(cleaned, VOXEL_NM, work, block_size=block_size, workers=workers)
+    return {
+        "statistics_s": time.perf_counter() - started,
+        "statistics_cpu_s": cpu_seconds() - started_cpu,
+        "objects": len(table),
+        "surface_area_um2": float(table["surface_area_um2"].sum()),
+        "peak_gib": peak_rss_gib(),
+        "worker_peak_gib": peak_rss_gib(resource.RUSAGE_CHILDREN),
+    }
+
+
 def read_slices(volume_path: Path, n_slices: int) -> np.ndarray:
     return zarr.open_array(volume_path, mode="r")[:n_slices]
 
@@ -205,7 +223,10 @@ def main() -> None:
     parser.add_argument("--memory-gib", type=float, default=4.0, help="budget the whole-volume comparison must fit")
     parser.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--skip-comparison", action="store_true")
-    parser.add_argument("--step", choices=("blockwise", "whole", "blockwise-slices"), help=argparse.SUPPRESS)
+    parser.add_argument("--skip-statistics", action="store_true", help="do not time the statistics step")
+    parser.add_argument(
+        "--step", choices=("blockwise", "statistics", "whole", "blockwise-slices"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--slices", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.step:
@@ -214,6 +235,8 @@ def main() -> None:
         volume_path = work / "volume.zarr"
         if arguments.step == "blockwise":
             result = run_blockwise(volume_path, work, arguments.block_size, arguments.workers)
+        elif arguments.step == "statistics":
+            result = run_statistics(work, arguments.block_size, arguments.workers)
         elif arguments.step == "whole":
             result = run_whole(volume_path, work, arguments.slices)
         else:
@@ -245,6 +268,14 @@ def main() -> None:
                 else ""
             )
         )
+        if not arguments.skip_statistics:
+            statistics = in_subprocess("--step", "statistics", "--workers", arguments.workers, *common)
+            print(
+                f"block-wise object statistics of the cleaned volume: {statistics['statistics_s']:.0f} s "
+                f"(CPU {statistics['statistics_cpu_s']:.0f} s), {statistics['objects']} objects, "
+                f"{statistics['surface_area_um2']:.1f} um2 of surface; peak RSS {statistics['peak_gib']:.2f} GiB, "
+                f"and {statistics['worker_peak_gib']:.2f} GiB in the largest worker"
+            )
         if arguments.skip_comparison:
             return
         slices = min(shape[0], int(arguments.memory_gib * 2**30 / (IN_MEMORY_BYTES_PER_VOXEL * shape[1] * shape[2])))

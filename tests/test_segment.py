@@ -222,6 +222,13 @@ def test_the_network_thread_only_runs_the_network(monkeypatch):
     assert len(threads["network"]) == 1 and threads["network"].isdisjoint(threads["blend"])
 
 
+def test_a_caller_that_stops_early_stops_the_segmentation_threads():
+    results = segment_slices(_RecordingIdentity(), iter(_slices()), tile_size=32, overlap=8, batch_size=3)
+    assert next(results)[0] == "s0"
+    results.close()
+    assert not [thread for thread in threading.enumerate() if thread.name == "vem3d-compute-ahead"]
+
+
 def test_tiles_of_another_size_start_a_new_batch():
     rng = np.random.default_rng(4)
     images = [rng.random(shape, dtype=np.float32) for shape in [(40, 40)] * 4 + [(20, 20), (40, 40)]]

@@ -8,6 +8,7 @@ The result has no seams and does not depend on where the tile borders fall.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -495,14 +496,15 @@ def segment_slices(
         complete = compute_ahead(predicted(compute_ahead(batches, prefetch)), prefetch)
     started = time.perf_counter()
     count = 0
-    for owner in complete:
-        probabilities = owner.tiling.blend([np.stack(owner.predictions)])
-        if probabilities.shape[:2] != tuple(owner.original_shape):
-            probabilities = resize(probabilities, tuple(owner.original_shape) + probabilities.shape[2:])
-        yield owner.name, probabilities, probabilities_to_mask(probabilities, threshold)
-        count += 1
-        elapsed = time.perf_counter() - started
-        log.info("segmented %s: %d slices in %.1f s (%.2f slices/s)", owner.name, count, elapsed, count / elapsed)
+    with contextlib.closing(complete):  # a caller that stops early stops the threads too
+        for owner in complete:
+            probabilities = owner.tiling.blend([np.stack(owner.predictions)])
+            if probabilities.shape[:2] != tuple(owner.original_shape):
+                probabilities = resize(probabilities, tuple(owner.original_shape) + probabilities.shape[2:])
+            yield owner.name, probabilities, probabilities_to_mask(probabilities, threshold)
+            count += 1
+            elapsed = time.perf_counter() - started
+            log.info("segmented %s: %d slices in %.1f s (%.2f slices/s)", owner.name, count, elapsed, count / elapsed)
     log.info(
         "segmented %d slices in %.2f s, %.2f s of it in the network's forward passes",
         count,
