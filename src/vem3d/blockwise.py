@@ -1227,19 +1227,28 @@ def object_statistics_blockwise(
             dtype=np.uint64,
             fill_value=0,
         )
-        for index, region in blocks(shape, block_size, "objects measured"):
-            labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
-            if count == 0:
-                continue
-            crosses = np.zeros(count + 1, bool)
-            block_rows = np.full((count, 13), np.nan)
-            whole = deque()  # numbers of the pieces handed to mesh_measures, in order
-            masks = _measure_pieces(labels, region, shape, block_rows, crosses, whole)
-            for measures in mesh_measures(masks, voxel_size_nm, smoothing_sigma, cache, submit):
-                block_rows[whole.popleft() - 1, 11:] = measures
-            rows.append(block_rows)
-            if crosses.any():
-                spanning[region] = np.where(crosses[labels], labels.astype(np.uint64) + pieces.offsets[index], 0)
+        owners = deque()  # (block rows, piece number) of each whole piece handed to mesh_measures, in order
+
+        def whole_pieces() -> Iterator[np.ndarray]:
+            # Pulled by mesh_measures as it hands pieces to the workers: the next blocks
+            # are labelled here while the workers mesh the last ones' pieces.
+            for index, region in blocks(shape, block_size, "objects measured"):
+                labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
+                if count == 0:
+                    continue
+                crosses = np.zeros(count + 1, bool)
+                block_rows = np.full((count, 13), np.nan)
+                rows.append(block_rows)
+                whole = []
+                for inside in _measure_pieces(labels, region, shape, block_rows, crosses, whole):
+                    owners.append((block_rows, whole[-1]))
+                    yield inside
+                if crosses.any():
+                    spanning[region] = np.where(crosses[labels], labels.astype(np.uint64) + pieces.offsets[index], 0)
+
+        for measures in mesh_measures(whole_pieces(), voxel_size_nm, smoothing_sigma, cache, submit):
+            block_rows, number = owners.popleft()
+            block_rows[number - 1, 11:] = measures
         rows = np.concatenate(rows)
         object_of, n_objects = pieces.components()
         # Objects numbered in raster order of their first voxel, as label_objects numbers them.
