@@ -274,12 +274,6 @@ class BlockComponents:
         self._layers: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
         self._pairs: list[np.ndarray] = []
 
-    def label(self, index: tuple[int, ...], mask: np.ndarray) -> tuple[np.ndarray, int]:
-        """Label the block ``index`` of ``mask``, record it and return (local labels, count)."""
-        labels, count = _label(mask, self.connectivity)
-        self.add(index, outer_layers(labels), count)
-        return labels, count
-
     def add(self, index: tuple[int, ...], layers: BlockLayers, count: int) -> int:
         """Record a block's local labels (1..count), given by its outer layers; returns
         its offset to global labels."""
@@ -412,18 +406,24 @@ def _fill_block(target, block, cavity_pieces) -> tuple[int, BlockLayers, int]:
     return count, outer_layers(labels), int(np.count_nonzero(filled))
 
 
+def _whole_chunks(array: zarr.Array, block_size: int) -> bool:
+    """Whether blocks of ``block_size`` cover whole chunks of ``array``, so that worker
+    processes can write blocks at once (two must not write one chunk)."""
+    return all(block_size % side == 0 for side in array.chunks)
+
+
 def _in_raster_order(submit, shape, block_size: int, task: str, work, ahead: int):
-    """(block index, result) for every block in raster order, where ``work(index, region)``
-    gives the (function, *arguments) to ``submit``; at most ``ahead`` blocks ahead."""
-    indices = deque()
+    """(block index, region, result) for every block in raster order, where ``work(index,
+    region)`` gives the (function, *arguments) to ``submit``; at most ``ahead`` blocks ahead."""
+    placed = deque()
 
     def submitted():
         for index, region in blocks(shape, block_size, task):
-            indices.append(index)
+            placed.append((index, region))
             yield submit(*work(index, region))
 
     for value in ordered_results(submitted(), ahead):
-        yield indices.popleft(), value
+        yield *placed.popleft(), value
 
 
 def clean_blockwise(
@@ -471,13 +471,13 @@ def clean_blockwise(
 
     def save(temporary: str) -> None:
         target = _empty_volume_like(temporary, source, block_size)
-        processes = workers if all(block_size % side == 0 for side in target.chunks) else 1
+        processes = workers if _whole_chunks(target, block_size) else 1
         ahead = 2 * processes
         with process_pool(processes) as submit:
             # Pass 1: objects and their sizes.
             objects = BlockComponents(26)
             piece_sizes = [np.zeros(1, np.int64)]
-            for index, (count, layers, sizes) in _in_raster_order(
+            for index, _, (count, layers, sizes) in _in_raster_order(
                 submit, shape, block_size, "clean-up, objects",
                 lambda index, region: (_objects_in_block, *_block_source(source, region)), ahead,
             ):
@@ -498,7 +498,7 @@ def clean_blockwise(
 
             background = BlockComponents(6)
             on_border = [np.zeros(1, bool)]
-            for index, (count, layers, touching) in _in_raster_order(
+            for index, _, (count, layers, touching) in _in_raster_order(
                 submit, shape, block_size, "clean-up, small objects removed", keep_work, ahead
             ):
                 if fill_cavities:
@@ -522,7 +522,7 @@ def clean_blockwise(
 
             final = BlockComponents(26)
             foreground = 0
-            for index, (count, layers, voxels) in _in_raster_order(
+            for index, _, (count, layers, voxels) in _in_raster_order(
                 submit, shape, block_size, "clean-up, cavities filled", fill_work, ahead
             ):
                 final.add(index, layers, count)
@@ -1135,16 +1135,24 @@ def _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels: int, fill_cavit
 
 
 class _ObjectMask:
-    """One object of a block-labelled volume, read lazily as a bool volume over its bounding box."""
+    """One object of a block-labelled volume, read lazily as a bool volume over its bounding box.
 
-    def __init__(self, labels: zarr.Array, object_of: np.ndarray, component: int, box: Sequence[tuple[int, int]]):
-        self._labels, self._object_of, self._component = labels, object_of, component
+    The label volume holds each block's local labels; ``offsets`` (one per block, as an
+    array over the block grid) turn them into the global labels that ``object_of`` maps.
+    """
+
+    def __init__(self, labels: zarr.Array, offsets: np.ndarray, block_size: int, object_of: np.ndarray,
+                 component: int, box: Sequence[tuple[int, int]]):
+        self._labels, self._offsets, self._block_size = labels, offsets, block_size
+        self._object_of, self._component = object_of, component
         self._origin = [lo for lo, _ in box]
         self.shape = tuple(hi - lo for lo, hi in box)
 
     def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
         shifted = tuple(slice(part.start + lo, part.stop + lo) for part, lo in zip(region, self._origin))
-        return self._object_of[np.asarray(self._labels[shifted])] == self._component
+        local = np.asarray(self._labels[shifted]).astype(np.int64)
+        block_of = np.ix_(*(np.arange(part.start, part.stop) // self._block_size for part in shifted))
+        return self._object_of[np.where(local > 0, local + self._offsets[block_of], 0)] == self._component
 
 
 def _measure_pieces(labels, region, shape, block_rows, crosses, whole) -> Iterator[np.ndarray]:
@@ -1173,6 +1181,26 @@ def _measure_pieces(labels, region, shape, block_rows, crosses, whole) -> Iterat
             yield inside
 
 
+def _pieces_of_block(array, region, block, shape, spanning):
+    """Statistics pass for one block (``block`` of the volume, of ``shape``): label its
+    pieces and measure them but for the mesh measures (:func:`_measure_pieces`).
+
+    Returns (count, outer layers, the pieces' rows, numbers of the whole pieces, their
+    masks, and the local labels of the pieces that cross into another block where
+    ``spanning`` is None, else None: they are written into ``spanning`` here).
+    """
+    labels, count = _label(np.asarray(array[region]) != 0, 26)
+    crosses = np.zeros(count + 1, bool)
+    block_rows = np.full((count, 13), np.nan)
+    whole = []
+    insides = list(_measure_pieces(labels, block, shape, block_rows, crosses, whole))
+    crossing = np.where(crosses[labels], labels, 0).astype(np.uint32) if crosses.any() else None
+    if crossing is not None and spanning is not None:
+        spanning[block] = crossing
+        crossing = None
+    return count, outer_layers(labels), block_rows, whole, insides, crossing
+
+
 def object_statistics_blockwise(
     volume,
     voxel_size_nm: tuple[float, float, float],
@@ -1185,9 +1213,10 @@ def object_statistics_blockwise(
     """:func:`vem3d.stats.object_statistics`, block by block: the same table.
 
     Objects inside one block are measured from it at once. Pieces that touch a border
-    with another block are written into a label volume (zarr), joined across blocks,
-    and each such object is meshed from its bounding box: in memory when that is at
-    most a block, otherwise block by block (:func:`mesh_blocks`).
+    with another block are written into a label volume (zarr, each block's local
+    labels), joined across blocks, and each such object is meshed from its bounding
+    box: in memory when that is at most a block, otherwise block by block
+    (:func:`mesh_blocks`).
 
     Parameters
     ----------
@@ -1202,8 +1231,10 @@ def object_statistics_blockwise(
     cache : vem3d.cache.TableCache, optional
         As for :func:`vem3d.stats.object_statistics`.
     workers : int
-        Processes that mesh the objects (:func:`vem3d.stats.mesh_measures`): those inside one
-        block, those across blocks, and the blocks of objects larger than a block.
+        Processes that label and measure the blocks, and mesh the objects
+        (:func:`vem3d.stats.mesh_measures`): those inside one block, those across
+        blocks, and the blocks of objects larger than a block. Blocks that do not cover
+        whole chunks of the label volume have it written here.
 
     Returns
     -------
@@ -1224,27 +1255,32 @@ def object_statistics_blockwise(
             Path(scratch) / "labels.zarr",
             shape=shape,
             chunks=volume.chunks if isinstance(volume, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3,
-            dtype=np.uint64,
+            dtype=np.uint32,  # each block's local labels
             fill_value=0,
         )
+        written_there = spanning if _whole_chunks(spanning, block_size) else None
         owners = deque()  # (block rows, piece number) of each whole piece handed to mesh_measures, in order
 
         def whole_pieces() -> Iterator[np.ndarray]:
-            # Pulled by mesh_measures as it hands pieces to the workers: the next blocks
-            # are labelled here while the workers mesh the last ones' pieces.
-            for index, region in blocks(shape, block_size, "objects measured"):
-                labels, count = pieces.label(index, np.asarray(volume[region]) != 0)
+            # Pulled by mesh_measures as it hands pieces to the workers, which label
+            # the next blocks meanwhile; the pieces are joined here, in raster order.
+            for index, region, (count, layers, block_rows, whole, insides, crossing) in _in_raster_order(
+                submit,
+                shape,
+                block_size,
+                "objects measured",
+                lambda index, region: (_pieces_of_block, *_block_source(volume, region), region, shape, written_there),
+                2 * workers,
+            ):
+                pieces.add(index, layers, count)
+                if crossing is not None:
+                    spanning[region] = crossing
                 if count == 0:
                     continue
-                crosses = np.zeros(count + 1, bool)
-                block_rows = np.full((count, 13), np.nan)
                 rows.append(block_rows)
-                whole = []
-                for inside in _measure_pieces(labels, region, shape, block_rows, crosses, whole):
-                    owners.append((block_rows, whole[-1]))
+                for number, inside in zip(whole, insides):
+                    owners.append((block_rows, number))
                     yield inside
-                if crosses.any():
-                    spanning[region] = np.where(crosses[labels], labels.astype(np.uint64) + pieces.offsets[index], 0)
 
         for measures in mesh_measures(whole_pieces(), voxel_size_nm, smoothing_sigma, cache, submit):
             block_rows, number = owners.popleft()
@@ -1268,9 +1304,14 @@ def object_statistics_blockwise(
         measures[of_piece[whole]] = rows[whole, 11:13]
         # Objects across block borders: those within a block's size meshed whole in the
         # worker processes (read here, from the label volume), larger ones block by block.
+        offsets = np.zeros([math.ceil(n / block_size) for n in shape], np.int64)
+        for index, offset in pieces.offsets.items():
+            offsets[index] = offset
         spanning_masks = {
             object_number: _ObjectMask(
                 spanning,
+                offsets,
+                block_size,
                 object_of,
                 order[object_number - 1],
                 [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])],
