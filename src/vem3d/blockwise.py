@@ -51,6 +51,7 @@ from vem3d.mesh import (
     NM3_PER_UM3,
     STL_FACES_OFFSET,
     STL_HEADER,
+    SURFACE_LEVEL,
     area_and_volume,
     marching_level,
     read_stl_simplified,
@@ -669,7 +670,7 @@ def mesh_blocks(
     voxel_size_nm: tuple[float, float, float],
     block_size=DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
-    level: float = 0.5,
+    level: float = SURFACE_LEVEL,
     task: str = "marching cubes",
     cache: ArrayCache | None = None,
     workers: int = 1,
@@ -816,7 +817,7 @@ def mesh_blockwise(
     voxel_size_nm: tuple[float, float, float],
     block_size: int = DEFAULT_BLOCK_SIZE,
     smoothing_sigma: float = 0.75,
-    level: float = 0.5,
+    level: float = SURFACE_LEVEL,
     workers: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`vem3d.mesh.volume_to_mesh` block by block: the same mesh, up to vertex and face order.

@@ -29,6 +29,9 @@ NM2_PER_UM2 = 1e6
 IN_MEMORY_MESH_BLOCK = (16, 256, 256)
 
 
+SURFACE_LEVEL = 0.5  # iso-value on 0/1 masks: the surface halfway between foreground and background voxels
+
+
 def marching_level(level: float) -> float:
     """The iso-value marching cubes runs at for ``level``: a millionth below it.
 
@@ -44,7 +47,7 @@ def marching_level(level: float) -> float:
 def volume_to_mesh(
     volume: np.ndarray,
     voxel_size_nm: tuple[float, float, float],
-    level: float = 0.5,
+    level: float = SURFACE_LEVEL,
     smoothing_sigma: float = 0.75,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Triangulate the surface of a binary volume with marching cubes.

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
-from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, area_and_volume, marching_level, volume_to_mesh
+from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, SURFACE_LEVEL, area_and_volume, marching_level, volume_to_mesh
 from vem3d.threads import finished, ordered_results, process_pool, run_now
 from vem3d.volume import class_objects, label_objects
 
@@ -94,10 +94,13 @@ def mesh_measures(
 
     def submitted() -> Iterator[Future]:
         for inside in insides:
-            # With the level the meshes are marched at (volume_to_mesh's 0.5): measures an
-            # older version marched at another are not reused.
+            # With the level the meshes are marched at: measures an older version marched
+            # at another are not reused.
             key = (
-                mask_key(cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma, marching_level(0.5))
+                mask_key(
+                    cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma,
+                    marching_level(SURFACE_LEVEL),
+                )
                 if cache
                 else None
             )
