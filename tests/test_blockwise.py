@@ -22,14 +22,14 @@ from vem3d.blockwise import (
 )
 from vem3d.mesh import (
     is_watertight,
-    mesh_from_masks,
+    mesh_volumes,
     read_stl,
     stl_face_count,
     volume_to_mesh,
 )
 from vem3d.slices import write_image
-from vem3d.stats import object_statistics, statistics_from_masks
-from vem3d.volume import clean_volume, label_objects, read_slice_volume
+from vem3d.stats import object_statistics, statistics_from_volumes
+from vem3d.volume import clean_volume, label_objects, open_volumes, read_slice_volume
 
 VOXEL_NM = (30.0, 5.0, 4.0)
 
@@ -269,12 +269,16 @@ def mask_folders(tmp_path):
     return folders
 
 
-def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mask_folders):
+def test_volumes_cleaned_and_meshed_block_by_block_match_the_in_memory_path(tmp_path, mask_folders, volume_of):
     masks = {"mito": mask_folders}
-    in_memory = mesh_from_masks(masks, VOXEL_NM, tmp_path / "a/meshes", tmp_path / "a/summary.tsv", min_object_voxels=5)
-    by_block = mesh_from_masks(
-        masks, VOXEL_NM, tmp_path / "b/meshes", tmp_path / "b/summary.tsv", block_size=8, min_object_voxels=5
-    )
+    in_memory_volume = volume_of(masks, VOXEL_NM, min_object_voxels=5)
+    by_block_volume = volume_of(masks, VOXEL_NM, min_object_voxels=5, block_size=8)
+    for cleaned, expected in zip(open_volumes(by_block_volume).classes.values(),
+                                 open_volumes(in_memory_volume).classes.values()):
+        np.testing.assert_array_equal(cleaned.volume[:], expected.volume[:])
+        assert (cleaned.objects, cleaned.foreground_voxels) == (expected.objects, expected.foreground_voxels)
+    in_memory = mesh_volumes(in_memory_volume, tmp_path / "a/meshes", tmp_path / "a/summary.tsv")
+    by_block = mesh_volumes(by_block_volume, tmp_path / "b/meshes", tmp_path / "b/summary.tsv", block_size=8)
     assert by_block.iloc[0].drop("class").to_dict() == pytest.approx(
         in_memory.iloc[0].drop("class").to_dict(), rel=1e-6
     )
@@ -285,40 +289,55 @@ def test_mesh_from_masks_block_by_block_matches_the_in_memory_path(tmp_path, mas
     assert sorted(path.name for path in (tmp_path / "b").rglob("*")) == ["meshes", "mito.stl", "summary.tsv"]
 
 
-def test_a_volume_over_the_memory_budget_is_meshed_block_by_block(tmp_path, mask_folders, monkeypatch):
-    calls = []
+def test_a_volume_in_memory_cleaned_in_worker_processes_equals_its_whole_volume_clean_up(
+    mask_folders, volume_of, monkeypatch
+):
+    monkeypatch.setattr(blockwise, "IN_MEMORY_CLEAN_BLOCK", 8)  # objects and cavities across blocks
+    masks = {"mito": mask_folders}
+    alone, in_workers = (
+        open_volumes(volume_of(masks, min_object_voxels=5, workers=workers)).classes["mito"] for workers in (1, 3)
+    )
+    np.testing.assert_array_equal(in_workers.volume[:], alone.volume[:])
+    assert (in_workers.objects, in_workers.foreground_voxels) == (alone.objects, alone.foreground_voxels)
+    assert alone.objects > 3 and in_workers.volume.chunks == (8, 8, 8)
+
+
+def test_a_volume_over_the_memory_budget_is_cleaned_and_meshed_block_by_block(
+    tmp_path, mask_folders, monkeypatch, volume_of
+):
+    cleaned, meshed = [], []
+    clean, mesh = blockwise.clean_blockwise, blockwise.write_mesh_blockwise
+    monkeypatch.setattr(blockwise, "clean_blockwise", lambda *args: cleaned.append(args[4]) or clean(*args))
     monkeypatch.setattr(
-        blockwise, "mesh_masks_blockwise", lambda *args, **kwargs: calls.append(args) or blockwise_summary_stub()
+        blockwise, "write_mesh_blockwise", lambda volume, *args: meshed.append((volume, args[2])) or mesh(volume, *args)
     )
     masks = {"mito": mask_folders}
-    mesh_from_masks(masks, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
-    assert len(calls) == 1 and calls[0][6] == blockwise.DEFAULT_BLOCK_SIZE
-    mesh_from_masks(masks, VOXEL_NM, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1.0)
-    assert len(calls) == 1
+    volume = volume_of(masks, memory_gib=1e-4)
+    assert cleaned == [blockwise.DEFAULT_BLOCK_SIZE]
+    mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
+    assert isinstance(meshed[0][0].volume, zarr.Array) and meshed[0][1] == blockwise.DEFAULT_BLOCK_SIZE
+    volume_of(masks, memory_gib=1.0)
+    mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1.0)
+    assert len(cleaned) == 1 and isinstance(meshed[1][0].volume, np.ndarray)
 
 
-def blockwise_summary_stub():
-    keys = ["objects", "foreground_voxels", "voxel_volume_um3", "mesh_volume_um3", "surface_area_um2", "vertices"]
-    return {**dict.fromkeys(keys, 0), "faces": 0}
-
-
-def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_folders):
+def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_folders, volume_of):
+    volume = volume_of({"foreground": mask_folders})
     for name, block_size in (("memory", 0), ("blocks", 8)):
-        masks = {"foreground": mask_folders}
-        full = mesh_from_masks(masks, VOXEL_NM, tmp_path / f"{name}0", tmp_path / f"{name}0.tsv", block_size=block_size)
-        simplified = mesh_from_masks(
-            masks, VOXEL_NM, tmp_path / name, tmp_path / f"{name}.tsv", block_size=block_size, max_faces=300
+        full = mesh_volumes(volume, tmp_path / f"{name}0", tmp_path / f"{name}0.tsv", block_size=block_size)
+        simplified = mesh_volumes(
+            volume, tmp_path / name, tmp_path / f"{name}.tsv", block_size=block_size, max_faces=300
         )
         pd.testing.assert_frame_equal(simplified, full)
         assert 0 < len(read_stl(tmp_path / name / "foreground.stl")[1]) <= 300 < full.loc[0, "faces"]
         assert sorted(path.name for path in (tmp_path / name).iterdir()) == ["foreground.stl"]  # no scratch STL left
 
 
-def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folders):
+def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folders, volume_of):
     paths = {name: (tmp_path / f"{name}_objects.tsv", tmp_path / f"{name}_summary.tsv") for name in ("a", "b")}
-    masks = {"foreground": mask_folders}
-    in_memory = statistics_from_masks(masks, VOXEL_NM, *paths["a"], min_object_voxels=5).iloc[0]
-    by_block = statistics_from_masks(masks, VOXEL_NM, *paths["b"], min_object_voxels=5, block_size=8).iloc[0]
+    volume = volume_of({"foreground": mask_folders}, min_object_voxels=5)
+    in_memory = statistics_from_volumes(volume, *paths["a"]).iloc[0]
+    by_block = statistics_from_volumes(volume, *paths["b"], block_size=8).iloc[0]
     assert by_block.drop("class").to_dict() == pytest.approx(in_memory.drop("class").to_dict(), rel=1e-6, nan_ok=True)
     expected = pd.read_csv(paths["a"][0], sep="\t")
     assert len(expected) > 3
@@ -329,19 +348,22 @@ def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folde
         "b_objects.tsv",
         "b_summary.tsv",
         "masks",
+        "volumes",
     ]
 
 
 @pytest.mark.parametrize("block_size", [0, 8])  # in memory, block by block
-def test_worker_processes_give_the_statistics_of_one_process(tmp_path, monkeypatch, mask_folders, block_size):
+def test_worker_processes_give_the_statistics_of_one_process(
+    tmp_path, monkeypatch, mask_folders, block_size, volume_of
+):
     record = tmp_path / "pids"
     monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
     monkeypatch.setattr(stats_module, "_mesh_measures", _mesh_measures_recording)
-    masks = {"foreground": mask_folders}
+    volume = volume_of({"foreground": mask_folders}, min_object_voxels=5)
     tables = {}
     for workers in (1, 3):
         paths = (tmp_path / f"{workers}_objects.tsv", tmp_path / f"{workers}_summary.tsv")
-        statistics_from_masks(masks, VOXEL_NM, *paths, min_object_voxels=5, block_size=block_size, workers=workers)
+        statistics_from_volumes(volume, *paths, block_size=block_size, workers=workers)
         tables[workers] = paths[0].read_bytes()
         worked_in = set(record.read_text().split())
         record.unlink()
@@ -368,7 +390,7 @@ def write_chunked_masks(volume, folder, chunk_slices=8):
 
 
 @pytest.mark.parametrize("block_size", [0, 8])  # in memory (blocks patched small), block by block
-def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size):
+def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size, volume_of):
     monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
     marched, recorded = [], []
     march, make_records = blockwise._march_block, blockwise.stl_records
@@ -380,12 +402,10 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
     def mesh(name, cache="cache"):
         marched.clear()
         recorded.clear()
-        summary = mesh_from_masks(
-            {"mito": folders},
-            VOXEL_NM,
+        summary = mesh_volumes(
+            volume_of({"mito": folders}, min_object_voxels=5, block_size=block_size),
             tmp_path / name,
             tmp_path / f"{name}.tsv",
-            min_object_voxels=5,
             block_size=block_size,
             cache_dir=tmp_path / cache if cache else None,
         )
@@ -413,7 +433,7 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
     assert len(list((tmp_path / "cache/mito").glob("*.npz"))) == blocks_with_surface
 
 
-def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, monkeypatch):
+def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, monkeypatch, volume_of):
     # Entries keep the marching cubes in voxel units, and the STL records and measures
     # in nm beside the voxel size they were made at: at another, only the latter are redone.
     monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
@@ -423,8 +443,8 @@ def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, 
     folders = write_chunked_masks(blobs((24, 30, 26), 8), tmp_path / "masks")
 
     def mesh(name, voxel_size_nm, cache):
-        summary = mesh_from_masks({"mito": folders}, voxel_size_nm, tmp_path / name, tmp_path / f"{name}.tsv",
-                                  cache_dir=tmp_path / "cache" if cache else None)
+        summary = mesh_volumes(volume_of({"mito": folders}, voxel_size_nm), tmp_path / name, tmp_path / f"{name}.tsv",
+                               cache_dir=tmp_path / "cache" if cache else None)
         return summary, (tmp_path / name / "mito.stl").read_bytes()
 
     mesh("first", VOXEL_NM, cache=True)
@@ -438,19 +458,21 @@ def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, 
 
 
 @pytest.mark.parametrize("block_size", [0, 8])
-def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(tmp_path, monkeypatch, block_size):
+def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(
+    tmp_path, monkeypatch, block_size, volume_of
+):
     # With max_faces the output is the simplified mesh: the cache keeps the full one, whose
     # records an unchanged re-run writes again (to the scratch STL it simplifies from).
     monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
     recorded = []
     make_records = blockwise.stl_records
     monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
-    folders = write_chunked_masks(blobs((24, 30, 26), 9), tmp_path / "masks")
+    volume = volume_of({"mito": write_chunked_masks(blobs((24, 30, 26), 9), tmp_path / "masks")})
 
     def mesh(name):
         recorded.clear()
-        summary = mesh_from_masks({"mito": folders}, VOXEL_NM, tmp_path / name, tmp_path / f"{name}.tsv",
-                                  block_size=block_size, max_faces=300, cache_dir=tmp_path / "cache")
+        summary = mesh_volumes(volume, tmp_path / name, tmp_path / f"{name}.tsv",
+                               block_size=block_size, max_faces=300, cache_dir=tmp_path / "cache")
         return summary, (tmp_path / name / "mito.stl").read_bytes()
 
     first, first_stl = mesh("first")
@@ -464,7 +486,7 @@ def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(tm
 
 
 @pytest.mark.parametrize("block_size", [0, 8])
-def test_a_rerun_meshes_again_only_the_objects_a_changed_slice_reaches(tmp_path, monkeypatch, block_size):
+def test_a_rerun_meshes_again_only_the_objects_a_changed_slice_reaches(tmp_path, monkeypatch, block_size, volume_of):
     meshed = []
     to_mesh = volume_to_mesh
     monkeypatch.setattr(
@@ -477,12 +499,10 @@ def test_a_rerun_meshes_again_only_the_objects_a_changed_slice_reaches(tmp_path,
 
     def measure(name, cache="cache"):
         meshed.clear()
-        statistics_from_masks(
-            {"mito": folders},
-            VOXEL_NM,
+        statistics_from_volumes(
+            volume_of({"mito": folders}, min_object_voxels=5, block_size=block_size),
             tmp_path / f"{name}.tsv",
             tmp_path / f"{name}_summary.tsv",
-            min_object_voxels=5,
             block_size=block_size,
             cache_dir=tmp_path / cache if cache else None,
         )

@@ -12,7 +12,7 @@ import pytest
 from vem3d.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("synth", "preprocess", "train", "segment", "mesh", "stats")
+COMMANDS = ("synth", "preprocess", "train", "segment", "volume", "mesh", "stats")
 TINY_MODEL = ["--depth", "2", "--base-filters", "4"]
 
 
@@ -39,7 +39,7 @@ def test_missing_subcommand_or_voxel_size_is_refused(tmp_path, capsys):
         main([])
     assert stopped.value.code == 2
     with pytest.raises(SystemExit):
-        main(["stats", str(tmp_path), "--out-dir", str(tmp_path)])
+        main(["volume", str(tmp_path), "--out-dir", str(tmp_path)])
     assert "--voxel-size" in capsys.readouterr().err
 
 
@@ -66,9 +66,11 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
 
     # Mesh and measure the ground truth, which certainly holds objects.
     truth = str(tmp_path / "demo/ground_truth")
-    main(["mesh", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "sample"), "--class-name", "mito"])
+    sample = str(tmp_path / "sample")
+    main(["volume", truth, "--voxel-size", "20", "10", "10", "--out-dir", sample, "--class-name", "mito"])
+    main(["mesh", f"{sample}/volume.zarr", "--out-dir", sample])
     assert (tmp_path / "sample/meshes/mito.stl").is_file()
-    main(["stats", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "sample"), "--class-name", "mito"])
+    main(["stats", f"{sample}/volume.zarr", "--out-dir", sample])
     objects = pd.read_csv(tmp_path / "sample/objects.tsv", sep="\t")
     summary = pd.read_csv(tmp_path / "sample/objects_summary.tsv", sep="\t").iloc[0]
     mesh_summary = pd.read_csv(tmp_path / "sample/mesh_summary.tsv", sep="\t").iloc[0]

@@ -9,12 +9,12 @@ import pytest
 import tifffile
 
 from vem3d.labels import class_values, decode_label_map, label_slices, one_hot, read_class_labels
-from vem3d.metrics import evaluate_folders
+from vem3d.metrics import evaluate_volumes
 from vem3d.preprocess import preprocess_slice
 from vem3d.slices import SliceError
 from vem3d.train import TrainingConfig, labelled_pairs, train_unet
 from vem3d.unet import UNetConfig
-from vem3d.volume import class_volumes
+from vem3d.volume import open_volumes
 
 VNC = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "vnc_drosophila"
 # VNC label maps: membranes by orientation and junctions, glia, mitochondria, synapses, cell interior.
@@ -91,7 +91,7 @@ def test_a_class_folder_with_an_unknown_name_or_other_slices_is_refused(tmp_path
         label_slices(uneven, ["a", "b"])
 
 
-def test_z_smoothing_bridges_a_slice_the_network_missed(tmp_path):
+def test_z_smoothing_bridges_a_slice_the_network_missed(tmp_path, volume_of):
     """A tube through 9 slices, missed on slice 4: smoothed across slices it is whole again."""
     probabilities = np.zeros((9, 16, 16), np.uint8)
     probabilities[:, 4:12, 4:12] = 230
@@ -103,13 +103,16 @@ def test_z_smoothing_bridges_a_slice_the_network_missed(tmp_path):
         for z, plane in enumerate(volume):
             iio.imwrite(folder / f"s{z}.png", plane.astype(np.uint8))
         folders[kind] = {"tube": [folder]}
-    raw = class_volumes(folders["masks"])["tube"]
-    smoothed = class_volumes(folders["masks"], folders["probabilities"], z_smoothing_sigma=1.0)["tube"]
+    raw, smoothed = (
+        open_volumes(volume_of(folders["masks"], probability_dirs=folders["probabilities"], z_smoothing_sigma=sigma))
+        .classes["tube"].volume[:]
+        for sigma in (0.0, 1.0)
+    )
     assert not raw[4].any() and smoothed[4, 4:12, 4:12].all()
     assert smoothed.sum() == 9 * 64
 
 
-def test_evaluation_scores_each_class_against_a_label_map(tmp_path):
+def test_evaluation_scores_each_class_against_a_label_map(tmp_path, volume_of):
     truth = np.zeros((2, 8, 8), np.uint8)
     truth[:, :4] = 10  # class a: top half
     truth[:, 6:] = 20  # class b: bottom quarter
@@ -125,9 +128,9 @@ def test_evaluation_scores_each_class_against_a_label_map(tmp_path):
         mask_dirs[name] = [folder]
     for z, plane in enumerate(truth):
         iio.imwrite(tmp_path / "truth" / f"s{z}.png", plane)
-    evaluate_folders(
-        mask_dirs, tmp_path / "truth", tmp_path / "scores.tsv", tmp_path / "objects.tsv", {"a": [10], "b": [20]},
-        fill_cavities=False,
+    evaluate_volumes(
+        volume_of(mask_dirs, fill_cavities=False), tmp_path / "truth", tmp_path / "scores.tsv",
+        tmp_path / "objects.tsv", {"a": [10], "b": [20]},
     )
     scores = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
     volume = scores[scores["slice"] == "volume"].set_index("class")

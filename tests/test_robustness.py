@@ -24,7 +24,7 @@ from test_workflow import (
     snakemake,
 )
 
-from vem3d.mesh import mesh_from_masks
+from vem3d.mesh import mesh_volumes
 from vem3d.preprocess import preprocess_stack, read_preprocessed
 from vem3d.slices import read_slice
 
@@ -54,12 +54,13 @@ def test_all_black_and_all_white_slices_pass_through(tmp_path):
         np.testing.assert_allclose(image, 0.5, atol=1e-4)
 
 
-def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path):
+def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path, volume_of):
     masks = tmp_path / "masks" / "chunk0000"
     masks.mkdir(parents=True)
     for z in range(3):
         iio.imwrite(masks / f"s{z}.png", np.zeros((16, 16), np.uint8))
-    summary = mesh_from_masks({"mito": [masks]}, (10, 5, 5), tmp_path / "meshes", tmp_path / "summary.tsv").iloc[0]
+    volume = volume_of({"mito": [masks]}, (10, 5, 5))
+    summary = mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv").iloc[0]
     assert summary["objects"] == 0 and summary["faces"] == 0
     assert list((tmp_path / "meshes").iterdir()) == []
     assert (tmp_path / "summary.tsv").read_text().splitlines()[1].startswith("mito\t0\t0")

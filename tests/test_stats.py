@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from vem3d.slices import write_image
-from vem3d.stats import OBJECT_COLUMNS, object_statistics, sphericity, statistics_from_masks, study_table
+from vem3d.stats import OBJECT_COLUMNS, object_statistics, sphericity, statistics_from_volumes, study_table
 from vem3d.volume import label_objects
 
 # (centre (z, y, x) nm, radius nm) of balls far enough apart to be separate objects.
@@ -53,22 +53,21 @@ def test_a_box_has_the_sphericity_of_a_cube():
     assert row.sphericity == pytest.approx((np.pi / 6) ** (1 / 3), rel=0.05)  # 0.806; rounded edges raise it
 
 
-def test_empty_volume_gives_an_empty_table_and_a_zero_summary(tmp_path):
+def test_empty_volume_gives_an_empty_table_and_a_zero_summary(tmp_path, volume_of):
     objects = object_statistics(np.zeros((3, 4, 5), bool), (20, 10, 10))
     assert objects.empty and list(objects.columns) == OBJECT_COLUMNS
     masks = tmp_path / "masks" / "chunk0000"
     for z in range(3):
         write_image(masks / f"s{z}.png", np.zeros((8, 8), np.uint8))
-    summary = statistics_from_masks(
-        {"foreground": [masks]}, (20, 10, 10), tmp_path / "objects.tsv", tmp_path / "summary.tsv"
-    ).iloc[0]
+    volume = volume_of({"foreground": [masks]}, (20, 10, 10))
+    summary = statistics_from_volumes(volume, tmp_path / "objects.tsv", tmp_path / "summary.tsv").iloc[0]
     assert summary["objects"] == 0 and summary["total_volume_um3"] == 0 and summary["volume_fraction"] == 0
     assert np.isnan(summary["median_volume_um3"])
     assert pd.read_csv(tmp_path / "objects.tsv", sep="\t").empty
     assert (tmp_path / "summary.tsv").read_text().splitlines()[1].split("\t")[6] == "NA"
 
 
-def test_masks_give_object_table_summary_and_study_table(tmp_path):
+def test_masks_give_object_table_summary_and_study_table(tmp_path, volume_of):
     voxel_size_nm = (20, 10, 10)
     volume = balls_volume((20, 80, 120), voxel_size_nm)
     volume[0, 0, 0] = True  # a one-voxel speck, removed by min_object_voxels
@@ -76,9 +75,8 @@ def test_masks_give_object_table_summary_and_study_table(tmp_path):
     for z, plane in enumerate(volume):
         write_image(masks / f"chunk{z // 8:04d}" / f"slice{z}.png", plane.astype(np.uint8) * 255)
     chunks = sorted(masks.iterdir())
-    summary = statistics_from_masks(
-        {"ball": chunks}, voxel_size_nm, tmp_path / "objects.tsv", tmp_path / "summary.tsv", min_object_voxels=2
-    ).iloc[0]
+    cleaned = volume_of({"ball": chunks}, voxel_size_nm, min_object_voxels=2)
+    summary = statistics_from_volumes(cleaned, tmp_path / "objects.tsv", tmp_path / "summary.tsv").iloc[0]
     objects = pd.read_csv(tmp_path / "objects.tsv", sep="\t")
     assert list(objects.columns) == ["class", *OBJECT_COLUMNS]
     assert len(objects) == 3 and set(objects["class"]) == {"ball"}

@@ -21,7 +21,6 @@ written block by block.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
@@ -68,6 +67,10 @@ log = logging.getLogger(__name__)
 
 CHUNK_EDGE = 64  # voxels per zarr chunk side: small enough that a block's halo decompresses little
 DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred MB of work arrays
+# Block side for cleaning a volume in memory in worker processes: 2 processes cleaned
+# the 256 x 1024 x 1024 masks of benchmarks/pipeline.py --size 1024 in 6.6 s in blocks
+# of 128 and 9.1 s in blocks of 256 (one process, whole: 8.0 s).
+IN_MEMORY_CLEAN_BLOCK = 128
 # The in-memory path holds the mask, its labels, the padded float volume and its
 # smoothed copy: its peak measured 11-12 bytes per voxel over the mask itself
 # (clean_volume, label_objects, volume_to_mesh); reading the masks stacks a copy.
@@ -94,35 +97,18 @@ def fits_in_memory(shape: Sequence[int], memory_gib: float) -> bool:
     return math.prod(shape) * IN_MEMORY_BYTES_PER_VOXEL <= memory_gib * 2**30
 
 
-def goes_blockwise(mask_dirs, block_size: int, memory_gib: float, z_smoothing_sigma: float = 0.0) -> bool:
-    """Whether a sample's classes are cleaned, meshed and measured block by block.
+def goes_blockwise(shape: Sequence[int], block_size: int, memory_gib: float) -> bool:
+    """Whether a volume of ``shape`` (slices, rows, columns) is cleaned, meshed and measured block by block.
 
     Parameters
     ----------
-    mask_dirs : mapping of class name to list of path
-        Each class's mask chunk folders (all classes have the same shape).
+    shape : (int, int, int)
     block_size : int
         Non-zero: always block by block.
     memory_gib : float
         Otherwise block by block only when the volume does not fit (:func:`fits_in_memory`).
-    z_smoothing_sigma : float
-        Smoothing across slices needs whole probability volumes, so it is refused
-        for a volume that goes block by block.
-
-    Raises
-    ------
-    ValueError
-        For z-smoothing of a volume that goes block by block.
     """
-    first_class = next(iter(mask_dirs.values()))
-    if not block_size and fits_in_memory(mask_volume_shape(first_class), memory_gib):
-        return False
-    if z_smoothing_sigma:
-        raise ValueError(
-            "mesh.z_smoothing_sigma needs the whole volume in memory, but this one goes block by block "
-            "(mesh.block_size, mesh.memory_gib): set z_smoothing_sigma to 0 or raise memory_gib"
-        )
-    return True
+    return bool(block_size) or not fits_in_memory(shape, memory_gib)
 
 
 def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHUNK_EDGE) -> zarr.Array:
@@ -1078,63 +1064,6 @@ def write_mesh_blockwise(
     }
 
 
-def mesh_masks_blockwise(
-    mask_dirs,
-    voxel_size_nm: tuple[float, float, float],
-    stl_path: str | os.PathLike,
-    min_object_voxels: int = 0,
-    smoothing_sigma: float = 0.75,
-    fill_cavities: bool = True,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    max_faces: int = 0,
-    scratch_dir: str | os.PathLike | None = None,
-    cache: BlockMeshCache | None = None,
-    workers: int = 1,
-) -> dict[str, float | int]:
-    """Mask folders to an STL and its measurements, holding blocks, not the volume, in memory.
-
-    The masks are assembled into a zarr volume (:func:`assemble_mask_zarr`), cleaned
-    (:func:`clean_blockwise`) and meshed (:func:`write_mesh_blockwise`) in a scratch
-    folder that is removed afterwards.
-
-    Parameters
-    ----------
-    mask_dirs, voxel_size_nm, min_object_voxels, smoothing_sigma, fill_cavities
-        As for :func:`vem3d.mesh.mesh_from_masks`.
-    stl_path, block_size, max_faces, cache
-        As for :func:`write_mesh_blockwise`.
-    workers : int
-        Processes that clean (:func:`clean_blockwise`) and mesh (:func:`mesh_blocks`) blocks.
-    scratch_dir : path, optional
-        Where the zarr volumes go (compressed masks: far less than a byte per voxel);
-        default: beside ``stl_path``.
-
-    Returns
-    -------
-    dict
-        As :func:`write_mesh_blockwise`.
-    """
-    scratch_parent = scratch_dir if scratch_dir is not None else Path(stl_path).parent
-    with _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels, fill_cavities, block_size, workers) as (
-        cleaned,
-        _,
-    ):
-        return write_mesh_blockwise(cleaned, voxel_size_nm, stl_path, block_size, smoothing_sigma, max_faces, cache, workers)
-
-
-@contextlib.contextmanager
-def _cleaned_masks(mask_dirs, scratch_parent, min_object_voxels: int, fill_cavities: bool, block_size: int, workers: int):
-    """Assemble and clean mask folders in a scratch folder inside ``scratch_parent``;
-    yield (the :func:`clean_blockwise` result, the scratch folder), removed afterwards."""
-    Path(scratch_parent).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".blockwise-") as scratch:
-        masks = assemble_mask_zarr(mask_dirs, Path(scratch) / "masks.zarr")
-        cleaned = clean_blockwise(
-            masks, Path(scratch) / "cleaned.zarr", min_object_voxels, fill_cavities, block_size, workers
-        )
-        yield cleaned, scratch
-
-
 class _ObjectMask:
     """One object of a block-labelled volume, read lazily as a bool volume over its bounding box.
 
@@ -1349,30 +1278,3 @@ def object_statistics_blockwise(
         columns[f"bbox_{axis}_min_nm"] = (lows[1:, a] - 0.5) * spacing[a]
         columns[f"bbox_{axis}_max_nm"] = (highs[1:, a] - 0.5) * spacing[a]
     return pd.DataFrame(columns)[OBJECT_COLUMNS]
-
-
-def object_statistics_from_masks_blockwise(
-    mask_dirs,
-    voxel_size_nm: tuple[float, float, float],
-    scratch_dir: str | os.PathLike,
-    min_object_voxels: int = 0,
-    smoothing_sigma: float = 0.75,
-    fill_cavities: bool = True,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    cache: TableCache | None = None,
-    workers: int = 1,
-) -> pd.DataFrame:
-    """Mask folders to the object table of :func:`vem3d.stats.object_statistics`, block by block.
-
-    The masks are assembled (:func:`assemble_mask_zarr`), cleaned (:func:`clean_blockwise`)
-    and measured (:func:`object_statistics_blockwise`) in a scratch folder inside
-    ``scratch_dir`` that is removed afterwards. Other parameters as for
-    :func:`vem3d.stats.statistics_from_masks`.
-    """
-    with _cleaned_masks(mask_dirs, scratch_dir, min_object_voxels, fill_cavities, block_size, workers) as (
-        cleaned,
-        scratch,
-    ):
-        return object_statistics_blockwise(
-            cleaned.volume, voxel_size_nm, scratch, smoothing_sigma, block_size, cache, workers
-        )

@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 from vem3d.logs import log_to
-from vem3d.mesh import mesh_from_masks
+from vem3d.mesh import mesh_volumes
 from vem3d.preprocess import preprocess_stack
 from vem3d.slices import stack_slice_names
-from vem3d.stats import statistics_from_masks
+from vem3d.stats import statistics_from_volumes
 from vem3d.synth import write_demo_stack
+from vem3d.volume import write_volumes
 
 NETWORK_COMMANDS = ("train", "segment")
 
@@ -96,36 +97,14 @@ def _add_voxel_size(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
-    """Options of ``mesh`` and ``stats``, with the defaults of ``function``."""
-    parser.add_argument("mask_dirs", nargs="+", type=Path, metavar="MASK_DIR", help="mask folders in z order")
-    _add_voxel_size(parser)
-    parser.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
-    parser.add_argument("--class-name", default="foreground", help="segmented structure (default: %(default)s)")
-    parser.add_argument(
-        "--min-object-voxels",
-        type=int,
-        default=_default(function, "min_object_voxels"),
-        help="drop 3D objects with fewer voxels; the workflow uses 64 (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--smoothing-sigma",
-        type=float,
-        default=_default(function, "smoothing_sigma"),
-        help="Gaussian smoothing before marching cubes, voxels; 0 meshes raw voxels (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--fill-cavities",
-        action=argparse.BooleanOptionalAction,
-        default=_default(function, "fill_cavities"),
-        help="fill background cavities enclosed in 3D (default: %(default)s)",
-    )
+def _add_block_options(parser: argparse.ArgumentParser, function, work: str) -> None:
+    """``--block-size``, ``--memory-gib`` and ``--workers``, with the defaults of ``function``."""
     parser.add_argument(
         "--block-size",
         type=int,
         default=_default(function, "block_size"),
-        help="work block by block (a zarr copy of the masks beside the outputs) in blocks of this many voxels "
-        "a side; 0: only when the volume does not fit --memory-gib (default: %(default)s)",
+        help="work block by block in blocks of this many voxels a side; 0: only when the volume does not fit "
+        "--memory-gib (default: %(default)s)",
     )
     parser.add_argument(
         "--memory-gib",
@@ -137,9 +116,44 @@ def _add_mask_options(parser: argparse.ArgumentParser, function) -> None:
         "--workers",
         type=int,
         default=_default(function, "workers"),
-        help="processes that mesh blocks or objects, and clean up blocks, at once, up to the cores there are "
-        "(default: %(default)s)",
+        help=f"processes that {work} at once, up to the cores there are (default: %(default)s)",
     )
+
+
+def _add_volume_options(parser: argparse.ArgumentParser) -> None:
+    """Options of ``volume``: the masks and the 3D clean-up."""
+    parser.add_argument("mask_dirs", nargs="+", type=Path, metavar="MASK_DIR", help="mask folders in z order")
+    _add_voxel_size(parser)
+    parser.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
+    parser.add_argument("--class-name", default="foreground", help="segmented structure (default: %(default)s)")
+    parser.add_argument(
+        "--min-object-voxels",
+        type=int,
+        default=_default(write_volumes, "min_object_voxels"),
+        help="drop 3D objects with fewer voxels; the workflow uses 64 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fill-cavities",
+        action=argparse.BooleanOptionalAction,
+        default=_default(write_volumes, "fill_cavities"),
+        help="fill background cavities enclosed in 3D (default: %(default)s)",
+    )
+    _add_block_options(parser, write_volumes, "clean up blocks (a zarr copy of the masks beside the outputs)")
+
+
+def _add_surface_options(parser: argparse.ArgumentParser, function, work: str) -> None:
+    """Options of ``mesh`` and ``stats``, which read the cleaned volumes of ``volume``."""
+    parser.add_argument(
+        "volume", type=Path, metavar="VOLUME", help="cleaned volumes written by vem3d volume (volume.zarr)"
+    )
+    parser.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
+    parser.add_argument(
+        "--smoothing-sigma",
+        type=float,
+        default=_default(function, "smoothing_sigma"),
+        help="Gaussian smoothing before marching cubes, voxels; 0 meshes raw voxels (default: %(default)s)",
+    )
+    _add_block_options(parser, function, work)
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -270,16 +284,20 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
             _add_dataclass_options(command, UNetConfig, "model (the same for train and segment)", skip=("n_classes",))
         _add_dataclass_options(train, TrainingConfig, "training")
 
-    mesh = commands.add_parser("mesh", help="mesh masks: meshes/{class}.stl and mesh_summary.tsv")
-    _add_mask_options(mesh, mesh_from_masks)
+    volume = commands.add_parser(
+        "volume", help="assemble masks into a 3D volume and clean it up: volume.zarr, read by mesh and stats"
+    )
+    _add_volume_options(volume)
+    mesh = commands.add_parser("mesh", help="mesh a cleaned volume: meshes/{class}.stl and mesh_summary.tsv")
+    _add_surface_options(mesh, mesh_volumes, "mesh blocks")
     mesh.add_argument(
         "--max-faces",
         type=int,
-        default=_default(mesh_from_masks, "max_faces"),
+        default=_default(mesh_volumes, "max_faces"),
         help="simplify the STL to at most this many faces; 0 keeps the full mesh (default: %(default)s)",
     )
     stats = commands.add_parser("stats", help="measure each 3D object: objects.tsv and objects_summary.tsv")
-    _add_mask_options(stats, statistics_from_masks)
+    _add_surface_options(stats, statistics_from_volumes, "label and measure blocks and mesh objects")
     return parser
 
 
@@ -335,31 +353,37 @@ def run(args: argparse.Namespace) -> None:
             precision=args.precision,
             cache_dir=args.cache_dir,
         )
+    elif args.command == "volume":
+        write_volumes(
+            {args.class_name: args.mask_dirs},
+            args.out_dir / "volume.zarr",
+            args.voxel_size,
+            min_object_voxels=args.min_object_voxels,
+            fill_cavities=args.fill_cavities,
+            block_size=args.block_size,
+            memory_gib=args.memory_gib,
+            workers=args.workers,
+        )
     elif args.command in ("mesh", "stats"):
-        cleaning = {
-            "mask_dirs": {args.class_name: args.mask_dirs},
-            "min_object_voxels": args.min_object_voxels,
+        common = {
             "smoothing_sigma": args.smoothing_sigma,
-            "fill_cavities": args.fill_cavities,
             "block_size": args.block_size,
             "memory_gib": args.memory_gib,
             "cache_dir": args.cache_dir,
             "workers": args.workers,
         }
+        args.out_dir.mkdir(parents=True, exist_ok=True)
         if args.command == "mesh":
-            mesh_from_masks(
-                voxel_size_nm=args.voxel_size,
-                mesh_dir=args.out_dir / "meshes",
-                summary_path=args.out_dir / "mesh_summary.tsv",
+            mesh_volumes(
+                args.volume,
+                args.out_dir / "meshes",
+                args.out_dir / "mesh_summary.tsv",
                 max_faces=args.max_faces,
-                **cleaning,
+                **common,
             )
         else:
-            statistics_from_masks(
-                voxel_size_nm=args.voxel_size,
-                objects_path=args.out_dir / "objects.tsv",
-                summary_path=args.out_dir / "objects_summary.tsv",
-                **cleaning,
+            statistics_from_volumes(
+                args.volume, args.out_dir / "objects.tsv", args.out_dir / "objects_summary.tsv", **common
             )
 
 

@@ -16,7 +16,7 @@ from stl import mesh as stl_mesh
 from stl import stl as stl_format
 
 from vem3d.atomic import write_atomically, write_text_atomically
-from vem3d.volume import class_objects
+from vem3d.volume import open_volumes
 
 log = logging.getLogger(__name__)
 
@@ -480,49 +480,39 @@ def is_watertight(faces: np.ndarray) -> bool:
     return all(tuple(edge) in reversed_edges for edge in directed)
 
 
-def mesh_from_masks(
-    mask_dirs,
-    voxel_size_nm: tuple[float, float, float],
+def mesh_volumes(
+    volume_path: str | os.PathLike,
     mesh_dir: str | os.PathLike,
     summary_path: str | os.PathLike,
-    probability_dirs=None,
-    min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
-    fill_cavities: bool = True,
-    z_smoothing_sigma: float = 0.0,
-    threshold: float = 0.5,
     block_size: int = 0,
     memory_gib: float = 4.0,
     max_faces: int = 0,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
 ) -> pd.DataFrame:
-    """Assemble each class's masks into a volume, clean it, mesh it; write STLs and a summary TSV.
+    """Mesh each class's cleaned volume; write STLs and a summary TSV.
 
-    Volumes too large for memory are cleaned block by block too (:mod:`vem3d.blockwise`),
-    with the same result. Either way the marching cubes run block by block and the
-    STL is written a block at a time, so that a cache can keep each block's part.
+    The marching cubes run block by block and the STL is written a block at a time,
+    so that a cache can keep each block's part; a volume that fits in memory is read
+    whole first, a larger one a block at a time (:mod:`vem3d.blockwise`), with the
+    same mesh.
 
     Parameters
     ----------
-    mask_dirs : mapping of class name to list of path
-        Each class's mask chunk folders in z order.
-    voxel_size_nm : (float, float, float)
-        Voxel size z, y, x in nm.
+    volume_path : path
+        The cleaned volumes of :func:`vem3d.volume.write_volumes` (with the voxel size).
     mesh_dir : path
         Folder for one ``{class}.stl`` per class (none for a class with no voxels left).
     summary_path : path
         TSV with one row per class: class and the measurements of
         :func:`vem3d.blockwise.write_mesh_blockwise`.
-    probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
-        The 3D clean-up, as for :func:`vem3d.volume.class_objects`.
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
     block_size : int
-        Work block by block, in blocks of this many voxels a side; 0 does so (with
-        :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`) only when the whole volume would
-        need more than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
-        Smoothing along z needs the whole volume: it is refused block by block.
+        Read and mesh block by block, in blocks of this many voxels a side; 0 does so
+        (with :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`) only when the whole volume
+        would need more than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
     memory_gib : float
         Memory the in-memory path may use, GiB.
     max_faces : int
@@ -532,8 +522,7 @@ def mesh_from_masks(
         Keep each class's block meshes here (:class:`vem3d.blockwise.BlockMeshCache`),
         so that a run after some slices changed meshes again only the blocks they reach.
     workers : int
-        Processes that smooth and march blocks of the volume (:func:`vem3d.blockwise.mesh_blocks`)
-        and, block by block, clean it up (:func:`vem3d.blockwise.clean_blockwise`).
+        Processes that smooth and march blocks (:func:`vem3d.blockwise.mesh_blocks`).
 
     Returns
     -------
@@ -542,53 +531,28 @@ def mesh_from_masks(
     """
     from vem3d import blockwise  # builds on this module
 
+    volumes = open_volumes(volume_path)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
-
-    def block_cache(class_name: str):
-        return None if cache_dir is None else blockwise.BlockMeshCache(Path(cache_dir) / class_name, voxel_size_nm)
-
-    if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
-        rows = [
-            {
-                "class": class_name,
-                **blockwise.mesh_masks_blockwise(
-                    folders,
-                    voxel_size_nm,
-                    Path(mesh_dir) / f"{class_name}.stl",
-                    min_object_voxels,
-                    smoothing_sigma,
-                    fill_cavities,
-                    block_size or blockwise.DEFAULT_BLOCK_SIZE,
-                    max_faces,
-                    cache=block_cache(class_name),
-                    workers=workers,
-                ),
-            }
-            for class_name, folders in mask_dirs.items()
-        ]
-    else:
-        rows = []
-        objects = class_objects(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
-        for class_name, labels, n_objects in objects:
-            volume = labels != 0
-            del labels
-            # Meshed in blocks too, thin along z, so that a cache can skip those a changed slice leaves alone.
-            cleaned = blockwise.CleanedVolume(volume, n_objects, int(np.count_nonzero(volume)))
-            row = blockwise.write_mesh_blockwise(
-                cleaned,
-                voxel_size_nm,
-                Path(mesh_dir) / f"{class_name}.stl",
-                IN_MEMORY_MESH_BLOCK,
-                smoothing_sigma,
-                max_faces,
-                block_cache(class_name),
-                workers,
-            )
-            rows.append({"class": class_name, **row})
-    for row in rows:
+    by_block = blockwise.goes_blockwise(volumes.shape, block_size, memory_gib)
+    rows = []
+    for class_name, cleaned in volumes.classes.items():
+        if not by_block:
+            cleaned = blockwise.CleanedVolume(cleaned.volume[:], cleaned.objects, cleaned.foreground_voxels)
+        row = blockwise.write_mesh_blockwise(
+            cleaned,
+            volumes.voxel_size_nm,
+            Path(mesh_dir) / f"{class_name}.stl",
+            # In memory, blocks thin along z, so that a cache can skip those a changed slice leaves alone.
+            (block_size or blockwise.DEFAULT_BLOCK_SIZE) if by_block else IN_MEMORY_MESH_BLOCK,
+            smoothing_sigma,
+            max_faces,
+            None if cache_dir is None else blockwise.BlockMeshCache(Path(cache_dir) / class_name, volumes.voxel_size_nm),
+            workers,
+        )
         if not row["faces"]:
-            log.warning("no %s voxels left after clean-up: no STL written", row["class"])
-        log.info("meshed %s: %s", row["class"], row)
+            log.warning("no %s voxels left after clean-up: no STL written", class_name)
+        log.info("meshed %s: %s", class_name, row)
+        rows.append({"class": class_name, **row})
     summary = pd.DataFrame(rows)
     write_text_atomically(summary_path, summary.to_csv(sep="\t", index=False))
     return summary

@@ -10,8 +10,7 @@ import pandas as pd
 
 from vem3d.atomic import write_text_atomically
 from vem3d.labels import class_values, label_slices, read_class_labels
-from vem3d.slices import list_slices
-from vem3d.volume import class_volumes, label_objects
+from vem3d.volume import label_objects, open_volumes
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +72,25 @@ def score_slices(pairs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate_folders(
-    mask_dirs,
+def evaluate_volumes(
+    volume_path: str | os.PathLike,
     truth_dir: str | os.PathLike,
     scores_path: str | os.PathLike,
     objects_path: str | os.PathLike,
     label_values=None,
-    probability_dirs=None,
-    z_smoothing_sigma: float = 0.0,
-    threshold: float = 0.5,
-    min_object_voxels: int = 0,
-    fill_cavities: bool = True,
 ) -> pd.DataFrame:
-    """Score each class's segmentation, after the 3D clean-up, against ground truth.
+    """Score each class's cleaned volume against ground truth, on the slices that have it.
 
-    The volume scored is the one the meshes are made from
-    (:func:`vem3d.volume.class_volumes`), on the slices that have ground truth.
+    The volumes scored are the ones the meshes are made from
+    (:func:`vem3d.volume.write_volumes`); only the scored slices are read.
 
     Parameters
     ----------
-    mask_dirs : mapping of class name to list of path
-        Each class's predicted mask chunk folders in z order.
+    volume_path : path
+        The cleaned volumes of :func:`vem3d.volume.write_volumes`.
     truth_dir : path
         Ground truth: label maps or one mask folder per class (:mod:`vem3d.labels`),
-        matched to the slices by name; only slices present there are scored.
+        matched to the volume's slices by name; only slices present there are scored.
     scores_path : path
         TSV with, per class, the rows of :func:`score_slices` (a ``class`` column first).
     objects_path : path
@@ -104,27 +98,25 @@ def evaluate_folders(
         over the scored slices stacked in order.
     label_values : mapping, optional
         Label-map pixel values per class (:func:`vem3d.labels.class_values`).
-    probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
-        The 3D clean-up, as for :func:`vem3d.volume.class_volumes`.
 
     Returns
     -------
     pandas.DataFrame
         The scores written to ``scores_path``.
     """
-    classes = list(mask_dirs)
+    volumes = open_volumes(volume_path)
+    classes = list(volumes.classes)
     truth_files = label_slices(truth_dir, classes)
-    first_class = mask_dirs[classes[0]]
-    names = [path.stem for folder in first_class for path in list_slices(folder)]
+    names = volumes.slice_names
     scored = [index for index, name in enumerate(names) if name in truth_files]
     if not scored:
         raise ValueError(f"{truth_dir}: no ground-truth slice matches a segmented slice by name")
     values = class_values(classes, label_values)
     truth = np.stack([read_class_labels(truth_files[names[index]], values) for index in scored])
-    volumes = class_volumes(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
     score_tables, object_rows = [], []
-    for class_index, (class_name, volume) in enumerate(volumes.items(), 1):
-        predicted, true = volume[scored], truth == class_index
+    for class_index, (class_name, cleaned) in enumerate(volumes.classes.items(), 1):
+        predicted = np.stack([cleaned.volume[index] for index in scored])
+        true = truth == class_index
         scores = score_slices(zip((names[index] for index in scored), predicted, true))
         score_tables.append(scores.assign(**{"class": class_name})[["class", *scores.columns]])
         objects = object_scores(predicted, true)

@@ -25,7 +25,7 @@ from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, SURFACE_LEVEL, area_and_volume, marching_level, volume_to_mesh
 from vem3d.threads import finished, ordered_results, process_pool, run_now
-from vem3d.volume import class_objects, label_objects
+from vem3d.volume import label_objects, open_volumes
 
 log = logging.getLogger(__name__)
 
@@ -259,51 +259,41 @@ def _write_tsv(path: str | os.PathLike, table: pd.DataFrame) -> None:
     write_text_atomically(path, table.to_csv(sep="\t", index=False, na_rep="NA", float_format="%.6g"))
 
 
-def statistics_from_masks(
-    mask_dirs,
-    voxel_size_nm: tuple[float, float, float],
+def statistics_from_volumes(
+    volume_path: str | os.PathLike,
     objects_path: str | os.PathLike,
     summary_path: str | os.PathLike,
-    probability_dirs=None,
-    min_object_voxels: int = 0,
     smoothing_sigma: float = 0.75,
-    fill_cavities: bool = True,
-    z_smoothing_sigma: float = 0.0,
-    threshold: float = 0.5,
     block_size: int = 0,
     memory_gib: float = 4.0,
     cache_dir: str | os.PathLike | None = None,
     workers: int = 1,
 ) -> pd.DataFrame:
-    """Measure the objects of each class of a sample; write the object table and summary rows.
+    """Measure the objects of each class's cleaned volume; write the object table and summary rows.
 
-    The volumes are cleaned as in :func:`vem3d.mesh.mesh_from_masks`, so the
-    statistics describe the objects of the meshes; like it, volumes too large for
-    memory are handled block by block
-    (:func:`vem3d.blockwise.object_statistics_blockwise`), with the same result.
+    The volumes are those the meshes are made from (:func:`vem3d.volume.write_volumes`);
+    like :func:`vem3d.mesh.mesh_volumes`, a volume too large for memory is measured
+    block by block (:func:`vem3d.blockwise.object_statistics_blockwise`), with the
+    same result.
 
     Parameters
     ----------
-    mask_dirs : mapping of class name to list of path
-        Each class's mask chunk folders in z order (non-zero = the class).
-    voxel_size_nm : (float, float, float)
-        Voxel size z, y, x in nm.
+    volume_path : path
+        The cleaned volumes of :func:`vem3d.volume.write_volumes` (with the voxel size).
     objects_path : path
         TSV with a ``class`` column and the columns of :func:`object_statistics`.
     summary_path : path
         TSV with one row per class: ``class``, the voxel size, and :func:`summarise_objects`.
-    probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities
-        The 3D clean-up, as for :func:`vem3d.volume.class_objects`.
     smoothing_sigma : float
         As for :func:`object_statistics`.
     block_size, memory_gib
-        When to work block by block, as for :func:`vem3d.mesh.mesh_from_masks`.
+        When to work block by block, as for :func:`vem3d.mesh.mesh_volumes`.
     cache_dir : path, optional
         Keep each class's objects' mesh measures here (:func:`object_mesh_measures`),
         so that a run after some slices changed meshes again only the objects they reach.
     workers : int
         Processes that mesh the objects (:func:`mesh_measures`) and, block by block,
-        clean the volume up (:func:`vem3d.blockwise.clean_blockwise`).
+        label and measure the blocks.
 
     Returns
     -------
@@ -312,36 +302,26 @@ def statistics_from_masks(
     """
     from vem3d import blockwise  # builds on this module
 
-    n_voxels = math.prod(blockwise.mask_volume_shape(next(iter(mask_dirs.values()))))
-    caches = {
-        class_name: TableCache(Path(cache_dir) / f"{class_name}.npz", columns=2, context="object mesh measures")
-        for class_name in mask_dirs
-        if cache_dir is not None
-    }
-    if blockwise.goes_blockwise(mask_dirs, block_size, memory_gib, z_smoothing_sigma):
-        tables = {
-            class_name: blockwise.object_statistics_from_masks_blockwise(
-                folders,
-                voxel_size_nm,
-                Path(objects_path).parent,
-                min_object_voxels,
-                smoothing_sigma,
-                fill_cavities,
-                block_size or blockwise.DEFAULT_BLOCK_SIZE,
-                caches.get(class_name),
-                workers,
+    volumes = open_volumes(volume_path)
+    voxel_size_nm = volumes.voxel_size_nm
+    by_block = blockwise.goes_blockwise(volumes.shape, block_size, memory_gib)
+    tables = {}
+    for class_name, cleaned in volumes.classes.items():
+        cache = None
+        if cache_dir is not None:
+            cache = TableCache(Path(cache_dir) / f"{class_name}.npz", columns=2, context="object mesh measures")
+        if by_block:
+            tables[class_name] = blockwise.object_statistics_blockwise(
+                cleaned.volume, voxel_size_nm, Path(objects_path).parent, smoothing_sigma,
+                block_size or blockwise.DEFAULT_BLOCK_SIZE, cache, workers,
             )
-            for class_name, folders in mask_dirs.items()
-        }
-    else:
-        objects = class_objects(mask_dirs, probability_dirs, z_smoothing_sigma, threshold, min_object_voxels, fill_cavities)
-        tables = {
-            class_name: measure_objects(labels, n_objects, voxel_size_nm, smoothing_sigma, caches.get(class_name), workers)
-            for class_name, labels, n_objects in objects
-        }
-    for class_name, cache in caches.items():
-        log.info("%s: mesh measures of %d objects reused, %d computed", class_name, cache.hits, cache.misses)
-        cache.save()
+        else:
+            labels, n_objects = label_objects(cleaned.volume[:])
+            tables[class_name] = measure_objects(labels, n_objects, voxel_size_nm, smoothing_sigma, cache, workers)
+            del labels
+        if cache is not None:
+            log.info("%s: mesh measures of %d objects reused, %d computed", class_name, cache.hits, cache.misses)
+            cache.save()
     rows = []
     for class_name, objects in tables.items():
         objects.insert(0, "class", class_name)
@@ -349,7 +329,7 @@ def statistics_from_masks(
             {
                 "class": class_name,
                 **{f"voxel_size_{axis}_nm": float(size) for axis, size in zip(AXES, voxel_size_nm)},
-                **summarise_objects(objects, n_voxels),
+                **summarise_objects(objects, math.prod(volumes.shape)),
             }
         )
         log.info("%s objects: %s", class_name, rows[-1])
@@ -365,7 +345,7 @@ def study_table(summary_paths, sample_names, out_path: str | os.PathLike) -> pd.
     Parameters
     ----------
     summary_paths : list of path
-        Summary TSVs written by :func:`statistics_from_masks`.
+        Summary TSVs written by :func:`statistics_from_volumes`.
     sample_names : list of str
         The sample each summary belongs to, in the same order.
     out_path : path

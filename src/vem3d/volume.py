@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import cc3d
 import numpy as np
+import pandas as pd
+import zarr
 from scipy import ndimage
 
+from vem3d.atomic import write_directory_atomically
 from vem3d.slices import list_slices, read_slice
+
+log = logging.getLogger(__name__)
 
 
 def assemble_volume(masks: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
@@ -259,17 +270,13 @@ def smooth_along_z(probabilities: np.ndarray, sigma_slices: float) -> np.ndarray
     return ndimage.gaussian_filter1d(probabilities, sigma_slices, axis=0, mode="nearest")
 
 
-def class_objects(
+def class_masks(
     mask_dirs: Mapping[str, Sequence],
     probability_dirs: Mapping[str, Sequence] | None = None,
     z_smoothing_sigma: float = 0.0,
     threshold: float = 0.5,
-    min_object_voxels: int = 0,
-    fill_cavities: bool = True,
-) -> Iterator[tuple[str, np.ndarray, int]]:
-    """Each class's cleaned 3D volume, the one meshes, statistics and scores describe, as its objects.
-
-    One class at a time, so that memory holds one class's labels (4 bytes a voxel).
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Each class's 3D mask volume, before the clean-up, one class at a time.
 
     Parameters
     ----------
@@ -284,15 +291,11 @@ def class_objects(
         several, the most probable of background (1 - the classes' sum) and classes.
     threshold : float
         Probability above which a pixel is foreground (one class).
-    min_object_voxels, fill_cavities
-        As for :func:`clean_objects`, applied to each class.
 
     Yields
     ------
     class_name : str
-    labels : ndarray of uint32, shape (slices, rows, columns)
-    n_objects : int
-        As :func:`clean_objects` returns them.
+    mask : ndarray of bool, shape (slices, rows, columns)
     """
     if z_smoothing_sigma > 0:
         if probability_dirs is None:
@@ -301,18 +304,186 @@ def class_objects(
             smooth_along_z(read_slice_volume(probability_dirs[name]), z_smoothing_sigma) / 255 for name in mask_dirs
         ]
         if len(smoothed) == 1:
-            decided = [smoothed[0] > threshold]
-        else:
-            background = 1 - np.sum(smoothed, axis=0)
-            most_probable = np.argmax(np.stack([background, *smoothed]), axis=0)
-            decided = [most_probable == index for index in range(1, len(smoothed) + 1)]
-        volumes = zip(mask_dirs, decided)
+            yield next(iter(mask_dirs)), smoothed[0] > threshold
+            return
+        background = 1 - np.sum(smoothed, axis=0)
+        most_probable = np.argmax(np.stack([background, *smoothed]), axis=0)
+        for index, name in enumerate(mask_dirs, start=1):
+            yield name, most_probable == index
     else:
-        volumes = ((name, read_slice_volume(folders, dtype=bool)) for name, folders in mask_dirs.items())
-    for name, volume in volumes:
-        yield name, *clean_objects(volume, min_object_voxels, fill_cavities)
+        for name, folders in mask_dirs.items():
+            yield name, read_slice_volume(folders, dtype=bool)
 
 
-def class_volumes(mask_dirs: Mapping[str, Sequence], *args, **kwargs) -> dict[str, np.ndarray]:
-    """Each class's cleaned volume of :func:`class_objects` (same parameters), as bool."""
-    return {name: labels != 0 for name, labels, _ in class_objects(mask_dirs, *args, **kwargs)}
+@dataclass
+class SampleVolumes:
+    """The cleaned volumes of a sample's classes, as :func:`write_volumes` wrote them.
+
+    Attributes
+    ----------
+    classes : dict of str to vem3d.blockwise.CleanedVolume
+        Per class, in the order of the classes: its cleaned volume (a zarr bool array,
+        read only where indexed) and what the clean-up counted.
+    voxel_size_nm : (float, float, float)
+        Voxel size z, y, x in nm.
+    slice_names : list of str
+        The mask slice of each z index.
+    """
+
+    classes: dict
+    voxel_size_nm: tuple[float, float, float]
+    slice_names: list[str]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(slices, rows, columns) of each class's volume."""
+        return next(iter(self.classes.values())).volume.shape
+
+
+def write_volumes(
+    mask_dirs: Mapping[str, Sequence],
+    path: str | os.PathLike,
+    voxel_size_nm: tuple[float, float, float],
+    probability_dirs: Mapping[str, Sequence] | None = None,
+    z_smoothing_sigma: float = 0.0,
+    threshold: float = 0.5,
+    min_object_voxels: int = 0,
+    fill_cavities: bool = True,
+    block_size: int = 0,
+    memory_gib: float = 4.0,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """Assemble each class's masks into a 3D volume, clean it up, and write the cleaned volumes.
+
+    The one clean-up that the meshes (:func:`vem3d.mesh.mesh_volumes`), the object
+    statistics (:func:`vem3d.stats.statistics_from_volumes`) and the scores
+    (:func:`vem3d.metrics.evaluate_volumes`) all read. Volumes too large for memory
+    are assembled and cleaned block by block (:func:`vem3d.blockwise.clean_blockwise`),
+    with the same result as in memory (:func:`clean_objects`).
+
+    Parameters
+    ----------
+    mask_dirs : mapping of class name to list of path
+        Each class's mask chunk folders in z order (non-zero = the class).
+    path : path
+        Zarr group written (atomically): one bool array per class, named by it, in
+        chunks of 64 voxels a side (foreground = the class after clean-up; attributes
+        ``objects`` and ``foreground_voxels``), and the group attributes ``classes``,
+        ``voxel_size_nm`` (z, y, x) and ``slice_names`` (the mask slice of each z).
+    voxel_size_nm : (float, float, float)
+        Voxel size z, y, x in nm, kept for the steps that measure the volume.
+    probability_dirs, z_smoothing_sigma, threshold
+        As for :func:`class_masks`.
+    min_object_voxels, fill_cavities
+        As for :func:`clean_objects`, applied to each class.
+    block_size : int
+        Clean block by block, in blocks of this many voxels a side; 0 does so (with
+        :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`) only when the whole volume would
+        need more than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
+    memory_gib : float
+        Memory the in-memory path may use, GiB.
+    workers : int
+        Processes that clean blocks (:func:`vem3d.blockwise.clean_blockwise`); with
+        more than one, a volume in memory is cleaned block by block in them too.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per class: ``class``, ``objects``, ``foreground_voxels``.
+
+    Raises
+    ------
+    ValueError
+        For z-smoothing of a volume that goes block by block (it needs whole
+        probability volumes), or masks that do not make one volume (naming the file).
+    """
+    from vem3d import blockwise  # builds on this module
+
+    started = time.monotonic()
+    first_class = next(iter(mask_dirs.values()))
+    slice_names = [slice_path.stem for folder in first_class for slice_path in list_slices(folder)]
+    shape = blockwise.mask_volume_shape(first_class)
+    by_block = blockwise.goes_blockwise(shape, block_size, memory_gib)
+    if by_block and z_smoothing_sigma:
+        raise ValueError(
+            "mesh.z_smoothing_sigma needs the whole volume in memory, but this one goes block by block "
+            "(mesh.block_size, mesh.memory_gib): set z_smoothing_sigma to 0 or raise memory_gib"
+        )
+    rows = []
+
+    def save(temporary: str) -> None:
+        group = zarr.open_group(temporary, mode="w")
+        group.attrs.update(
+            classes=list(mask_dirs), voxel_size_nm=[float(size) for size in voxel_size_nm], slice_names=slice_names
+        )
+        if by_block:
+            # The assembled masks are scratch beside the group, not part of it.
+            with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=f".{Path(path).name}-") as scratch:
+                for class_name, folders in mask_dirs.items():
+                    masks = blockwise.assemble_mask_zarr(folders, Path(scratch) / class_name)
+                    cleaned = blockwise.clean_blockwise(
+                        masks, Path(temporary) / class_name, min_object_voxels, fill_cavities,
+                        block_size or blockwise.DEFAULT_BLOCK_SIZE, workers,
+                    )
+                    rows.append((class_name, cleaned.objects, cleaned.foreground_voxels))
+        else:
+            for class_name, mask in class_masks(mask_dirs, probability_dirs, z_smoothing_sigma, threshold):
+                if workers > 1:
+                    # Blocks of the volume in memory, cleaned in the worker processes and
+                    # written from there (one process alone cleans faster whole).
+                    cleaned = blockwise.clean_blockwise(
+                        mask, Path(temporary) / class_name, min_object_voxels, fill_cavities,
+                        blockwise.IN_MEMORY_CLEAN_BLOCK, workers,
+                    )
+                    rows.append((class_name, cleaned.objects, cleaned.foreground_voxels))
+                    continue
+                labels, n_objects = clean_objects(mask, min_object_voxels, fill_cavities)
+                del mask
+                volume = labels != 0
+                del labels
+                array = group.create_array(
+                    class_name, shape=volume.shape, chunks=(blockwise.CHUNK_EDGE,) * 3, dtype=bool, fill_value=False
+                )
+                array[:] = volume
+                rows.append((class_name, n_objects, int(np.count_nonzero(volume))))
+        for class_name, n_objects, foreground_voxels in rows:
+            zarr.open_array(Path(temporary) / class_name, mode="r+").attrs.update(
+                objects=n_objects, foreground_voxels=foreground_voxels
+            )
+
+    write_directory_atomically(path, save)
+    for class_name, n_objects, foreground_voxels in rows:
+        log.info("%s: %d objects, %d foreground voxels after clean-up", class_name, n_objects, foreground_voxels)
+    log.info(
+        "cleaned volume(s) of shape %s written into %s in %.1f s%s",
+        shape, path, time.monotonic() - started, " (block by block)" if by_block else "",
+    )
+    return pd.DataFrame(rows, columns=["class", "objects", "foreground_voxels"])
+
+
+def open_volumes(path: str | os.PathLike) -> SampleVolumes:
+    """Open the cleaned volumes that :func:`write_volumes` wrote (arrays read only where indexed).
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is not such a zarr group (naming it and what is missing).
+    """
+    from vem3d import blockwise  # builds on this module
+
+    try:
+        group = zarr.open_group(path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
+        raise ValueError(f"{path}: not a volume written by vem3d volume ({error})") from error
+    missing = [key for key in ("classes", "voxel_size_nm", "slice_names") if key not in group.attrs]
+    if missing:
+        raise ValueError(f"{path}: not a volume written by vem3d volume (no attribute(s) {', '.join(missing)})")
+    classes = {}
+    for class_name in group.attrs["classes"]:
+        if class_name not in group:
+            raise ValueError(f"{path}: no volume for class {class_name!r}")
+        array = group[class_name]
+        classes[class_name] = blockwise.CleanedVolume(
+            array, int(array.attrs["objects"]), int(array.attrs["foreground_voxels"])
+        )
+    return SampleVolumes(classes, tuple(group.attrs["voxel_size_nm"]), list(group.attrs["slice_names"]))

@@ -214,10 +214,16 @@ for key, path in (
             raise ValueError(f"{key}: {error}") from error
 
 
-def network_threads(wildcards):
-    """Threads of train and segment: every core given with --cores; 1 where none is given
+def every_core(wildcards):
+    """Threads of train and volume: every core given with --cores; 1 where none is given
     (snakemake --report), which workflow.cores would refuse."""
     return workflow.resource_settings.cores or 1
+
+
+def surface_threads(wildcards):
+    """Processes of mesh and object_statistics, which run side by side on the one
+    cleaned volume: half the cores each."""
+    return max(1, every_core(wildcards) // 2)
 
 
 HAS_GPU = gpu_device_present()
@@ -230,7 +236,7 @@ def segment_threads(wildcards):
     forward passes per second than one two-thread job (2 AVX2 cores). With a GPU, all
     cores and one chunk at a time, which then has the GPU's memory to itself.
     --set-threads segment=N overrides this."""
-    cores = network_threads(wildcards)
+    cores = every_core(wildcards)
     return cores if HAS_GPU else max(1, cores // 2)
 
 
@@ -272,7 +278,7 @@ def get_volume_inputs(wildcards):
 
 
 def clean_up_settings(wildcards):
-    """Keyword arguments of vem3d.volume.class_volumes (the 3D clean-up) for a sample."""
+    """Keyword arguments of vem3d.volume.write_volumes (the 3D clean-up) for a sample."""
     return {
         "mask_dirs": class_chunk_dirs(wildcards.sample, "masks"),
         "probability_dirs": class_chunk_dirs(wildcards.sample, "probabilities"),
@@ -309,7 +315,7 @@ def sample_benchmarks(sample):
         for step in ("preprocess", "segment")
         for chunk in chunk_ids(sample)
     ]
-    steps += ["mesh", "object_statistics"]
+    steps += ["volume", "mesh", "object_statistics"]
     steps += [
         f"{step}/{class_name}"
         for step in ("mesh_preview", "mesh_viewer", "montage")

@@ -1,6 +1,6 @@
 rule evaluate:
     input:
-        masks=get_volume_inputs,
+        volume="results/{sample}/volume.zarr",
         ground_truth=lambda wildcards: label_files(wildcards.sample, "ground_truth"),
     output:
         scores=report(
@@ -22,7 +22,6 @@ rule evaluate:
     params:
         truth_dir=lambda wildcards: samples.loc[wildcards.sample, "ground_truth"],
         label_values=config["model"]["label_values"],
-        clean_up=clean_up_settings,
     script:
         "../scripts/evaluate.py"
 

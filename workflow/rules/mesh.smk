@@ -1,6 +1,6 @@
 rule mesh:
     input:
-        get_volume_inputs,
+        volume="results/{sample}/volume.zarr",
     output:
         meshes=directory("results/{sample}/meshes"),
         summary=report(
@@ -15,9 +15,8 @@ rule mesh:
         "results/benchmarks/{sample}/mesh.tsv"
     conda:
         "../../envs/imaging.yaml"
+    threads: surface_threads
     params:
-        voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
-        clean_up=clean_up_settings,
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
         block_size=config["mesh"]["block_size"],
         memory_gib=config["mesh"]["memory_gib"],

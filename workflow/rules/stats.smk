@@ -1,6 +1,6 @@
 rule object_statistics:
     input:
-        get_volume_inputs,
+        volume="results/{sample}/volume.zarr",
     output:
         objects=report(
             "results/{sample}/objects.tsv",
@@ -20,9 +20,8 @@ rule object_statistics:
         "results/benchmarks/{sample}/object_statistics.tsv"
     conda:
         "../../envs/imaging.yaml"
+    threads: surface_threads
     params:
-        voxel_size_nm=lambda wildcards: voxel_size_nm(wildcards.sample),
-        clean_up=clean_up_settings,
         smoothing_sigma=config["mesh"]["smoothing_sigma"],
         block_size=config["mesh"]["block_size"],
         memory_gib=config["mesh"]["memory_gib"],

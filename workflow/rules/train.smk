@@ -24,7 +24,7 @@ rule train:
         "results/benchmarks/train.tsv"
     conda:
         "../../envs/tensorflow.yaml"
-    threads: network_threads
+    threads: every_core
     params:
         label_dirs=[samples.loc[sample, "labels"] for sample, _ in TRAINING_CHUNKS],
         checkpoint_dir="results/model/checkpoints",

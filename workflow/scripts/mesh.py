@@ -1,9 +1,9 @@
 from vem3d.logs import workflow_job
-from vem3d.mesh import mesh_from_masks
+from vem3d.mesh import mesh_volumes
 
 with workflow_job(snakemake.log[0]):
-    mesh_from_masks(
-        voxel_size_nm=snakemake.params.voxel_size_nm,
+    mesh_volumes(
+        snakemake.input.volume,
         mesh_dir=snakemake.output.meshes,
         summary_path=snakemake.output.summary,
         smoothing_sigma=snakemake.params.smoothing_sigma,
@@ -12,5 +12,4 @@ with workflow_job(snakemake.log[0]):
         cache_dir=snakemake.params.cache_dir,
         max_faces=snakemake.params.max_faces,
         workers=snakemake.threads,
-        **snakemake.params.clean_up,
     )
