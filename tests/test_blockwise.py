@@ -302,6 +302,15 @@ def test_a_volume_in_memory_cleaned_in_worker_processes_equals_its_whole_volume_
     assert alone.objects > 3 and in_workers.volume.chunks == (8, 8, 8)
 
 
+def test_mesh_and_statistics_refuse_a_folder_that_is_not_a_cleaned_volume(tmp_path, mask_folders):
+    with pytest.raises(ValueError, match="missing.zarr: not a volume written by vem3d volume"):
+        mesh_volumes(tmp_path / "missing.zarr", tmp_path / "meshes", tmp_path / "summary.tsv")
+    zarr.open_group(tmp_path / "other.zarr", mode="w").attrs["classes"] = ["mito"]
+    with pytest.raises(ValueError, match=r"other.zarr: not a volume .*voxel_size_nm, slice_names"):
+        statistics_from_volumes(tmp_path / "other.zarr", tmp_path / "objects.tsv", tmp_path / "summary.tsv")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["masks", "other.zarr"]
+
+
 def test_a_volume_over_the_memory_budget_is_cleaned_and_meshed_block_by_block(
     tmp_path, mask_folders, monkeypatch, volume_of
 ):
