@@ -60,7 +60,7 @@ from vem3d.mesh import (
 )
 from vem3d.slices import list_slices, read_slice
 from vem3d.stats import AXES, OBJECT_COLUMNS, mesh_measures, sphericity
-from vem3d.threads import finished, ordered_results, process_pool
+from vem3d.threads import finished, map_ahead, ordered_results, process_pool
 from vem3d.volume import connected_components
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ def goes_blockwise(shape: Sequence[int], block_size: int, memory_gib: float) -> 
     return bool(block_size) or not fits_in_memory(shape, memory_gib)
 
 
-def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHUNK_EDGE) -> zarr.Array:
+def assemble_mask_zarr(
+    mask_dirs, path: str | os.PathLike, chunk_edge: int = CHUNK_EDGE, threads: int = 1
+) -> zarr.Array:
     """Assemble mask PNGs into a chunked on-disk bool volume, slice by slice.
 
     Memory holds ``chunk_edge`` slices at a time. The store is written into a
@@ -126,6 +128,8 @@ def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHU
         The zarr store (a folder) to create or replace.
     chunk_edge : int
         Chunk side in voxels.
+    threads : int
+        Threads that read (decode) masks at once.
 
     Returns
     -------
@@ -146,14 +150,13 @@ def assemble_mask_zarr(mask_dirs, path: str | os.PathLike, chunk_edge: int = CHU
             temporary, shape=shape, chunks=(chunk_edge,) * 3, dtype=bool, fill_value=False, overwrite=True
         )
         slab = np.empty((min(chunk_edge, shape[0]), *shape[1:]), dtype=bool)
-        for start in range(0, shape[0], chunk_edge):
-            stop = min(start + chunk_edge, shape[0])
-            for z in range(start, stop):
-                mask = first if z == 0 else read_slice(files[z]) > 0
-                if mask.shape != first.shape:
-                    raise ValueError(f"mask {files[z]} has shape {mask.shape}, but earlier slices have {first.shape}")
-                slab[z - start] = mask
-            volume[start:stop] = slab[: stop - start]
+        masks = itertools.chain([first], map_ahead(lambda file: read_slice(file) > 0, files[1:], threads))
+        for z, mask in enumerate(masks):
+            if mask.shape != first.shape:
+                raise ValueError(f"mask {files[z]} has shape {mask.shape}, but earlier slices have {first.shape}")
+            slab[z % chunk_edge] = mask
+            if z % chunk_edge == chunk_edge - 1 or z == shape[0] - 1:
+                volume[z - z % chunk_edge : z + 1] = slab[: z % chunk_edge + 1]
 
     write_directory_atomically(path, save)
     log.info("assembled %d masks into %s, shape %s", shape[0], path, shape)
