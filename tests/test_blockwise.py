@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from ome_zarr_models.v05 import image as ome_zarr_image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -301,6 +302,26 @@ def test_a_volume_in_memory_cleaned_in_worker_processes_equals_its_whole_volume_
     np.testing.assert_array_equal(in_workers.volume[:], alone.volume[:])
     assert (in_workers.objects, in_workers.foreground_voxels) == (alone.objects, alone.foreground_voxels)
     assert alone.objects > 3 and in_workers.volume.chunks == (8, 8, 8)
+
+
+@pytest.mark.parametrize("clean_up", [{}, {"workers": 3}, {"block_size": 8}], ids=["whole", "workers", "blocks"])
+def test_each_class_volume_is_an_ome_zarr_image_at_the_voxel_size(tmp_path, mask_folders, volume_of, clean_up):
+    """Viewers that read OME-Zarr (0.5) find each class's volume and its scale in nm."""
+    path = volume_of({"mito": mask_folders, "er": mask_folders}, (30.0, 5.0, 4.0), min_object_voxels=5, **clean_up)
+    volumes = open_volumes(path)
+    for class_name, cleaned in volumes.classes.items():
+        image = ome_zarr_image.Image.from_zarr(zarr.open_group(path / class_name, mode="r"))  # validates
+        (multiscale,) = image.ome_attributes.multiscales
+        assert multiscale.name == class_name
+        assert [(axis.name, axis.type, axis.unit) for axis in multiscale.axes] == [
+            (axis, "space", "nanometer") for axis in "zyx"
+        ]
+        (level,) = multiscale.datasets
+        assert level.coordinateTransformations[0].scale == [30.0, 5.0, 4.0]
+        stored = zarr.open_array(path / class_name / level.path, mode="r")
+        assert stored.metadata.dimension_names == ("z", "y", "x")
+        np.testing.assert_array_equal(stored[:], cleaned.volume[:])
+    assert list(volumes.classes) == ["mito", "er"] and volumes.shape == (14, 30, 26)
 
 
 def test_mesh_and_statistics_refuse_a_folder_that_is_not_a_cleaned_volume(tmp_path, mask_folders):

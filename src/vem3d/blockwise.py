@@ -164,9 +164,12 @@ def assemble_mask_zarr(
 
 
 def _empty_volume_like(path: str | os.PathLike, like, block_size: int) -> zarr.Array:
-    """An all-background zarr bool volume shaped as ``like``, chunked as ``like`` or else as the blocks."""
+    """An all-background zarr bool volume (z, y, x) shaped as ``like``, chunked as ``like`` or else as the blocks."""
     chunks = like.chunks if isinstance(like, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3
-    return zarr.create_array(path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, overwrite=True)
+    return zarr.create_array(
+        path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, dimension_names=("z", "y", "x"),
+        overwrite=True,
+    )
 
 
 def blocks(

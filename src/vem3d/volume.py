@@ -22,6 +22,46 @@ from vem3d.threads import map_ahead
 
 log = logging.getLogger(__name__)
 
+# Each class of a volume.zarr is an OME-Zarr image (NGFF 0.5) of one resolution level,
+# so that viewers that read OME-Zarr show it at its voxel size.
+OME_ZARR_VERSION = "0.5"
+IMAGE_LEVEL = "0"  # path of the full-resolution array inside a class's image group
+AXES = ("z", "y", "x")
+
+
+def ome_image_metadata(name: str, voxel_size_nm: Sequence[float]) -> dict:
+    """The ``ome`` attribute of a one-level OME-Zarr 0.5 image of a (z, y, x) volume.
+
+    Parameters
+    ----------
+    name : str
+        The image's name (a class).
+    voxel_size_nm : (float, float, float)
+        Voxel size z, y, x in nm: the scale of the level :data:`IMAGE_LEVEL`.
+
+    Returns
+    -------
+    dict
+        ``version`` and ``multiscales`` (spatial axes z, y, x in nanometres).
+    """
+    return {
+        "version": OME_ZARR_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [{"name": axis, "type": "space", "unit": "nanometer"} for axis in AXES],
+                "datasets": [
+                    {
+                        "path": IMAGE_LEVEL,
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(size) for size in voxel_size_nm]}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
 
 def assemble_volume(masks: Iterable[tuple[str, np.ndarray]]) -> np.ndarray:
     """Stack 2D masks, in the order given, into a 3D volume.
@@ -330,7 +370,8 @@ class SampleVolumes:
     ----------
     classes : dict of str to vem3d.blockwise.CleanedVolume
         Per class, in the order of the classes: its cleaned volume (a zarr bool array,
-        read only where indexed) and what the clean-up counted.
+        read only where indexed, shape (slices, rows, columns)) and what the clean-up
+        counted.
     voxel_size_nm : (float, float, float)
         Voxel size z, y, x in nm.
     slice_names : list of str
@@ -373,10 +414,12 @@ def write_volumes(
     mask_dirs : mapping of class name to list of path
         Each class's mask chunk folders in z order (non-zero = the class).
     path : path
-        Zarr group written (atomically): one bool array per class, named by it, in
-        chunks of 64 voxels a side (foreground = the class after clean-up; attributes
-        ``objects`` and ``foreground_voxels``), and the group attributes ``classes``,
-        ``voxel_size_nm`` (z, y, x) and ``slice_names`` (the mask slice of each z).
+        Zarr (v3) group written (atomically), with the attributes ``classes``,
+        ``voxel_size_nm`` (z, y, x) and ``slice_names`` (the mask slice of each z),
+        and per class a group named by it: an OME-Zarr 0.5 image
+        (:func:`ome_image_metadata`, attributes ``objects`` and ``foreground_voxels``
+        too) whose array ``0`` is the bool volume, foreground = the class after
+        clean-up, in chunks of 64 voxels a side.
     voxel_size_nm : (float, float, float)
         Voxel size z, y, x in nm, kept for the steps that measure the volume.
     probability_dirs, z_smoothing_sigma, threshold
@@ -424,13 +467,14 @@ def write_volumes(
         group.attrs.update(
             classes=list(mask_dirs), voxel_size_nm=[float(size) for size in voxel_size_nm], slice_names=slice_names
         )
+        images = {class_name: group.create_group(class_name) for class_name in mask_dirs}
         if by_block:
             # The assembled masks are scratch beside the group, not part of it.
             with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=f".{Path(path).name}-") as scratch:
                 for class_name, folders in mask_dirs.items():
                     masks = blockwise.assemble_mask_zarr(folders, Path(scratch) / class_name, threads=workers)
                     cleaned = blockwise.clean_blockwise(
-                        masks, Path(temporary) / class_name, min_object_voxels, fill_cavities,
+                        masks, Path(temporary) / class_name / IMAGE_LEVEL, min_object_voxels, fill_cavities,
                         block_size or blockwise.DEFAULT_BLOCK_SIZE, workers,
                     )
                     rows.append((class_name, cleaned.objects, cleaned.foreground_voxels))
@@ -440,7 +484,7 @@ def write_volumes(
                     # Blocks of the volume in memory, cleaned in the worker processes and
                     # written from there (one process alone cleans faster whole).
                     cleaned = blockwise.clean_blockwise(
-                        mask, Path(temporary) / class_name, min_object_voxels, fill_cavities,
+                        mask, Path(temporary) / class_name / IMAGE_LEVEL, min_object_voxels, fill_cavities,
                         blockwise.IN_MEMORY_CLEAN_BLOCK, workers,
                     )
                     rows.append((class_name, cleaned.objects, cleaned.foreground_voxels))
@@ -449,14 +493,15 @@ def write_volumes(
                 del mask
                 volume = labels != 0
                 del labels
-                array = group.create_array(
-                    class_name, shape=volume.shape, chunks=(blockwise.CHUNK_EDGE,) * 3, dtype=bool, fill_value=False
+                array = images[class_name].create_array(
+                    IMAGE_LEVEL, shape=volume.shape, chunks=(blockwise.CHUNK_EDGE,) * 3, dtype=bool,
+                    fill_value=False, dimension_names=AXES,
                 )
                 array[:] = volume
                 rows.append((class_name, n_objects, int(np.count_nonzero(volume))))
         for class_name, n_objects, foreground_voxels in rows:
-            zarr.open_array(Path(temporary) / class_name, mode="r+").attrs.update(
-                objects=n_objects, foreground_voxels=foreground_voxels
+            images[class_name].attrs.update(
+                ome=ome_image_metadata(class_name, voxel_size_nm), objects=n_objects, foreground_voxels=foreground_voxels
             )
 
     write_directory_atomically(path, save)
@@ -488,10 +533,10 @@ def open_volumes(path: str | os.PathLike) -> SampleVolumes:
         raise ValueError(f"{path}: not a volume written by vem3d volume (no attribute(s) {', '.join(missing)})")
     classes = {}
     for class_name in group.attrs["classes"]:
-        if class_name not in group:
-            raise ValueError(f"{path}: no volume for class {class_name!r}")
-        array = group[class_name]
+        image = group.get(class_name)
+        if not isinstance(image, zarr.Group) or not isinstance(image.get(IMAGE_LEVEL), zarr.Array):
+            raise ValueError(f"{path}: no volume for class {class_name!r} (an image group with array {IMAGE_LEVEL!r})")
         classes[class_name] = blockwise.CleanedVolume(
-            array, int(array.attrs["objects"]), int(array.attrs["foreground_voxels"])
+            image[IMAGE_LEVEL], int(image.attrs["objects"]), int(image.attrs["foreground_voxels"])
         )
     return SampleVolumes(classes, tuple(group.attrs["voxel_size_nm"]), list(group.attrs["slice_names"]))
