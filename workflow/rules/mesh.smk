@@ -13,6 +13,8 @@ rule mesh:
         "logs/{sample}/mesh.log",
     benchmark:
         "results/benchmarks/{sample}/mesh.tsv"
+    # Before the montage, which nothing waits for: the pictures and tables wait for this.
+    priority: 1
     conda:
         "../../envs/imaging.yaml"
     threads: surface_threads

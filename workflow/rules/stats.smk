@@ -18,6 +18,8 @@ rule object_statistics:
         "logs/{sample}/object_statistics.log",
     benchmark:
         "results/benchmarks/{sample}/object_statistics.tsv"
+    # Before the montage, which nothing waits for: the pictures and tables wait for this.
+    priority: 1
     conda:
         "../../envs/imaging.yaml"
     threads: surface_threads
