@@ -1,7 +1,10 @@
 import imageio.v3 as iio
+import mrcfile
 import numpy as np
 import pytest
 import tifffile
+
+from vem3d.preprocess import preprocess_stack
 
 from vem3d.slices import (
     SliceError,
@@ -84,6 +87,54 @@ def test_multipage_tiff_stack_reads_page_by_page(tmp_path):
     pages = list(read_stack_slices(tmp_path / "stack.tif", ["z0002", "z0000"]))
     np.testing.assert_array_equal(pages[0], stack[2])
     np.testing.assert_array_equal(pages[1], stack[0])
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint16, np.float32])
+def test_mrc_stack_reads_section_by_section_in_native_byte_order(tmp_path, dtype):
+    stack = (np.arange(3 * 4 * 5) - 30).reshape(3, 4, 5).astype(dtype)
+    with mrcfile.new(tmp_path / "stack.ali") as mrc:
+        mrc.set_data(stack.astype(np.dtype(dtype).newbyteorder(">")))  # as a big-endian machine wrote it
+    assert stack_slice_names(tmp_path / "stack.ali") == ["z0000", "z0001", "z0002"]
+    sections = list(read_stack_slices(tmp_path / "stack.ali", ["z0002", "z0000"]))
+    for section, expected in zip(sections, (stack[2], stack[0])):
+        assert section.dtype == np.dtype(dtype) and section.dtype.isnative
+        np.testing.assert_array_equal(section, expected)
+    with mrcfile.new(tmp_path / "one.mrc") as mrc:
+        mrc.set_data(stack[1])  # a single 2D image
+    assert stack_slice_names(tmp_path / "one.mrc") == ["z0000"]
+    np.testing.assert_array_equal(next(read_stack_slices(tmp_path / "one.mrc", ["z0000"])), stack[1])
+
+
+def test_a_file_that_is_not_an_mrc_stack_is_named(tmp_path):
+    (tmp_path / "text.mrc").write_text("this is not an MRC file, but long enough for a header" * 40)
+    with pytest.raises(SliceError, match="text.mrc: cannot be read as an MRC stack"):
+        stack_slice_names(tmp_path / "text.mrc")
+    (tmp_path / "empty.st").write_bytes(b"")
+    with pytest.raises(SliceError, match="empty.st: stack file does not exist or is empty"):
+        stack_slice_names(tmp_path / "empty.st")
+    with mrcfile.new(tmp_path / "stack.mrc") as mrc:
+        mrc.set_data(np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(SliceError, match=r"stack.mrc: the stack has no slice\(s\) \['z0005'\]"):
+        list(read_stack_slices(tmp_path / "stack.mrc", ["z0000", "z0005"]))
+
+
+def test_an_mrc_stack_preprocesses_as_the_same_slices_in_a_folder(tmp_path):
+    stack = np.random.default_rng(0).integers(-2000, 3000, (4, 24, 20)).astype(np.int16)
+    with mrcfile.new(tmp_path / "stack.mrc") as mrc:
+        mrc.set_data(stack)
+    (tmp_path / "slices").mkdir()
+    for z, section in enumerate(stack):
+        tifffile.imwrite(tmp_path / "slices" / f"z{z:04d}.tif", section)
+    names = stack_slice_names(tmp_path / "stack.mrc")
+    assert names == stack_slice_names(tmp_path / "slices")
+    preprocess_stack(tmp_path / "stack.mrc", names[1:3], tmp_path / "from_mrc")
+    preprocess_stack(tmp_path / "slices", names[1:3], tmp_path / "from_folder")
+    written = sorted(path.name for path in (tmp_path / "from_mrc").iterdir())
+    assert written == sorted(path.name for path in (tmp_path / "from_folder").iterdir()) == [
+        "shapes.tsv", "z0001.tif", "z0002.tif"
+    ]
+    for name in written:
+        assert (tmp_path / "from_mrc" / name).read_bytes() == (tmp_path / "from_folder" / name).read_bytes()
 
 
 def test_write_image_is_atomic_and_leaves_no_temporary_file(tmp_path):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import imageio.v3 as iio
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
@@ -215,15 +216,17 @@ def test_snakefmt_is_clean():
         (row("../x", "{stack}"), "does not match"),
         (row("s1", "{stack}") + row("s1", "{stack}"), "duplicate sample name"),
         (row("s1", "{empty}"), "no slice files found"),
+        (row("s1", "{not_mrc}"), "not.mrc: cannot be read as an MRC stack"),
     ],
-    ids=["missing-path", "zero-voxel", "negative-voxel", "path-in-name", "duplicate-name", "empty-folder"],
+    ids=["missing-path", "zero-voxel", "negative-voxel", "path-in-name", "duplicate-name", "empty-folder", "not-mrc"],
 )
 def test_bad_sample_sheet_stops_before_any_work(tmp_path, sample_row, message):
     stack = own_stack(tmp_path)
     (tmp_path / "empty").mkdir()
+    (tmp_path / "not.mrc").write_text("a text file named like an MRC stack\n" * 64)
     project = make_project(
         tmp_path,
-        rows=(DEMO_ROW, sample_row.format(stack=stack, empty=tmp_path / "empty")),
+        rows=(DEMO_ROW, sample_row.format(stack=stack, empty=tmp_path / "empty", not_mrc=tmp_path / "not.mrc")),
     )
     result = snakemake(project, "-n")
     assert result.returncode != 0
@@ -249,6 +252,21 @@ def test_bad_slice_stops_the_run_naming_the_file(tmp_path, damage, message):
     logs = "".join(path.read_text() for path in (project / "logs/own/preprocess").glob("*.log"))
     assert message in logs
     assert {path.name: path.read_bytes() for path in stack.iterdir()} == before
+
+
+def test_an_mrc_stack_is_preprocessed_section_by_section(tmp_path):
+    stack = np.random.default_rng(1).integers(-500, 4000, (5, 32, 32)).astype(np.int16)
+    source = tmp_path / "data" / "stack.mrc"
+    source.parent.mkdir()
+    with mrcfile.new(source) as mrc:
+        mrc.set_data(stack)
+    before = source.read_bytes()
+    project = make_project(tmp_path, rows=(DEMO_ROW, row("own", source)))
+    result = snakemake(project, "--until", "preprocess")
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = sorted(path.name for path in (project / "results/own/preprocessed").rglob("*.tif"))
+    assert written == [f"z{z:04d}.tif" for z in range(5)]
+    assert [path.name for path in source.parent.iterdir()] == ["stack.mrc"] and source.read_bytes() == before
 
 
 def test_demo_data_generation_is_deterministic(tmp_path):

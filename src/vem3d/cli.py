@@ -188,7 +188,7 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         synth.add_argument(flag, type=int, default=_default(write_demo_stack, name), help=f"{text} (default: %(default)s)")
 
     preprocess = commands.add_parser("preprocess", help="normalise (and resample) slices for the network")
-    preprocess.add_argument("source", type=Path, help="folder of slices or a multi-page TIFF")
+    preprocess.add_argument("source", type=Path, help="folder of slices, or a multi-page TIFF or MRC stack")
     preprocess.add_argument("out_dir", type=Path, help="folder for the normalised 16-bit slices and shapes.tsv")
     for flag, name, text in (
         ("--low-percentile", "low_percentile", "intensity percentile mapped to 0"),

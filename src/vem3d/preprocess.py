@@ -151,7 +151,7 @@ def preprocess_stack(
     Parameters
     ----------
     source : path
-        Folder of slices or multi-page TIFF.
+        Folder of slices, or a multi-page TIFF or MRC stack.
     names : list of str
         Slices to process, in z order.
     out_dir : path

@@ -225,7 +225,7 @@ def montage_from_folders(
     Parameters
     ----------
     source : path
-        The sample's raw slices: a folder or a multi-page TIFF.
+        The sample's raw slices: a folder, or a multi-page TIFF or MRC stack.
     mask_dirs : list of path
         Predicted mask chunk folders (slice names as in ``source``).
     path : path

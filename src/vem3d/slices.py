@@ -1,8 +1,9 @@
 """Reading and writing slices of a vEM stack.
 
 A stack is either a folder of 2D slice files (PNG, TIFF, JPEG), taken in natural
-order (``2.png`` before ``10.png``), or one multi-page TIFF file. Every error names
-the offending file and says what is wrong with it.
+order (``2.png`` before ``10.png``), or one stack file: a multi-page TIFF, or an MRC
+file (IMOD's and CCP-EM's format of serial-section and FIB-SEM stacks, read with
+``mrcfile``). Every error names the offending file and says what is wrong with it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import imageio.v3 as iio
+import mrcfile
 import numpy as np
 import tifffile
 
@@ -20,6 +22,8 @@ from vem3d.atomic import write_atomically
 
 SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
+# MRC stacks: .mrc, and IMOD's raw (.st), aligned (.ali) and reconstructed (.rec) stacks.
+MRC_SUFFIXES = (".mrc", ".st", ".ali", ".rec")
 # Files that operating systems drop into folders and that are never slices.
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 
@@ -125,17 +129,46 @@ def rgb_to_grey(image: np.ndarray) -> np.ndarray:
     return grey.astype(image.dtype)
 
 
-def is_tiff_stack(source: str | os.PathLike) -> bool:
-    """Whether ``source`` is a multi-page TIFF file rather than a folder of slices."""
+def is_stack_file(source: str | os.PathLike) -> bool:
+    """Whether ``source`` is one stack file (multi-page TIFF or MRC) rather than a folder of slices."""
     source = Path(source)
-    return source.suffix.lower() in TIFF_SUFFIXES and not source.is_dir()
+    return source.suffix.lower() in TIFF_SUFFIXES + MRC_SUFFIXES and not source.is_dir()
+
+
+def _mrc_sections(mrc, source: Path) -> np.ndarray:
+    """The sections of an open MRC file as (z, rows, columns), memory-mapped (read where indexed)."""
+    data = mrc.data
+    if data is None or data.ndim not in (2, 3) or data.dtype.kind not in "iuf":
+        shape, dtype = (None, None) if data is None else (data.shape, data.dtype)
+        raise SliceError(f"{source}: expected an MRC stack of grey 2D sections, found data of shape {shape}, {dtype}")
+    return data[np.newaxis] if data.ndim == 2 else data
+
+
+def _open_mrc(source: Path):
+    """``mrcfile.mmap`` of ``source`` for reading, or a SliceError naming it."""
+    try:
+        return mrcfile.mmap(source, mode="r")
+    except (ValueError, OSError) as error:  # mrcfile says what is wrong in a ValueError
+        raise SliceError(f"{source}: cannot be read as an MRC stack ({error})") from error
+
+
+def _stack_depth(source: Path) -> int:
+    """Sections of an MRC file or pages of a multi-page TIFF."""
+    if source.suffix.lower() in MRC_SUFFIXES:
+        with _open_mrc(source) as mrc:
+            return len(_mrc_sections(mrc, source))
+    try:
+        with tifffile.TiffFile(source) as tiff:
+            return len(tiff.pages)
+    except Exception as error:
+        raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
 
 
 def stack_slice_names(source: str | os.PathLike) -> list[str]:
     """Names of the slices of a stack, in z order.
 
-    For a folder these are the slice file stems; for a multi-page TIFF they are
-    ``z0000``, ``z0001``, ... one per page.
+    For a folder these are the slice file stems; for a stack file (multi-page TIFF or
+    MRC) they are ``z0000``, ``z0001``, ... one per page or section.
 
     Raises
     ------
@@ -143,15 +176,10 @@ def stack_slice_names(source: str | os.PathLike) -> list[str]:
         If the source does not exist, holds no slice, or two files share a stem.
     """
     source = Path(source)
-    if is_tiff_stack(source):
+    if is_stack_file(source):
         if not source.is_file() or source.stat().st_size == 0:
             raise SliceError(f"{source}: stack file does not exist or is empty")
-        try:
-            with tifffile.TiffFile(source) as tiff:
-                n_pages = len(tiff.pages)
-        except Exception as error:
-            raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
-        return [f"z{index:04d}" for index in range(n_pages)]
+        return [f"z{index:04d}" for index in range(_stack_depth(source))]
     names = [path.stem for path in list_slices(source)]
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
@@ -160,9 +188,9 @@ def stack_slice_names(source: str | os.PathLike) -> list[str]:
 
 
 def stack_slice_files(source: str | os.PathLike, names: list[str]) -> list[Path]:
-    """The files that hold the named slices: the slice files, or the one TIFF stack."""
+    """The files that hold the named slices: the slice files, or the one stack file."""
     source = Path(source)
-    if is_tiff_stack(source):
+    if is_stack_file(source):
         return [source]
     by_name = {path.stem: path for path in list_slices(source)}
     missing = [name for name in names if name not in by_name]
@@ -177,26 +205,35 @@ def read_stack_slices(source: str | os.PathLike, names: list[str]):
     Parameters
     ----------
     source : path
-        A folder of slice files or a multi-page TIFF file.
+        A folder of slice files, or a multi-page TIFF or MRC file (read a page or
+        section at a time).
     names : list of str
         Slice names as returned by :func:`stack_slice_names`.
 
     Yields
     ------
     ndarray, shape (rows, columns)
-        Each slice in its stored dtype, grey.
+        Each slice in its stored dtype (in native byte order), grey.
     """
     source = Path(source)
-    if not is_tiff_stack(source):
+    if not is_stack_file(source):
         for path in stack_slice_files(source, names):
             yield read_slice(path)
         return
-    all_names = stack_slice_names(source)
+    index_of = {name: index for index, name in enumerate(stack_slice_names(source))}
+    missing = [name for name in names if name not in index_of]
+    if missing:
+        raise SliceError(f"{source}: the stack has no slice(s) {missing}")
+    if source.suffix.lower() in MRC_SUFFIXES:
+        with _open_mrc(source) as mrc:
+            sections = _mrc_sections(mrc, source)
+            for name in names:
+                section = sections[index_of[name]]
+                yield section.astype(section.dtype.newbyteorder("="))  # a copy, in memory
+        return
     for name in names:
-        if name not in all_names:
-            raise SliceError(f"{source}: the stack has no slice {name!r}")
         try:
-            page = tifffile.imread(source, key=all_names.index(name))
+            page = tifffile.imread(source, key=index_of[name])
         except Exception as error:
             raise SliceError(f"{source}: page {name} cannot be read ({error})") from error
         if page.ndim == 3 and page.shape[-1] in (3, 4):

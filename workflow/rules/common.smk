@@ -14,7 +14,7 @@ from vem3d.labels import class_values, label_slices
 from vem3d.provenance import check_weights_settings
 from vem3d.slices import (
     SliceError,
-    is_tiff_stack,
+    is_stack_file,
     list_slices,
     stack_slice_files,
     stack_slice_names,
@@ -94,7 +94,7 @@ def naming_sample(sample, column):
 
 def _listed_slice_files(sample):
     """Slice name -> file of a sample's stack in z order (each name -> the one file of a
-    TIFF stack); listed once, here, as input functions ask for it job after job."""
+    TIFF or MRC stack); listed once, as input functions ask for it job after job."""
     source = samples.loc[sample, "slices"]
     if is_demo(source):
         return dict(zip(DEMO_SLICE_NAMES, demo_files("slices", DEMO_SLICE_NAMES)))
@@ -102,7 +102,7 @@ def _listed_slice_files(sample):
         names = stack_slice_names(source)
         files = (
             [source] * len(names)
-            if is_tiff_stack(source)
+            if is_stack_file(source)
             else stack_slice_files(source, names)
         )
     return {name: str(path) for name, path in zip(names, files)}
@@ -124,12 +124,12 @@ def chunk_slice_names(sample, chunk):
 
 
 def slice_files(sample, names):
-    """The files holding a sample's named slices (or the one TIFF stack)."""
+    """The files holding a sample's named slices (or the one stack file)."""
     return list(dict.fromkeys(SLICE_FILES[sample][name] for name in names))
 
 
 def get_chunk_slice_files(wildcards):
-    """Input of a preprocessing job: the chunk's slice files (or the one TIFF stack)."""
+    """Input of a preprocessing job: the chunk's slice files (or the one stack file)."""
     return slice_files(
         wildcards.sample, chunk_slice_names(wildcards.sample, wildcards.chunk)
     )
