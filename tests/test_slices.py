@@ -12,6 +12,7 @@ from vem3d.slices import (
     natural_key,
     read_slice,
     read_stack_slices,
+    stack_pixel_size_nm,
     stack_slice_names,
     write_image,
 )
@@ -116,6 +117,17 @@ def test_a_file_that_is_not_an_mrc_stack_is_named(tmp_path):
         mrc.set_data(np.zeros((2, 4, 4), np.uint8))
     with pytest.raises(SliceError, match=r"stack.mrc: the stack has no slice\(s\) \['z0005'\]"):
         list(read_stack_slices(tmp_path / "stack.mrc", ["z0000", "z0005"]))
+
+
+def test_an_mrc_header_gives_the_pixel_size_in_nm_where_set(tmp_path):
+    for name, angstrom in (("set.mrc", (60.0, 52.0, 50.0)), ("unset.mrc", 0.0), ("imod_default.st", 1.0)):
+        with mrcfile.new(tmp_path / name) as mrc:
+            mrc.set_data(np.zeros((2, 4, 4), np.uint8))
+            mrc.voxel_size = angstrom  # x, y, z
+    assert stack_pixel_size_nm(tmp_path / "set.mrc") == pytest.approx((5.2, 6.0))  # rows (y), columns (x)
+    assert stack_pixel_size_nm(tmp_path / "unset.mrc") is None
+    assert stack_pixel_size_nm(tmp_path / "imod_default.st") is None
+    assert stack_pixel_size_nm(tmp_path) is None  # a folder of slices has no header
 
 
 def test_an_mrc_stack_preprocesses_as_the_same_slices_in_a_folder(tmp_path):

@@ -269,6 +269,18 @@ def test_an_mrc_stack_is_preprocessed_section_by_section(tmp_path):
     assert [path.name for path in source.parent.iterdir()] == ["stack.mrc"] and source.read_bytes() == before
 
 
+def test_an_mrc_header_of_another_pixel_size_is_pointed_out_once(tmp_path):
+    source = tmp_path / "stack.mrc"
+    with mrcfile.new(source) as mrc:
+        mrc.set_data(np.zeros((3, 32, 32), np.int16))
+        mrc.voxel_size = 50.0  # Angstrom: pixels of 5 nm, where the sheet says 10
+    project = make_project(tmp_path, rows=(DEMO_ROW, row("own", source)))
+    result = snakemake(project, "--until", "preprocess")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warning = f"sample 'own': the sample sheet gives pixels of 10 x 10 nm (voxel_size_y_nm, voxel_size_x_nm), but the header of {source} says 5 x 5 nm"
+    assert result.stderr.count(warning) == 1
+
+
 def test_demo_data_generation_is_deterministic(tmp_path):
     first = write_demo_stack(tmp_path / "a", n_slices=3, size=48, seed=5)
     second = write_demo_stack(tmp_path / "b", n_slices=3, size=48, seed=5)

@@ -24,6 +24,7 @@ SLICE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 TIFF_SUFFIXES = (".tif", ".tiff")
 # MRC stacks: .mrc, and IMOD's raw (.st), aligned (.ali) and reconstructed (.rec) stacks.
 MRC_SUFFIXES = (".mrc", ".st", ".ali", ".rec")
+ANGSTROM_PER_NM = 10.0  # MRC headers give voxel sizes in Angstrom
 # Files that operating systems drop into folders and that are never slices.
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini"})
 
@@ -162,6 +163,30 @@ def _stack_depth(source: Path) -> int:
             return len(tiff.pages)
     except Exception as error:
         raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+
+
+def stack_pixel_size_nm(source: str | os.PathLike) -> tuple[float, float] | None:
+    """The pixel size (rows, columns) in nm that an MRC stack's header gives.
+
+    Parameters
+    ----------
+    source : path
+        A stack: folder of slices, multi-page TIFF or MRC file.
+
+    Returns
+    -------
+    (float, float) or None
+        ``voxel_size`` y and x of the MRC header (stored in Angstrom); None for other
+        stacks and for a header that leaves it unset (0, or IMOD's 1 Angstrom).
+    """
+    source = Path(source)
+    if not is_stack_file(source) or source.suffix.lower() not in MRC_SUFFIXES:
+        return None
+    with _open_mrc(source) as mrc:
+        rows, columns = float(mrc.voxel_size.y), float(mrc.voxel_size.x)
+    if rows in (0.0, 1.0) or columns in (0.0, 1.0):
+        return None
+    return rows / ANGSTROM_PER_NM, columns / ANGSTROM_PER_NM
 
 
 def stack_slice_names(source: str | os.PathLike) -> list[str]:

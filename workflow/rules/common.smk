@@ -16,6 +16,7 @@ from vem3d.slices import (
     SliceError,
     is_stack_file,
     list_slices,
+    stack_pixel_size_nm,
     stack_slice_files,
     stack_slice_names,
 )
@@ -110,6 +111,30 @@ def _listed_slice_files(sample):
 
 SLICE_FILES = {sample: _listed_slice_files(sample) for sample in samples.index}
 SLICE_NAMES = {sample: list(files) for sample, files in SLICE_FILES.items()}
+
+
+def warn_of_other_pixel_sizes(sheet):
+    """Say where an MRC stack's header gives another pixel size than the sample sheet."""
+    for sample, row in sheet.iterrows():
+        with naming_sample(sample, "slices"):
+            header_nm = stack_pixel_size_nm(row["slices"])
+        sheet_nm = (float(row["voxel_size_y_nm"]), float(row["voxel_size_x_nm"]))
+        if header_nm and any(
+            abs(given - header) > 0.01 * header
+            for given, header in zip(sheet_nm, header_nm)
+        ):
+            print(
+                f"vem3d: sample {sample!r}: the sample sheet gives pixels of "
+                f"{sheet_nm[0]:g} x {sheet_nm[1]:g} nm (voxel_size_y_nm, voxel_size_x_nm), "
+                f"but the header of {row['slices']} says {header_nm[0]:g} x "
+                f"{header_nm[1]:g} nm. The sheet's are used; every volume and area "
+                "measured scales with them.",
+                file=sys.stderr,
+            )
+
+
+if workflow.is_main_process:  # once, not again in every job
+    warn_of_other_pixel_sizes(samples)
 
 
 def chunk_ids(sample):
