@@ -346,7 +346,7 @@ def test_a_volume_over_the_memory_budget_is_cleaned_and_meshed_block_by_block(
     volume = volume_of(masks, memory_gib=1e-4)
     assert cleaned == [blockwise.DEFAULT_BLOCK_SIZE]
     mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)
-    assert isinstance(meshed[0][0].volume, zarr.Array) and meshed[0][1] == blockwise.DEFAULT_BLOCK_SIZE
+    assert isinstance(meshed[0][0].volume, zarr.Array) and meshed[0][1] == blockwise.DEFAULT_MESH_BLOCK
     volume_of(masks, memory_gib=1.0)
     mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1.0)
     assert len(cleaned) == 1 and isinstance(meshed[1][0].volume, np.ndarray)

@@ -67,6 +67,12 @@ log = logging.getLogger(__name__)
 
 CHUNK_EDGE = 64  # voxels per zarr chunk side: small enough that a block's halo decompresses little
 DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred MB of work arrays
+# Blocks (z, y, x) in which a volume too large for memory is meshed unless told otherwise:
+# one chunk deep, so that a changed slice reaches the blocks of one or two 64-slice slabs,
+# not of all 256. The mesh step on the 256 x 2048 x 2048 volume of benchmarks/pipeline.py
+# --size 2048, one process: 103.5 s cold against 101-103 s in cubes of 256, and 63.8 s
+# against 114.7 s after slice 128 changed all over (32-slice slabs: 128.0 s, 49.4 s).
+DEFAULT_MESH_BLOCK = (CHUNK_EDGE, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 # Block side for cleaning a volume in memory in worker processes: 2 processes cleaned
 # the 256 x 1024 x 1024 masks of benchmarks/pipeline.py --size 1024 in 6.6 s in blocks
 # of 128 and 9.1 s in blocks of 256 (one process, whole: 8.0 s).

@@ -511,8 +511,9 @@ def mesh_volumes(
         As for :func:`volume_to_mesh`.
     block_size : int
         Read and mesh block by block, in blocks of this many voxels a side; 0 does so
-        (with :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`) only when the whole volume
-        would need more than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
+        (in blocks of :data:`vem3d.blockwise.DEFAULT_MESH_BLOCK`, 64 x 256 x 256) only
+        when the whole volume would need more than ``memory_gib``
+        (:func:`vem3d.blockwise.fits_in_memory`).
     memory_gib : float
         Memory the in-memory path may use, GiB.
     max_faces : int
@@ -543,7 +544,7 @@ def mesh_volumes(
             volumes.voxel_size_nm,
             Path(mesh_dir) / f"{class_name}.stl",
             # In memory, blocks thin along z, so that a cache can skip those a changed slice leaves alone.
-            (block_size or blockwise.DEFAULT_BLOCK_SIZE) if by_block else IN_MEMORY_MESH_BLOCK,
+            (block_size or blockwise.DEFAULT_MESH_BLOCK) if by_block else IN_MEMORY_MESH_BLOCK,
             smoothing_sigma,
             max_faces,
             None if cache_dir is None else blockwise.BlockMeshCache(Path(cache_dir) / class_name, volumes.voxel_size_nm),
