@@ -59,9 +59,9 @@ from vem3d.mesh import (
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
-from vem3d.stats import AXES, OBJECT_COLUMNS, mesh_measures, sphericity
+from vem3d.stats import OBJECT_COLUMNS, mesh_measures, sphericity
 from vem3d.threads import finished, map_ahead, ordered_results, process_pool
-from vem3d.volume import connected_components
+from vem3d.volume import AXES, connected_components
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def _empty_volume_like(path: str | os.PathLike, like, block_size: int) -> zarr.A
     """An all-background zarr bool volume (z, y, x) shaped as ``like``, chunked as ``like`` or else as the blocks."""
     chunks = like.chunks if isinstance(like, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3
     return zarr.create_array(
-        path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, dimension_names=("z", "y", "x"),
+        path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, dimension_names=AXES,
         overwrite=True,
     )
 

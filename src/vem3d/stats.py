@@ -25,11 +25,10 @@ from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, SURFACE_LEVEL, area_and_volume, marching_level, volume_to_mesh
 from vem3d.threads import finished, ordered_results, process_pool, run_now
-from vem3d.volume import label_objects, open_volumes
+from vem3d.volume import AXES, label_objects, open_volumes
 
 log = logging.getLogger(__name__)
 
-AXES = ("z", "y", "x")
 PROGRESS_EVERY = 100  # objects between progress lines in the log
 # Objects handed to the meshing processes ahead of the one awaited: each is a few
 # milliseconds of work, so a worker should never wait for the next.

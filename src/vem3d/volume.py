@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # so that viewers that read OME-Zarr show it at its voxel size.
 OME_ZARR_VERSION = "0.5"
 IMAGE_LEVEL = "0"  # path of the full-resolution array inside a class's image group
-AXES = ("z", "y", "x")
+AXES = ("z", "y", "x")  # the order of every volume's axes, and their names in zarr and tables
 
 
 def ome_image_metadata(name: str, voxel_size_nm: Sequence[float]) -> dict:
