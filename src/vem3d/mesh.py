@@ -543,7 +543,7 @@ def mesh_volumes(
             cleaned,
             volumes.voxel_size_nm,
             Path(mesh_dir) / f"{class_name}.stl",
-            # In memory, blocks thin along z, so that a cache can skip those a changed slice leaves alone.
+            # Blocks thin along z either way, so that a cache can skip those a changed slice leaves alone.
             (block_size or blockwise.DEFAULT_MESH_BLOCK) if by_block else IN_MEMORY_MESH_BLOCK,
             smoothing_sigma,
             max_faces,

@@ -136,6 +136,10 @@ def is_stack_file(source: str | os.PathLike) -> bool:
     return source.suffix.lower() in TIFF_SUFFIXES + MRC_SUFFIXES and not source.is_dir()
 
 
+def _is_mrc(source: Path) -> bool:
+    return source.suffix.lower() in MRC_SUFFIXES
+
+
 def _mrc_sections(mrc, source: Path) -> np.ndarray:
     """The sections of an open MRC file as (z, rows, columns), memory-mapped (read where indexed)."""
     data = mrc.data
@@ -155,7 +159,7 @@ def _open_mrc(source: Path):
 
 def _stack_depth(source: Path) -> int:
     """Sections of an MRC file or pages of a multi-page TIFF."""
-    if source.suffix.lower() in MRC_SUFFIXES:
+    if _is_mrc(source):
         with _open_mrc(source) as mrc:
             return len(_mrc_sections(mrc, source))
     try:
@@ -180,7 +184,7 @@ def stack_pixel_size_nm(source: str | os.PathLike) -> tuple[float, float] | None
         stacks and for a header that leaves it unset (0, or IMOD's 1 Angstrom).
     """
     source = Path(source)
-    if not is_stack_file(source) or source.suffix.lower() not in MRC_SUFFIXES:
+    if not is_stack_file(source) or not _is_mrc(source):
         return None
     with _open_mrc(source) as mrc:
         rows, columns = float(mrc.voxel_size.y), float(mrc.voxel_size.x)
@@ -249,7 +253,7 @@ def read_stack_slices(source: str | os.PathLike, names: list[str]):
     missing = [name for name in names if name not in index_of]
     if missing:
         raise SliceError(f"{source}: the stack has no slice(s) {missing}")
-    if source.suffix.lower() in MRC_SUFFIXES:
+    if _is_mrc(source):
         with _open_mrc(source) as mrc:
             sections = _mrc_sections(mrc, source)
             for name in names:
