@@ -99,11 +99,10 @@ def test_montage_slices_spread_from_first_to_last():
 def test_simplifying_a_chunk_at_a_time_equals_simplifying_whole(tmp_path, ball_mesh, monkeypatch):
     vertices, faces = ball_mesh
     triangles = vertices[faces]
-    bounds = (vertices.min(axis=0), vertices.max(axis=0), 10.0)
-    whole = simplify_triangles(lambda: [triangles], len(faces), len(faces) // 10, *bounds)
+    whole = simplify_triangles(lambda: [triangles], len(faces), len(faces) // 10, 10.0)
     step = len(faces) // 7  # 8 chunks, the last one short
     chunked = simplify_triangles(
-        lambda: (triangles[start : start + step] for start in range(0, len(faces), step)), len(faces), len(faces) // 10, *bounds
+        lambda: (triangles[start : start + step] for start in range(0, len(faces), step)), len(faces), len(faces) // 10, 10.0
     )
     np.testing.assert_array_equal(chunked[1], whole[1])
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-6)
@@ -126,3 +125,10 @@ def test_a_truncated_stl_is_refused_naming_the_file(tmp_path, ball_mesh):
     (tmp_path / "ball.stl").write_bytes(data[: len(data) - 25])
     with pytest.raises(ValueError, match="ball.stl: not a binary STL"):
         read_stl_simplified(tmp_path / "ball.stl", 10)
+
+
+def test_coordinates_beyond_the_cell_grid_are_refused(ball_mesh):
+    vertices, faces = ball_mesh
+    far = vertices[faces] + np.float32(1e12)  # 10^11 cells of 10 from the origin: no key holds the index
+    with pytest.raises(ValueError, match="too far out"):
+        simplify_triangles(lambda: [far], len(faces), len(faces) // 10, 10.0)

@@ -114,8 +114,27 @@ def stl_records(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     -------
     ndarray of ``stl.mesh.Mesh.dtype``, shape (n_faces,)
     """
-    records = np.empty(len(faces), dtype=stl_mesh.Mesh.dtype)
-    corners, normals = _corners_and_normals(vertices, faces)
+    return _records(*_corners_and_normals(vertices, faces))
+
+
+def stl_records_and_measures(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """:func:`stl_records` and :func:`area_and_volume` of a mesh from one cross product per face.
+
+    The normals are worked out in float64, for the measures, and rounded to the
+    records' float32; the corners are the vertices' own float32 values.
+
+    Returns
+    -------
+    records : ndarray of ``stl.mesh.Mesh.dtype``, shape (n_faces,)
+    area, volume : float
+        As :func:`area_and_volume`.
+    """
+    corners, normals = _corners_and_normals(vertices, faces, np.float64)
+    return _records(corners, normals), *_measures(corners, normals)
+
+
+def _records(corners: list[np.ndarray], normals: list[np.ndarray]) -> np.ndarray:
+    records = np.empty(corners[0].shape[1], dtype=stl_mesh.Mesh.dtype)
     for axis, normal in enumerate(normals):
         records["normals"][:, axis] = normal
     for corner, coordinates in enumerate(corners):
@@ -261,30 +280,34 @@ def _first_unique_faces(faces: np.ndarray) -> np.ndarray:
     return faces[np.sort(first)]
 
 
-def _cluster_triangles(
-    triangle_chunks: Callable[[], Iterable[np.ndarray]], origin: np.ndarray, extent: np.ndarray, cell: float
-) -> tuple[np.ndarray, np.ndarray]:
+CELL_INDEX_BITS = 21  # per axis: three signed cell indices in one int64 key
+
+
+def _cluster_triangles(triangle_chunks: Callable[[], Iterable[np.ndarray]], cell: float) -> tuple[np.ndarray, np.ndarray]:
     """One round of vertex clustering over triangles read a chunk at a time (see :func:`simplify_triangles`).
 
-    Each chunk's corners are grouped by cell with a hash (``pandas.factorize``) and
-    summed with ``np.bincount``; the chunks' per-cell sums are grouped the same way.
-    On the 19.5-million-face mesh of ``benchmarks/pipeline.py --size 1024`` a round took
-    about 20 % less time than with ``DataFrame.groupby(...).sum()``, same result.
+    Cells are cubes of side ``cell`` on a grid anchored at the origin, so no pass over
+    the triangles is needed to find their bounds first. Each chunk's corners are
+    grouped by cell with a hash (``pandas.factorize``) and summed with ``np.bincount``;
+    the chunks' per-cell sums are grouped the same way. On the 19.5-million-face mesh
+    of ``benchmarks/pipeline.py --size 1024`` a round took about 20 % less time than
+    with ``DataFrame.groupby(...).sum()``, same result.
     """
-    cells_per_axis = np.floor(extent / cell).astype(np.int64) + 1
+    reach = 1 << (CELL_INDEX_BITS - 1)  # cell indices from -reach to reach - 1
     chunk_cells, chunk_sums, kept = [], [], []
     for triangles in triangle_chunks():
-        keys = np.zeros(triangles.shape[0] * 3, dtype=np.int64)  # (z cell * rows + y cell) * columns + x cell
+        keys = np.zeros(triangles.shape[0] * 3, dtype=np.int64)  # cell z, y, x indices, each offset by reach
         columns = []
         for axis in (2, 1, 0):
             # One contiguous column per axis: numpy's element-wise work on (n, 3) arrays
             # runs an inner loop of 3 and was several times slower.
             column = np.ascontiguousarray(triangles[:, :, axis]).ravel()
-            index = np.subtract(column, origin[axis], dtype=np.float64)
-            index /= cell
+            index = np.divide(column, cell, dtype=np.float64)
             np.floor(index, out=index)
-            keys *= cells_per_axis[axis]
-            keys += np.minimum(index.astype(np.int64), cells_per_axis[axis] - 1)
+            if len(index) and (index.min() < -reach or index.max() >= reach):
+                raise ValueError(f"coordinates up to {np.abs(column).max():g} are too far out for cells of {cell:g}")
+            keys <<= CELL_INDEX_BITS
+            keys += index.astype(np.int64) + reach
             columns.append(column)
         corner_cell, cells = pd.factorize(keys)
         chunk_cells.append(cells)
@@ -306,12 +329,7 @@ def _cluster_triangles(
 
 
 def simplify_triangles(
-    triangle_chunks: Callable[[], Iterable[np.ndarray]],
-    n_faces: int,
-    max_faces: int,
-    low: np.ndarray,
-    high: np.ndarray,
-    mean_edge: float,
+    triangle_chunks: Callable[[], Iterable[np.ndarray]], n_faces: int, max_faces: int, mean_edge: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simplify triangles, read a chunk at a time, to at most ``max_faces`` faces by vertex clustering.
 
@@ -330,8 +348,6 @@ def simplify_triangles(
     n_faces : int
     max_faces : int
         Face budget (> 0).
-    low, high : ndarray, shape (3,)
-        Bounds of the corner coordinates.
     mean_edge : float
         Mean edge length (estimated from a sample of faces is enough).
 
@@ -340,24 +356,20 @@ def simplify_triangles(
     vertices : ndarray of float32, shape (n_kept_vertices, 3)
     faces : ndarray of int64, shape (n_kept_faces, 3)
         Orientation of the kept faces is preserved.
+
+    Raises
+    ------
+    ValueError
+        For coordinates more than 2^20 cells from the origin.
     """
     if max_faces <= 0:
         raise ValueError(f"max_faces must be > 0, got {max_faces}")
-    origin = np.asarray(low, dtype=np.float64)
-    extent = np.asarray(high, dtype=np.float64) - origin
     cell = max(float(mean_edge) * np.sqrt(n_faces / max_faces), 1e-12)
     while True:
-        vertices, faces = _cluster_triangles(triangle_chunks, origin, extent, cell)
+        vertices, faces = _cluster_triangles(triangle_chunks, cell)
         if len(faces) <= max_faces:
             return vertices, faces
         cell *= 1.25
-
-
-def _coordinate_bounds(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest coordinate of (n, 3) points, each axis on its own: numpy's
-    reductions along axis 0 of such an array are some 20 times slower."""
-    columns = [np.ascontiguousarray(points[:, axis]) for axis in range(3)]
-    return np.array([column.min() for column in columns]), np.array([column.max() for column in columns])
 
 
 def _mean_edge(triangles: np.ndarray) -> float:
@@ -392,7 +404,7 @@ def decimate_mesh(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tu
         for start in range(0, len(faces), TRIANGLES_PER_CHUNK):
             yield vertices[faces[start : start + TRIANGLES_PER_CHUNK]]
 
-    return simplify_triangles(chunks, len(faces), max_faces, *_coordinate_bounds(vertices), _mean_edge(sample))
+    return simplify_triangles(chunks, len(faces), max_faces, _mean_edge(sample))
 
 
 def stl_face_count(path: str | os.PathLike) -> int:
@@ -431,12 +443,8 @@ def read_stl_simplified(path: str | os.PathLike, max_faces: int) -> tuple[np.nda
     n_faces = stl_face_count(path)
     if n_faces <= max_faces:
         return read_stl(path)
-    low, high, mean_edge = np.full(3, np.inf), np.full(3, -np.inf), None
-    for triangles in _stl_triangles(path, n_faces):
-        chunk_low, chunk_high = _coordinate_bounds(triangles.reshape(-1, 3))
-        low, high = np.minimum(low, chunk_low), np.maximum(high, chunk_high)
-        mean_edge = _mean_edge(triangles) if mean_edge is None else mean_edge  # the first chunk's: estimate enough
-    return simplify_triangles(lambda: _stl_triangles(path, n_faces), n_faces, max_faces, low, high, mean_edge)
+    mean_edge = _mean_edge(next(_stl_triangles(path, n_faces)))  # the first chunk's: estimate enough
+    return simplify_triangles(lambda: _stl_triangles(path, n_faces), n_faces, max_faces, mean_edge)
 
 
 def area_and_volume(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, float]:
@@ -461,7 +469,11 @@ def area_and_volume(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, flo
     """
     if len(faces) == 0:
         return 0.0, 0.0
-    corners, (normal_x, normal_y, normal_z) = _corners_and_normals(vertices, faces, np.float64)
+    return _measures(*_corners_and_normals(vertices, faces, np.float64))
+
+
+def _measures(corners: list[np.ndarray], normals: list[np.ndarray]) -> tuple[float, float]:
+    normal_x, normal_y, normal_z = normals
     area = np.sqrt(normal_x * normal_x + normal_y * normal_y + normal_z * normal_z).sum() / 2
     first_x, first_y, first_z = corners[0]
     volume = (first_x * normal_x + first_y * normal_y + first_z * normal_z).sum() / 6
