@@ -424,9 +424,9 @@ def write_chunked_masks(volume, folder, chunk_slices=8):
 def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size, volume_of):
     monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
     marched, recorded = [], []
-    march, make_records = blockwise._march_block, blockwise.stl_records_and_measures
+    march, make_records = blockwise._march_block, blockwise.stl_records
     monkeypatch.setattr(blockwise, "_march_block", lambda *args: marched.append(args[1]) or march(*args))
-    monkeypatch.setattr(blockwise, "stl_records_and_measures", lambda *args: recorded.append(1) or make_records(*args))
+    monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
     volume = blobs((24, 30, 26), 7)
     folders = write_chunked_masks(volume, tmp_path / "masks")
 
@@ -496,8 +496,8 @@ def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(
     # records an unchanged re-run writes again (to the scratch STL it simplifies from).
     monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
     recorded = []
-    make_records = blockwise.stl_records_and_measures
-    monkeypatch.setattr(blockwise, "stl_records_and_measures", lambda *args: recorded.append(1) or make_records(*args))
+    make_records = blockwise.stl_records
+    monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
     volume = volume_of({"mito": write_chunked_masks(blobs((24, 30, 26), 9), tmp_path / "masks")})
 
     def mesh(name):

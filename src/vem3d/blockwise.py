@@ -56,7 +56,6 @@ from vem3d.mesh import (
     read_stl_simplified,
     stl_face_count,
     stl_records,
-    stl_records_and_measures,
     write_stl,
 )
 from vem3d.slices import list_slices, read_slice
@@ -890,20 +889,12 @@ class MeshMeasurements:
     volume_nm3: float = 0.0
     area_nm2: float = 0.0
 
-    def measure(self, block_meshes, records: bool = False) -> Iterator[BlockMesh]:
-        """Pass block meshes through, adding each to the totals (measuring those not measured yet).
-
-        With ``records``, those measured get their STL records too, from the same
-        cross products (:func:`vem3d.mesh.stl_records_and_measures`).
-        """
+    def measure(self, block_meshes) -> Iterator[BlockMesh]:
+        """Pass block meshes through, adding each to the totals (measuring those not measured yet)."""
         for block in block_meshes:
             self.vertices += int(np.count_nonzero(block.owned))
             self.faces += len(block.faces)
-            if block.area_nm2 is None and records and block.stl_records is None:
-                block.stl_records, block.area_nm2, block.volume_nm3 = stl_records_and_measures(
-                    block.vertices, block.faces
-                )
-            elif block.area_nm2 is None:
+            if block.area_nm2 is None:
                 block.area_nm2, block.volume_nm3 = area_and_volume(block.vertices, block.faces)
             self.area_nm2 += block.area_nm2
             self.volume_nm3 += block.volume_nm3
@@ -1044,7 +1035,7 @@ def write_mesh_blockwise(
     )
     if cache:
         block_meshes = cache.with_kept_records(block_meshes)
-    block_meshes = totals.measure(block_meshes, records=True)
+    block_meshes = totals.measure(block_meshes)
     on_block = cache.written if cache else None
     if max_faces:
         # The full mesh goes to a scratch STL block by block, then is simplified from

@@ -114,27 +114,8 @@ def stl_records(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     -------
     ndarray of ``stl.mesh.Mesh.dtype``, shape (n_faces,)
     """
-    return _records(*_corners_and_normals(vertices, faces))
-
-
-def stl_records_and_measures(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """:func:`stl_records` and :func:`area_and_volume` of a mesh from one cross product per face.
-
-    The normals are worked out in float64, for the measures, and rounded to the
-    records' float32; the corners are the vertices' own float32 values.
-
-    Returns
-    -------
-    records : ndarray of ``stl.mesh.Mesh.dtype``, shape (n_faces,)
-    area, volume : float
-        As :func:`area_and_volume`.
-    """
-    corners, normals = _corners_and_normals(vertices, faces, np.float64)
-    return _records(corners, normals), *_measures(corners, normals)
-
-
-def _records(corners: list[np.ndarray], normals: list[np.ndarray]) -> np.ndarray:
-    records = np.empty(corners[0].shape[1], dtype=stl_mesh.Mesh.dtype)
+    records = np.empty(len(faces), dtype=stl_mesh.Mesh.dtype)
+    corners, normals = _corners_and_normals(vertices, faces)
     for axis, normal in enumerate(normals):
         records["normals"][:, axis] = normal
     for corner, coordinates in enumerate(corners):
@@ -469,11 +450,7 @@ def area_and_volume(vertices: np.ndarray, faces: np.ndarray) -> tuple[float, flo
     """
     if len(faces) == 0:
         return 0.0, 0.0
-    return _measures(*_corners_and_normals(vertices, faces, np.float64))
-
-
-def _measures(corners: list[np.ndarray], normals: list[np.ndarray]) -> tuple[float, float]:
-    normal_x, normal_y, normal_z = normals
+    corners, (normal_x, normal_y, normal_z) = _corners_and_normals(vertices, faces, np.float64)
     area = np.sqrt(normal_x * normal_x + normal_y * normal_y + normal_z * normal_z).sum() / 2
     first_x, first_y, first_z = corners[0]
     volume = (first_x * normal_x + first_y * normal_y + first_z * normal_z).sum() / 6
