@@ -5,6 +5,7 @@ import tifffile
 
 from vem3d.preprocess import (
     from_stored,
+    integer_percentiles,
     normalise_percentile,
     preprocess_slice,
     preprocess_stack,
@@ -21,6 +22,18 @@ def test_percentile_normalisation_maps_to_unit_range_and_clips_outliers():
     assert normalised.dtype == np.float32
     assert normalised.min() == 0 and normalised.max() == 1
     assert 0.45 < normalised[5, 0] < 0.55
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_percentiles_of_integer_slices_are_numpys(dtype):
+    # Normalisation takes them from a histogram; they must be the values np.percentile gives.
+    rng = np.random.default_rng(1)
+    percentiles = [0, 0.5, 12.3, 50, 99.5, 100]
+    for rows, columns, top in [(1, 1, 7), (3, 5, 2), (64, 48, 200), (100, 100, np.iinfo(dtype).max)]:
+        image = rng.integers(0, top, (rows, columns), endpoint=True).astype(dtype)
+        np.testing.assert_allclose(
+            integer_percentiles(image, percentiles), np.percentile(image, percentiles), rtol=1e-12, atol=0
+        )
 
 
 def test_constant_slice_does_not_divide_by_zero():
