@@ -7,6 +7,9 @@ rule preprocess:
         "logs/{sample}/preprocess/{chunk}.log",
     benchmark:
         "results/benchmarks/{sample}/preprocess/{chunk}.tsv"
+    # Every chunk before the first segment job: the segment jobs then run in step and
+    # end together, where chunks preprocessed in between left a core idle at the end.
+    priority: 1
     conda:
         "../../envs/imaging.yaml"
     params:
