@@ -16,9 +16,8 @@ from vem3d.mesh import (
 )
 from vem3d.render import (
     choose_montage_slices,
-    mesh_viewer_from_stl,
+    mesh_pictures_from_stl,
     montage_from_folders,
-    render_mesh_preview,
     write_mesh_viewer,
 )
 from vem3d.synth import write_demo_stack
@@ -51,21 +50,24 @@ def test_decimation_meets_the_face_budget_and_keeps_the_shape(ball_mesh):
         decimate_mesh(vertices, faces, 0)
 
 
-def test_mesh_preview_draws_the_mesh_from_three_angles(tmp_path, ball_mesh):
+def test_mesh_pictures_draw_the_mesh_from_three_angles_and_in_3d(tmp_path, ball_mesh):
     write_stl(tmp_path / "ball.stl", *ball_mesh)
-    drawn = render_mesh_preview(tmp_path / "ball.stl", tmp_path / "preview.png", max_faces=2000)
-    assert 0 < drawn <= 2000
+    drawn, shown = mesh_pictures_from_stl(
+        tmp_path / "ball.stl", tmp_path / "preview.png", tmp_path / "viewer.html", 2000, 3000
+    )
+    assert 0 < drawn <= 2000 and drawn < shown <= 3000
     picture = iio.imread(tmp_path / "preview.png")
     assert picture.shape[1] > 2 * picture.shape[0]  # three panels side by side
     # The mesh colour (orange-brown: red well above blue) covers part of the picture.
     rgb = picture[..., :3].astype(int)
     assert ((rgb[..., 0] - rgb[..., 2]) > 60).mean() > 0.01
+    assert "plotly" in (tmp_path / "viewer.html").read_text()
 
 
 def test_missing_mesh_gives_a_picture_and_a_page_that_say_so(tmp_path):
-    assert render_mesh_preview(tmp_path / "none.stl", tmp_path / "preview.png") == 0
+    drawn_and_shown = mesh_pictures_from_stl(tmp_path / "none.stl", tmp_path / "preview.png", tmp_path / "viewer.html")
+    assert drawn_and_shown == (0, 0)
     assert iio.imread(tmp_path / "preview.png").ndim == 3
-    assert mesh_viewer_from_stl(tmp_path / "none.stl", tmp_path / "viewer.html") == 0
     assert "nothing was segmented" in (tmp_path / "viewer.html").read_text()
 
 

@@ -212,7 +212,7 @@ def test_demo_runs_on_slurm_with_a_gpu_for_the_network_steps(slurm, tmp_path):
     jobs = slurm_jobs(project)
     # One Slurm job per step and chunk (8 slices in chunks of 4), not per slice.
     assert [rule for rule, _, _ in jobs] == [
-        "evaluate", "mesh", "mesh_preview", "mesh_viewer", "montage", "object_statistics", "preprocess",
+        "evaluate", "mesh", "mesh_pictures", "montage", "object_statistics", "preprocess",
         "preprocess", "provenance", "segment", "segment", "study_objects", "synthesise_demo", "train", "volume",
     ]  # fmt: skip
     for rule, job_state, gres in jobs:

@@ -343,7 +343,7 @@ def sample_benchmarks(sample):
     steps += ["volume", "mesh", "object_statistics"]
     steps += [
         f"{step}/{class_name}"
-        for step in ("mesh_preview", "mesh_viewer", "montage")
+        for step in ("mesh_pictures", "montage")
         for class_name in CLASSES
     ]
     files = {step: f"results/benchmarks/{sample}/{step}.tsv" for step in steps}

@@ -1,47 +1,32 @@
-rule mesh_preview:
+# One job for both pictures: made apart, each read the whole STL, half of a job's time.
+rule mesh_pictures:
     input:
         "results/{sample}/meshes",
     output:
-        report(
+        preview=report(
             "results/{sample}/mesh_preview/{class_name}.png",
             caption="../report/mesh_preview.rst",
             category="Meshes",
             subcategory="{sample}",
         ),
-    log:
-        "logs/{sample}/mesh_preview/{class_name}.log",
-    benchmark:
-        "results/benchmarks/{sample}/mesh_preview/{class_name}.tsv"
-    conda:
-        "../../envs/imaging.yaml"
-    params:
-        stl=lambda wildcards, input: f"{input[0]}/{wildcards.class_name}.stl",
-        max_faces=config["report"]["preview_max_faces"],
-    script:
-        "../scripts/mesh_preview.py"
-
-
-rule mesh_viewer:
-    input:
-        "results/{sample}/meshes",
-    output:
-        report(
+        viewer=report(
             "results/{sample}/mesh_viewer/{class_name}.html",
             caption="../report/mesh_viewer.rst",
             category="Meshes",
             subcategory="{sample}",
         ),
     log:
-        "logs/{sample}/mesh_viewer/{class_name}.log",
+        "logs/{sample}/mesh_pictures/{class_name}.log",
     benchmark:
-        "results/benchmarks/{sample}/mesh_viewer/{class_name}.tsv"
+        "results/benchmarks/{sample}/mesh_pictures/{class_name}.tsv"
     conda:
         "../../envs/imaging.yaml"
     params:
         stl=lambda wildcards, input: f"{input[0]}/{wildcards.class_name}.stl",
-        max_faces=config["report"]["viewer_max_faces"],
+        preview_max_faces=config["report"]["preview_max_faces"],
+        viewer_max_faces=config["report"]["viewer_max_faces"],
     script:
-        "../scripts/mesh_viewer.py"
+        "../scripts/mesh_pictures.py"
 
 
 rule montage:
