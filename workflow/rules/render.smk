@@ -19,6 +19,8 @@ rule mesh_pictures:
         "logs/{sample}/mesh_pictures/{class_name}.log",
     benchmark:
         "results/benchmarks/{sample}/mesh_pictures/{class_name}.tsv"
+    # Before the montage, which can start as soon as the masks are there.
+    priority: 1
     conda:
         "../../envs/imaging.yaml"
     params:
