@@ -63,7 +63,7 @@ def integer_percentiles(image: np.ndarray, percentiles) -> np.ndarray:
     """``np.percentile(image, percentiles)`` of an 8- or 16-bit image, from its histogram.
 
     The same values (linear interpolation between the two nearest ranks), without
-    sorting: 1.5 ms instead of 9 ms for a 1024 x 1024 8-bit slice.
+    sorting: 1.3 ms instead of 11.8 ms for a 1024 x 1024 8-bit slice.
 
     Parameters
     ----------
