@@ -125,7 +125,7 @@ def test_object_touching_the_volume_border_is_closed():
     assert_same_mesh((vertices, faces), volume_to_mesh(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0)))
 
 
-MARCH_BLOCK, MESH_MEASURES = blockwise._march_block, stats_module._mesh_measures
+MARCH_BLOCKS, MESH_MEASURES = blockwise._march_blocks, stats_module._mesh_measures
 CLEAN_UP_PASSES = {name: getattr(blockwise, name) for name in ("_objects_in_block", "_keep_in_block", "_fill_block")}
 
 
@@ -136,9 +136,9 @@ def _record_process():
 
 
 # At module level, so that the worker processes find them by name.
-def _march_block_recording(*arguments):
+def _march_blocks_recording(*arguments):
     _record_process()
-    return MARCH_BLOCK(*arguments)
+    return MARCH_BLOCKS(*arguments)
 
 
 def _mesh_measures_recording(*arguments):
@@ -191,7 +191,7 @@ def test_worker_processes_clean_up_as_one_process_does(tmp_path, monkeypatch, so
 def test_worker_processes_give_the_mesh_of_one_process(tmp_path, monkeypatch):
     record = tmp_path / "pids"
     monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
-    monkeypatch.setattr(blockwise, "_march_block", _march_block_recording)
+    monkeypatch.setattr(blockwise, "_march_blocks", _march_blocks_recording)
     volume = blobs((40, 37, 45), 4)
     serial = list(mesh_blocks(volume, VOXEL_NM, block_size=8))
     assert set(record.read_text().split()) == {str(os.getpid())}
@@ -222,6 +222,29 @@ def test_uniform_blocks_are_not_smoothed(monkeypatch):
     # 2 x 2 x 2 of those only foreground.
     assert len(smoothed) == 6**3 - 2**3
     assert is_watertight(weld_block_meshes(meshes)[1])
+
+
+def test_blocks_thinner_than_the_chunks_are_read_and_smoothed_a_column_at_a_time(tmp_path, monkeypatch):
+    # Thin blocks keep what a changed slice makes to mesh again small; read from a zarr
+    # volume, a chunk-deep column of them is decompressed and smoothed once, to the same mesh.
+    volume = blobs((40, 37, 45), 4)
+    stored = zarr.create_array(tmp_path / "blobs.zarr", shape=volume.shape, chunks=(16, 16, 16), dtype=bool)
+    stored[:] = volume
+    smoothed = []
+    original = ndimage.gaussian_filter
+    monkeypatch.setattr(
+        blockwise.ndimage, "gaussian_filter", lambda data, *args, **kwargs: smoothed.append(1) or original(data, *args, **kwargs)
+    )
+    block = (4, 16, 16)
+    from_zarr = weld_block_meshes(mesh_blocks(stored, VOXEL_NM, block_size=block))
+    columns = 3 * 3 * 3  # 16-slice columns of 16 x 16 blocks
+    assert 0 < len(smoothed) <= columns
+    smoothed.clear()
+    block_by_block = weld_block_meshes(mesh_blocks(volume, VOXEL_NM, block_size=block))
+    assert len(smoothed) > 2 * columns
+    assert len(from_zarr[1]) > 1000
+    assert_same_mesh(from_zarr, block_by_block)
+    assert_same_mesh(from_zarr, volume_to_mesh(volume, VOXEL_NM))
 
 
 def test_masks_assemble_into_a_zarr_volume(tmp_path):
@@ -420,12 +443,24 @@ def write_chunked_masks(volume, folder, chunk_slices=8):
     return folders
 
 
+def record_marched_blocks(monkeypatch, marched):
+    """Have the marching cubes note in ``marched`` the slices each block they mesh reaches ([start, stop) along z)."""
+    march = blockwise._march_blocks
+
+    def recording(voxels, wanted, block_cubes, *arguments):
+        radius = block_cubes[0][0] - wanted[0][0]
+        marched.extend((first - radius, stop + 1 + radius) for first, stop in block_cubes)
+        return march(voxels, wanted, block_cubes, *arguments)
+
+    monkeypatch.setattr(blockwise, "_march_blocks", recording)
+
+
 @pytest.mark.parametrize("block_size", [0, 8])  # in memory (blocks patched small), block by block
 def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size, volume_of):
-    monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
+    monkeypatch.setattr(blockwise, "DEFAULT_MESH_BLOCK", (8, 16, 16))
     marched, recorded = [], []
-    march, make_records = blockwise._march_block, blockwise.stl_records
-    monkeypatch.setattr(blockwise, "_march_block", lambda *args: marched.append(args[1]) or march(*args))
+    make_records = blockwise.stl_records
+    record_marched_blocks(monkeypatch, marched)
     monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
     volume = blobs((24, 30, 26), 7)
     folders = write_chunked_masks(volume, tmp_path / "masks")
@@ -453,7 +488,7 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
     volume[20, 5:20, 5:20] = ~volume[20, 5:20, 5:20]  # a re-acquired slice, in the last 8-slice block along z
     write_image(folders[2] / "020.png", volume[20].astype(np.uint8) * 255)
     changed, changed_mesh, n_marched = mesh("changed")
-    reached = {tuple(wanted[0]) for wanted in marched}
+    reached = set(marched)
     assert 0 < n_marched < blocks_with_surface and all(lo <= 20 < hi for lo, hi in reached)
     assert len(recorded) <= n_marched
     expected, expected_mesh, blocks_with_surface = mesh("uncached", cache=None)
@@ -467,10 +502,9 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
 def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, monkeypatch, volume_of):
     # Entries keep the marching cubes in voxel units, and the STL records and measures
     # in nm beside the voxel size they were made at: at another, only the latter are redone.
-    monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
+    monkeypatch.setattr(blockwise, "DEFAULT_MESH_BLOCK", (8, 16, 16))
     marched = []
-    march = blockwise._march_block
-    monkeypatch.setattr(blockwise, "_march_block", lambda *args: marched.append(args[1]) or march(*args))
+    record_marched_blocks(monkeypatch, marched)
     folders = write_chunked_masks(blobs((24, 30, 26), 8), tmp_path / "masks")
 
     def mesh(name, voxel_size_nm, cache):
@@ -494,7 +528,7 @@ def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(
 ):
     # With max_faces the output is the simplified mesh: the cache keeps the full one, whose
     # records an unchanged re-run writes again (to the scratch STL it simplifies from).
-    monkeypatch.setattr("vem3d.mesh.IN_MEMORY_MESH_BLOCK", (8, 16, 16))
+    monkeypatch.setattr(blockwise, "DEFAULT_MESH_BLOCK", (8, 16, 16))
     recorded = []
     make_records = blockwise.stl_records
     monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))

@@ -67,12 +67,13 @@ log = logging.getLogger(__name__)
 
 CHUNK_EDGE = 64  # voxels per zarr chunk side: small enough that a block's halo decompresses little
 DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred MB of work arrays
-# Blocks (z, y, x) in which a volume too large for memory is meshed unless told otherwise:
-# one chunk deep, so that a changed slice reaches the blocks of one or two 64-slice slabs,
-# not of all 256. The mesh step on the 256 x 2048 x 2048 volume of benchmarks/pipeline.py
-# --size 2048, one process: 103.5 s cold against 101-103 s in cubes of 256, and 63.8 s
-# against 114.7 s after slice 128 changed all over (32-slice slabs: 128.0 s, 49.4 s).
-DEFAULT_MESH_BLOCK = (CHUNK_EDGE, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
+# Blocks (z, y, x) in which volumes are meshed unless told otherwise: thin along z, so
+# that a changed slice reaches the blocks of one or two 16-slice slabs, not of all 256;
+# from zarr, a chunk-deep column of them is read and smoothed at once (mesh_blocks).
+# The mesh step alone, one process, on the 256 x 2048 x 2048 volume of
+# benchmarks/pipeline.py --size 2048: 46.6 s, then 19.6 s after slice 128 changed,
+# against 50.1 s and 33.2 s in blocks one chunk (64 slices) deep.
+DEFAULT_MESH_BLOCK = (16, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 # Block side for cleaning a volume in memory in worker processes: 2 processes cleaned
 # the 256 x 1024 x 1024 masks of benchmarks/pipeline.py --size 1024 in 6.6 s in blocks
 # of 128 and 9.1 s in blocks of 256 (one process, whole: 8.0 s).
@@ -639,28 +640,36 @@ def _smoothed_field(data: np.ndarray, radius: int, sigma: float) -> np.ndarray:
     return field
 
 
-def _march_block(
+def _march_blocks(
     voxels: np.ndarray,
     wanted: Sequence[tuple[int, int]],
+    block_cubes: Sequence[tuple[int, int]],
     shape: Sequence[int],
     padding: int,
     radius: int,
     smoothing_sigma: float,
     level: float,
-    reaches_border: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth one block's voxels (with halo) and run marching cubes: (vertices in block voxel units, faces).
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Smooth the voxels of a column of blocks (with halo) once and run marching cubes in each block.
 
-    Both are empty when the smoothed values do not cross ``level``.
+    ``block_cubes`` are the blocks' (first, stop) cubes along z, all within ``wanted``;
+    along y and x the blocks are the column's. Returns (vertices in the block's voxel
+    units, faces) per block, both empty where the smoothed values do not cross ``level``.
     """
+    reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
     data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
     field = _smoothed_field(data, radius, smoothing_sigma)
     del data
     level = marching_level(level)
-    if field.max() <= level or field.min() > level:
-        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)
-    local, faces, _, _ = skimage.measure.marching_cubes(field, level=level)
-    return local, faces
+    grid_z = wanted[0][0] + radius  # the grid plane of field[0]
+    marched = []
+    for first, stop in block_cubes:
+        block_field = field[first - grid_z : stop + 1 - grid_z]  # the cubes' corners
+        if block_field.max() <= level or block_field.min() > level:
+            marched.append((np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)))
+        else:
+            marched.append(tuple(skimage.measure.marching_cubes(block_field, level=level)[:2]))
+    return marched
 
 
 def mesh_blocks(
@@ -680,7 +689,9 @@ def mesh_blocks(
     cubes whose lower corner lies in the block (the first block also takes the cubes
     reaching one voxel into the padding). Blocks whose voxels and halo are all
     background, or all foreground away from the volume's border, are skipped without
-    smoothing.
+    smoothing. Blocks thinner than the chunks of a zarr volume are read, and smoothed,
+    a column of a chunk's depth at a time: thin blocks keep what a changed slice
+    makes to mesh again small without decompressing and smoothing each halo again.
 
     Parameters
     ----------
@@ -697,13 +708,14 @@ def mesh_blocks(
         same settings) take its marching cubes from here instead of computing them;
         the others are stored. The caller prunes it.
     workers : int
-        Processes that smooth and march blocks, each holding a block or two; 1 does
-        it in this process.
+        Processes that smooth and march columns of blocks, each holding one or two;
+        1 does it in this process.
 
     Yields
     ------
     BlockMesh
-        One per block that holds surface, in raster order of the blocks.
+        One per block that holds surface: slab by slab of the read depth (a chunk's,
+        or the blocks'), in raster order of the columns, each column's blocks in z order.
     """
     if len(volume.shape) != 3:
         raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
@@ -713,37 +725,66 @@ def mesh_blocks(
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
     radius = int(GAUSSIAN_TRUNCATE * smoothing_sigma + 0.5) if smoothing_sigma > 0 else 0
     padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
-    ranges = [_cube_ranges(n, side) for n, side in zip(shape, _block_shape(block_size))]
-    indices = list(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)))
-    blocks = deque()  # (index, cubes, key, computed) of the blocks submitted, in order
+    sides = _block_shape(block_size)
+    ranges = [_cube_ranges(n, side) for n, side in zip(shape, sides)]
+    read_depth = max(sides[0], volume.chunks[0]) if isinstance(volume, zarr.Array) else sides[0]
+
+    def column(index) -> tuple[int, ...]:
+        """The blocks read together: one (y, x) column of a slab of ``read_depth`` slices."""
+        return (max(ranges[0][index[0]][0], 0) // read_depth, *index[1:])
+
+    indices = sorted(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)), key=column)
+    placed = deque()  # per column submitted: (index, cubes, key, stored cubes or None) of its blocks with surface
 
     def submitted(submit) -> Iterator[Future]:
-        for index in _logged(indices, len(indices), task):
-            cubes = [axis_ranges[k] for axis_ranges, k in zip(ranges, index)]
+        for _, group in itertools.groupby(_logged(indices, len(indices), task), key=column):
+            group = list(group)
+            cubes = [[axis_ranges[k] for axis_ranges, k in zip(ranges, index)] for index in group]
             # Grid points first..stop (the cubes' corners) and the kernel's reach around them.
-            wanted = [(first - radius, stop + 1 + radius) for first, stop in cubes]
-            voxels = np.asarray(volume[tuple(slice(max(lo, 0), min(hi, n)) for (lo, hi), n in zip(wanted, shape))]) != 0
-            if not voxels.any():
+            wanted = [[(first - radius, stop + 1 + radius) for first, stop in block] for block in cubes]
+            read = [(max(wanted[0][a][0], 0), min(wanted[-1][a][1], n)) for a, n in enumerate(shape)]
+            window = np.asarray(volume[tuple(slice(lo, hi) for lo, hi in read)]) != 0
+            blocks, missing = [], []
+            for index, block_cubes, block_wanted in zip(group, cubes, wanted):
+                voxels = window[
+                    tuple(slice(max(lo, 0) - start, min(hi, n) - start) for (lo, hi), (start, _), n in
+                          zip(block_wanted, read, shape))
+                ]
+                if not voxels.any():
+                    continue
+                if voxels.all() and not any(lo < 0 or hi > n for (lo, hi), n in zip(block_wanted, shape)):
+                    continue
+                key = (
+                    mask_key(cache.context, voxels, block_wanted, shape, smoothing_sigma, marching_level(level))
+                    if cache else None
+                )
+                stored = cache.get(key) if cache else None
+                blocks.append((index, block_cubes, key, stored))
+                if stored is None:
+                    missing.append((block_cubes, block_wanted))
+            placed.append(blocks)
+            if not missing:
+                yield finished([])
                 continue
-            reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
-            if voxels.all() and not reaches_border:
-                continue
-            key = (
-                mask_key(cache.context, voxels, wanted, shape, smoothing_sigma, marching_level(level)) if cache else None
+            # The slices the blocks to march reach, smoothed once for all of them.
+            z_wanted = (missing[0][1][0][0], missing[-1][1][0][1])
+            part = window[max(z_wanted[0], 0) - read[0][0] : min(z_wanted[1], shape[0]) - read[0][0]]
+            yield submit(
+                _march_blocks, part, [z_wanted, *missing[0][1][1:]], [block_cubes[0] for block_cubes, _ in missing],
+                shape, padding, radius, smoothing_sigma, level,
             )
-            stored = cache.get(key) if cache else None
-            blocks.append((index, cubes, key, stored is None))
-            if stored is not None:
-                yield finished((stored["vertices"], stored["faces"]))
-            else:
-                yield submit(_march_block, voxels, wanted, shape, padding, radius, smoothing_sigma, level, reaches_border)
 
     with process_pool(workers) as submit:
-        for local, faces in ordered_results(submitted(submit), ahead=2 * workers):
-            index, cubes, key, computed = blocks.popleft()
-            if computed and cache:
-                cache.put(key, vertices=local, faces=faces)
-            yield from _block_mesh(local, faces, cubes, index, ranges, spacing, key)
+        for marched in ordered_results(submitted(submit), ahead=2 * workers):
+            marched = iter(marched)
+            for index, cubes, key, stored in placed.popleft():
+                if stored is None:
+                    local, faces = next(marched)
+                    if cache:
+                        cache.put(key, vertices=local, faces=faces)
+                else:
+                    local, faces = stored["vertices"], stored["faces"]
+                yield from _block_mesh(local, faces, cubes, index, ranges, spacing, key)
     if cache and task:
         log.info("%s: %d blocks' meshes reused, %d computed", task, cache.hits, cache.misses)
 

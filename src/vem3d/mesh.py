@@ -22,11 +22,6 @@ log = logging.getLogger(__name__)
 
 NM3_PER_UM3 = 1e9
 NM2_PER_UM2 = 1e6
-# Blocks (z, y, x) in which a volume that fits in memory is meshed: a changed slice
-# reaches the blocks of one or two 16-slice slabs. Against 32 slices, meshing again
-# after one slice of a 256 x 1024 x 1024 stack changed took 11.2 s instead of 13.5 s,
-# and meshing it all the same time (the halo smoothed twice costs little).
-IN_MEMORY_MESH_BLOCK = (16, 256, 256)
 
 
 SURFACE_LEVEL = 0.5  # iso-value on 0/1 masks: the surface halfway between foreground and background voxels
@@ -499,10 +494,10 @@ def mesh_volumes(
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
     block_size : int
-        Read and mesh block by block, in blocks of this many voxels a side; 0 does so
-        (in blocks of :data:`vem3d.blockwise.DEFAULT_MESH_BLOCK`, 64 x 256 x 256) only
-        when the whole volume would need more than ``memory_gib``
-        (:func:`vem3d.blockwise.fits_in_memory`).
+        Read and mesh block by block, in blocks of this many voxels a side; 0 meshes
+        in blocks of :data:`vem3d.blockwise.DEFAULT_MESH_BLOCK` (16 x 256 x 256), and
+        reads block by block only when the whole volume would need more than
+        ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
     memory_gib : float
         Memory the in-memory path may use, GiB.
     max_faces : int
@@ -532,8 +527,7 @@ def mesh_volumes(
             cleaned,
             volumes.voxel_size_nm,
             Path(mesh_dir) / f"{class_name}.stl",
-            # Blocks thin along z either way, so that a cache can skip those a changed slice leaves alone.
-            (block_size or blockwise.DEFAULT_MESH_BLOCK) if by_block else IN_MEMORY_MESH_BLOCK,
+            block_size or blockwise.DEFAULT_MESH_BLOCK,
             smoothing_sigma,
             max_faces,
             None if cache_dir is None else blockwise.BlockMeshCache(Path(cache_dir) / class_name, volumes.voxel_size_nm),
