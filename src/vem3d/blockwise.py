@@ -1164,24 +1164,72 @@ def _measure_pieces(labels, region, shape, block_rows, crosses, whole) -> Iterat
             yield inside
 
 
-def _pieces_of_block(array, region, block, shape, spanning):
+def _pieces_of_block(array, region, block, shape):
     """Statistics pass for one block (``block`` of the volume, of ``shape``): label its
     pieces and measure them but for the mesh measures (:func:`_measure_pieces`).
 
-    Returns (count, outer layers, the pieces' rows, numbers of the whole pieces, their
-    masks, and the local labels of the pieces that cross into another block where
-    ``spanning`` is None, else None: they are written into ``spanning`` here).
+    Returns (count, outer layers, the pieces' rows, numbers of the whole pieces, their masks).
     """
     labels, count = _label(np.asarray(array[region]) != 0, 26)
     crosses = np.zeros(count + 1, bool)
     block_rows = np.full((count, 13), np.nan)
     whole = []
     insides = list(_measure_pieces(labels, block, shape, block_rows, crosses, whole))
-    crossing = np.where(crosses[labels], labels, 0).astype(np.uint32) if crosses.any() else None
-    if crossing is not None and spanning is not None:
-        spanning[block] = crossing
-        crossing = None
-    return count, outer_layers(labels), block_rows, whole, insides, crossing
+    return count, outer_layers(labels), block_rows, whole, insides
+
+
+def _object_in_box(array, box: Sequence[tuple[int, int]], first_voxel: Sequence[int]) -> np.ndarray:
+    """The mask of the object with ``first_voxel`` over its bounding ``box`` ([start, stop) per axis).
+
+    All of an object lies in its box, so there it is the one 26-connected component
+    that holds its first voxel; other objects' parts in the box are separate from it.
+    """
+    labels, _ = _label(np.asarray(array[tuple(slice(lo, hi) for lo, hi in box)]) != 0, 26)
+    return labels == labels[tuple(int(v) - lo for v, (lo, _) in zip(first_voxel, box))]
+
+
+def _label_pieces(array, region, pieces: np.ndarray) -> np.ndarray:
+    """One block's local labels (as the statistics pass numbered them) of the ``pieces``
+    marked (bool per local label), 0 elsewhere, as uint32."""
+    labels, _ = _label(np.asarray(array[region]) != 0, 26)
+    return np.where(pieces[labels], labels, 0).astype(np.uint32)
+
+
+def _measure_large_objects(
+    volume, pieces, object_of, order, large, boxes, scratch_dir, voxel_size_nm, smoothing_sigma, block_size, workers
+) -> np.ndarray:
+    """Mesh measures (volume nm³, area nm²) of the objects ``large`` (numbers), whose boxes
+    exceed a block, each meshed block by block (:func:`mesh_blocks`).
+
+    The blocks holding their pieces are labelled again into a label volume (zarr under
+    ``scratch_dir``, each block's local labels) that the objects are read from; the other
+    arguments as :func:`object_statistics_blockwise` has them.
+    """
+    components = set(order[np.asarray(large) - 1].tolist())
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
+        labels = zarr.create_array(
+            Path(scratch) / "labels.zarr",
+            shape=volume.shape,
+            chunks=volume.chunks if isinstance(volume, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3,
+            dtype=np.uint32,
+            fill_value=0,
+        )
+        offsets = np.zeros([math.ceil(n / block_size) for n in volume.shape], np.int64)
+        for index, region in blocks(volume.shape, block_size):
+            offset, count = pieces.offsets[index], pieces.counts[index]
+            offsets[index] = offset
+            marked = np.zeros(count + 1, bool)
+            marked[1:] = [component in components for component in object_of[offset + 1 : offset + count + 1].tolist()]
+            if marked.any():
+                labels[region] = _label_pieces(volume, region, marked)
+        measured = []
+        for object_number, component in zip(large, order[np.asarray(large) - 1]):
+            mask = _ObjectMask(labels, offsets, block_size, object_of, component, boxes[object_number])
+            totals = MeshMeasurements()
+            for _ in totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma, task="", workers=workers)):
+                pass
+            measured.append((totals.volume_nm3, totals.area_nm2))
+    return np.array(measured, np.float64)
 
 
 def object_statistics_blockwise(
@@ -1196,10 +1244,10 @@ def object_statistics_blockwise(
     """:func:`vem3d.stats.object_statistics`, block by block: the same table.
 
     Objects inside one block are measured from it at once. Pieces that touch a border
-    with another block are written into a label volume (zarr, each block's local
-    labels), joined across blocks, and each such object is meshed from its bounding
-    box: in memory when that is at most a block, otherwise block by block
-    (:func:`mesh_blocks`).
+    with another block are joined across blocks; each such object is meshed from its
+    bounding box: in memory when that is at most a block (the box read from the
+    volume and labelled again), otherwise block by block (:func:`mesh_blocks`, from a
+    label volume of the blocks that hold it).
 
     Parameters
     ----------
@@ -1208,7 +1256,7 @@ def object_statistics_blockwise(
     voxel_size_nm, smoothing_sigma
         As for :func:`vem3d.stats.object_statistics`.
     scratch_dir : path
-        Folder for the label volume (removed afterwards).
+        Folder for the label volume of objects larger than a block (removed afterwards).
     block_size : int
         Block side in voxels.
     cache : vem3d.cache.TableCache, optional
@@ -1216,8 +1264,7 @@ def object_statistics_blockwise(
     workers : int
         Processes that label and measure the blocks, and mesh the objects
         (:func:`vem3d.stats.mesh_measures`): those inside one block, those across
-        blocks, and the blocks of objects larger than a block. Blocks that do not cover
-        whole chunks of the label volume have it written here.
+        blocks, and the blocks of objects larger than a block.
 
     Returns
     -------
@@ -1233,31 +1280,21 @@ def object_statistics_blockwise(
     # coordinate sums, box start and stop, raster index of its first voxel, and
     # (mesh volume, area) where the piece is known to be a whole object, else NaN.
     rows: list[np.ndarray] = [np.array([[0, 0, 0, 0, *([np.iinfo(np.int64).max] * 3), 0, 0, 0, -1, 0, 0]], np.float64)]
-    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch, process_pool(workers) as submit:
-        spanning = zarr.create_array(
-            Path(scratch) / "labels.zarr",
-            shape=shape,
-            chunks=volume.chunks if isinstance(volume, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3,
-            dtype=np.uint32,  # each block's local labels
-            fill_value=0,
-        )
-        written_there = spanning if _whole_chunks(spanning, block_size) else None
+    with process_pool(workers) as submit:
         owners = deque()  # (block rows, piece number) of each whole piece handed to mesh_measures, in order
 
         def whole_pieces() -> Iterator[np.ndarray]:
             # Pulled by mesh_measures as it hands pieces to the workers, which label
             # the next blocks meanwhile; the pieces are joined here, in raster order.
-            for index, region, (count, layers, block_rows, whole, insides, crossing) in _in_raster_order(
+            for index, region, (count, layers, block_rows, whole, insides) in _in_raster_order(
                 submit,
                 shape,
                 block_size,
                 "objects measured",
-                lambda index, region: (_pieces_of_block, *_block_source(volume, region), region, shape, written_there),
+                lambda index, region: (_pieces_of_block, *_block_source(volume, region), region, shape),
                 2 * workers,
             ):
                 pieces.add(index, layers, count)
-                if crossing is not None:
-                    spanning[region] = crossing
                 if count == 0:
                     continue
                 rows.append(block_rows)
@@ -1286,35 +1323,26 @@ def object_statistics_blockwise(
         whole = ~np.isnan(rows[:, 11])
         measures[of_piece[whole]] = rows[whole, 11:13]
         # Objects across block borders: those within a block's size meshed whole in the
-        # worker processes (read here, from the label volume), larger ones block by block.
-        offsets = np.zeros([math.ceil(n / block_size) for n in shape], np.int64)
-        for index, offset in pieces.offsets.items():
-            offsets[index] = offset
-        spanning_masks = {
-            object_number: _ObjectMask(
-                spanning,
-                offsets,
-                block_size,
-                object_of,
-                order[object_number - 1],
-                [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])],
-            )
+        # worker processes, each taken from its box of the volume; larger ones block by block.
+        boxes = {
+            object_number: [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])]
             for object_number in np.unique(of_piece[~whole])
         }
-        small = [number for number, mask in spanning_masks.items() if math.prod(mask.shape) <= block_size**3]
-        insides = (spanning_masks[number][tuple(slice(0, n) for n in spanning_masks[number].shape)] for number in small)
+        small = [object_number for object_number, box in boxes.items() if math.prod(hi - lo for lo, hi in box) <= block_size**3]
+        insides = (
+            _object_in_box(volume, boxes[object_number], np.unravel_index(int(first[order[object_number - 1]]), shape))
+            for object_number in small
+        )
         for object_number, object_measures in zip(
             small, mesh_measures(insides, voxel_size_nm, smoothing_sigma, cache, submit)
         ):
             measures[object_number] = object_measures
-        for object_number in spanning_masks.keys() - set(small):
-            mesh_totals = MeshMeasurements()
-            blocks_meshed = mesh_blocks(
-                spanning_masks[object_number], voxel_size_nm, block_size, smoothing_sigma, task="", workers=workers
+        large = sorted(boxes.keys() - set(small))
+        if large:
+            measures[large] = _measure_large_objects(
+                volume, pieces, object_of, order, large, boxes, scratch_dir, voxel_size_nm, smoothing_sigma, block_size,
+                workers,
             )
-            for _ in mesh_totals.measure(blocks_meshed):
-                pass
-            measures[object_number] = (mesh_totals.volume_nm3, mesh_totals.area_nm2)
     log.info("measured %d objects block by block in %.1f s", n_objects, time.monotonic() - started)
     object_voxels = totals[1:, 0]
     volume_um3, area_um2 = measures[1:, 0] / NM3_PER_UM3, measures[1:, 1] / NM2_PER_UM2
