@@ -1,5 +1,6 @@
 """Block-wise clean-up and meshing give the in-memory results, with seams that match."""
 
+import errno
 import os
 
 import numpy as np
@@ -9,10 +10,12 @@ import zarr
 from ome_zarr_models.v05 import image as ome_zarr_image
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from stl import mesh as stl_mesh
 
 from vem3d import blockwise
 from vem3d import stats as stats_module
 from vem3d.blockwise import (
+    KeptRecords,
     assemble_mask_zarr,
     clean_blockwise,
     mesh_blocks,
@@ -22,6 +25,7 @@ from vem3d.blockwise import (
     write_stl_blocks,
 )
 from vem3d.mesh import (
+    STL_FACES_OFFSET,
     is_watertight,
     mesh_volumes,
     read_stl,
@@ -433,6 +437,26 @@ def test_object_statistics_block_by_block_equal_object_statistics(tmp_path, bloc
     table = object_statistics_blockwise(volume, VOXEL_NM, tmp_path, block_size=block_size)
     pd.testing.assert_frame_equal(table, expected, rtol=1e-6)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])  # os.copy_file_range, or a file system without it
+def test_kept_records_append_the_faces_of_the_last_stl_as_they_are(tmp_path, monkeypatch, kernel_copy):
+    if not kernel_copy:
+        def unsupported(*arguments):
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(blockwise.os, "copy_file_range", unsupported, raising=False)
+    last = tmp_path / "last.stl"
+    n_faces = write_stl_blocks(last, mesh_blocks(blobs((20, 30, 30), 3), VOXEL_NM, block_size=8))
+    records = np.fromfile(last, dtype=stl_mesh.Mesh.dtype, offset=STL_FACES_OFFSET)
+    assert n_faces == len(records) > 100
+    with open(tmp_path / "new.bin", "wb", buffering=0) as target:
+        target.write(b"head")
+        KeptRecords(last, 10, 40).append_to(target)
+        target.write(b"tail")
+        KeptRecords(last, 0, 5).append_to(target)
+    expected = b"head" + records[10:50].tobytes() + b"tail" + records[:5].tobytes()
+    assert (tmp_path / "new.bin").read_bytes() == expected
 
 
 def write_chunked_masks(volume, folder, chunk_slices=8):

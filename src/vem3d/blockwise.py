@@ -21,6 +21,7 @@ written block by block.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
@@ -543,6 +544,53 @@ def clean_blockwise(
 
 
 @dataclass
+class KeptRecords:
+    """Faces ``first`` to ``first + count`` of a binary STL file: a block's records as a
+    run before wrote them, appended to a new STL by :meth:`append_to`."""
+
+    path: Path
+    first: int
+    count: int
+
+    def append_to(self, target) -> None:
+        """Append the records to ``target``, a binary file opened unbuffered.
+
+        Copied within the kernel (``os.copy_file_range``) where it can, then dropped
+        from the page cache: the old STL is read once, on its way to being replaced,
+        and writing an 870 MB STL into memory the cache did not hold took this virtual
+        machine up to 2.3 s per GiB.
+        """
+        record_bytes = stl_mesh.Mesh.dtype.itemsize
+        start, length = STL_FACES_OFFSET + self.first * record_bytes, self.count * record_bytes
+        with open(self.path, "rb", buffering=0) as source:
+            copied = _copy_file_range(source.fileno(), target.fileno(), start, length)
+            if copied < length:  # no kernel copy here: through memory
+                source.seek(start + copied)
+                target.write(source.read(length - copied))
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(source.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+
+
+def _copy_file_range(source: int, target: int, start: int, length: int) -> int:
+    """Copy ``length`` bytes from ``start`` of the file ``source`` to the position of
+    ``target`` (file descriptors) in the kernel; the bytes copied, 0 where it cannot."""
+    copied = 0
+    try:
+        while copied < length:
+            step = os.copy_file_range(source, target, length - copied, start + copied)
+            if step == 0:
+                raise ValueError(f"file {source} ends before byte {start + length}")
+            copied += step
+    except (AttributeError, OSError) as error:  # not Linux, or a file system without it
+        if copied or (isinstance(error, OSError) and error.errno not in _NO_COPY_FILE_RANGE):
+            raise
+    return copied
+
+
+_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
+
+
+@dataclass
 class BlockMesh:
     """The part of a mesh that one block's marching cubes make.
 
@@ -563,8 +611,9 @@ class BlockMesh:
         block, so each vertex of the merged mesh is owned by exactly one block.
     key : str, optional
         The block's key in a cache of block meshes (its voxels, halo, place and settings).
-    stl_records : ndarray of numpy-stl's record dtype, shape (n_faces,), optional
-        The block's binary STL records (:func:`vem3d.mesh.stl_records`), where already made.
+    stl_records : ndarray of numpy-stl's record dtype, shape (n_faces,), or KeptRecords, optional
+        The block's binary STL records (:func:`vem3d.mesh.stl_records`) where already
+        made, or where they lie in the last run's STL (:class:`BlockMeshCache`).
     area_nm2, volume_nm3 : float, optional
         Its surface area and share of the enclosed volume
         (:func:`vem3d.mesh.area_and_volume`), where already measured.
@@ -576,7 +625,7 @@ class BlockMesh:
     shared: np.ndarray
     owned: np.ndarray
     key: str | None = None
-    stl_records: np.ndarray | None = None
+    stl_records: np.ndarray | KeptRecords | None = None
     area_nm2: float | None = None
     volume_nm3: float | None = None
 
@@ -895,11 +944,15 @@ def write_stl_blocks(path: str | os.PathLike, block_meshes, on_block=None) -> in
 
     def save(temporary: str) -> None:
         nonlocal written
-        with open(temporary, "wb") as stl_file:
+        # Unbuffered: records are appended to the file's descriptor directly too (KeptRecords).
+        with open(temporary, "wb", buffering=0) as stl_file:
             stl_file.write(STL_HEADER + struct.pack("<I", 0))
             for block in itertools.chain([first], block_meshes):
                 records = stl_records(block.vertices, block.faces) if block.stl_records is None else block.stl_records
-                records.tofile(stl_file)
+                if isinstance(records, KeptRecords):
+                    records.append_to(stl_file)
+                else:
+                    records.tofile(stl_file)
                 if on_block is not None:
                     on_block(block, written)
                 written += len(block.faces)
@@ -968,7 +1021,7 @@ class BlockMeshCache:
         self._stl_path = self.folder / "last.stl"
         self._table_path = self.folder / "last_stl.table"
         self._voxel_size_nm = np.asarray(voxel_size_nm, dtype=np.float64)
-        self._last_records = None
+        self._last_faces = 0  # in the kept STL, where its table is valid
         self._last_rows: dict[str, tuple[int, int, float, float]] = {}
         self._rows: dict[str, tuple[int, int, float, float]] = {}
         try:
@@ -979,10 +1032,7 @@ class BlockMeshCache:
                 if table["stl"].tolist() == [stat.st_ino, stat.st_size] and np.array_equal(
                     table["voxel_size_nm"], self._voxel_size_nm
                 ):
-                    self._last_records = np.memmap(
-                        self._stl_path, dtype=stl_mesh.Mesh.dtype, mode="r", offset=STL_FACES_OFFSET,
-                        shape=(stl_face_count(self._stl_path),),
-                    )
+                    self._last_faces = stl_face_count(self._stl_path)
                     rows = zip(table["first"].tolist(), table["count"].tolist(), table["area"].tolist(), table["volume"].tolist())
                     self._last_rows = dict(zip(table["keys"].tolist(), rows))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
@@ -992,9 +1042,9 @@ class BlockMeshCache:
         """Pass block meshes through, giving those kept from the last run their STL records, area and volume."""
         for block in block_meshes:
             row = self._last_rows.get(block.key)
-            if row is not None and row[1] == len(block.faces) and row[0] + row[1] <= len(self._last_records):
+            if row is not None and row[1] == len(block.faces) and row[0] + row[1] <= self._last_faces:
                 first, count, block.area_nm2, block.volume_nm3 = row
-                block.stl_records = self._last_records[first : first + count]
+                block.stl_records = KeptRecords(self._stl_path, first, count)
             yield block
 
     def written(self, block: BlockMesh, first_face: int) -> None:
@@ -1004,7 +1054,7 @@ class BlockMeshCache:
     def keep(self, stl_path: str | os.PathLike | None) -> None:
         """Keep the STL just written (the full mesh) for the next run; drop the last run's
         and the block entries this run did not use."""
-        self._last_records = None
+        self._last_faces = 0
         self._table_path.unlink(missing_ok=True)
         if stl_path is None:
             self._stl_path.unlink(missing_ok=True)
