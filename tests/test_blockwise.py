@@ -391,7 +391,7 @@ def test_max_faces_simplifies_the_stl_but_not_the_measurements(tmp_path, mask_fo
         assert sorted(path.name for path in (tmp_path / name).iterdir()) == ["foreground.stl"]  # no scratch STL left
 
 
-def test_statistics_block_by_block_match_the_in_memory_ones(tmp_path, mask_folders, volume_of):
+def test_statistics_read_block_by_block_match_those_read_whole(tmp_path, mask_folders, volume_of):
     paths = {name: (tmp_path / f"{name}_objects.tsv", tmp_path / f"{name}_summary.tsv") for name in ("a", "b")}
     volume = volume_of({"foreground": mask_folders}, min_object_voxels=5)
     in_memory = statistics_from_volumes(volume, *paths["a"]).iloc[0]
