@@ -79,10 +79,15 @@ DEFAULT_MESH_BLOCK = (16, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 # the 256 x 1024 x 1024 masks of benchmarks/pipeline.py --size 1024 in 6.6 s in blocks
 # of 128 and 9.1 s in blocks of 256 (one process, whole: 8.0 s).
 IN_MEMORY_CLEAN_BLOCK = 128
-# The in-memory path holds the mask, its labels, the padded float volume and its
-# smoothed copy: its peak measured 11-12 bytes per voxel over the mask itself
-# (clean_volume, label_objects, volume_to_mesh); reading the masks stacks a copy.
+# Memory per voxel of a volume worked on in memory. The clean-up holds the masks (a
+# copy while reading stacks them) and, in one process, the whole volume's labels and
+# their scratch; 16 leaves room (it measured 11-12 bytes over the mask when the step
+# also smoothed and meshed the volume whole).
 IN_MEMORY_BYTES_PER_VOXEL = 16
+# Mesh and statistics read the cleaned volume whole (1 byte a voxel) where it fits and
+# work on it block by block: their peak measured 1.24 and 1.42 GB on the 1.07 G voxels
+# of benchmarks/pipeline.py --size 2048.
+READ_WHOLE_BYTES_PER_VOXEL = 2
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 sigma + 0.5)
 
 
@@ -100,13 +105,17 @@ def mask_volume_shape(mask_dirs) -> tuple[int, int, int]:
     return (len(files), *read_slice(files[0]).shape)
 
 
-def fits_in_memory(shape: Sequence[int], memory_gib: float) -> bool:
-    """Whether the in-memory clean-up and meshing of a volume of ``shape`` stays within ``memory_gib``."""
-    return math.prod(shape) * IN_MEMORY_BYTES_PER_VOXEL <= memory_gib * 2**30
+def fits_in_memory(
+    shape: Sequence[int], memory_gib: float, bytes_per_voxel: float = IN_MEMORY_BYTES_PER_VOXEL
+) -> bool:
+    """Whether work on a volume of ``shape`` in memory, ``bytes_per_voxel`` of it, stays within ``memory_gib``."""
+    return math.prod(shape) * bytes_per_voxel <= memory_gib * 2**30
 
 
-def goes_blockwise(shape: Sequence[int], block_size: int, memory_gib: float) -> bool:
-    """Whether a volume of ``shape`` (slices, rows, columns) is cleaned, meshed and measured block by block.
+def goes_blockwise(
+    shape: Sequence[int], block_size: int, memory_gib: float, bytes_per_voxel: float = IN_MEMORY_BYTES_PER_VOXEL
+) -> bool:
+    """Whether a volume of ``shape`` (slices, rows, columns) is read block by block, not whole.
 
     Parameters
     ----------
@@ -115,8 +124,11 @@ def goes_blockwise(shape: Sequence[int], block_size: int, memory_gib: float) -> 
         Non-zero: always block by block.
     memory_gib : float
         Otherwise block by block only when the volume does not fit (:func:`fits_in_memory`).
+    bytes_per_voxel : float
+        What the step needs in memory per voxel of the volume: :data:`IN_MEMORY_BYTES_PER_VOXEL`
+        for the clean-up, :data:`READ_WHOLE_BYTES_PER_VOXEL` for mesh and statistics.
     """
-    return bool(block_size) or not fits_in_memory(shape, memory_gib)
+    return bool(block_size) or not fits_in_memory(shape, memory_gib, bytes_per_voxel)
 
 
 def assemble_mask_zarr(

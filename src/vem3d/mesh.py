@@ -496,10 +496,11 @@ def mesh_volumes(
     block_size : int
         Read and mesh block by block, in blocks of this many voxels a side; 0 meshes
         in blocks of :data:`vem3d.blockwise.DEFAULT_MESH_BLOCK` (16 x 256 x 256), and
-        reads block by block only when the whole volume would need more than
-        ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`).
+        reads block by block only when reading the whole volume first would need more
+        than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`, with
+        :data:`vem3d.blockwise.READ_WHOLE_BYTES_PER_VOXEL`).
     memory_gib : float
-        Memory the in-memory path may use, GiB.
+        Memory the whole volume read first may take, GiB.
     max_faces : int
         Simplify each STL to at most this many faces (:func:`simplify_triangles`); 0
         keeps the full mesh. The summary always measures the full mesh.
@@ -518,7 +519,9 @@ def mesh_volumes(
 
     volumes = open_volumes(volume_path)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
-    by_block = blockwise.goes_blockwise(volumes.shape, block_size, memory_gib)
+    by_block = blockwise.goes_blockwise(
+        volumes.shape, block_size, memory_gib, blockwise.READ_WHOLE_BYTES_PER_VOXEL
+    )
     rows = []
     for class_name, cleaned in volumes.classes.items():
         if not by_block:

@@ -293,8 +293,8 @@ def statistics_from_volumes(
     block_size : int
         Block side in voxels; 0 takes :data:`vem3d.blockwise.DEFAULT_BLOCK_SIZE`.
     memory_gib : float
-        Read the whole volume first where it needs at most this much memory
-        (:func:`vem3d.blockwise.fits_in_memory`), as for :func:`vem3d.mesh.mesh_volumes`.
+        Read the whole volume first where that needs at most this much memory, as
+        :func:`vem3d.mesh.mesh_volumes` does.
     cache_dir : path, optional
         Keep each class's objects' mesh measures here (:func:`object_mesh_measures`),
         so that a run after some slices changed meshes again only the objects they reach.
@@ -311,7 +311,9 @@ def statistics_from_volumes(
 
     volumes = open_volumes(volume_path)
     voxel_size_nm = volumes.voxel_size_nm
-    by_block = blockwise.goes_blockwise(volumes.shape, block_size, memory_gib)
+    by_block = blockwise.goes_blockwise(
+        volumes.shape, block_size, memory_gib, blockwise.READ_WHOLE_BYTES_PER_VOXEL
+    )
     tables = {}
     for class_name, cleaned in volumes.classes.items():
         cache = None
