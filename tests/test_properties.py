@@ -1,4 +1,5 @@
-"""Property-based tests: the slice reader, connected components and volume-to-mesh on random inputs."""
+"""Property-based tests: the slice reader, connected components, the clean-up (whole and block by block)
+and volume-to-mesh on random inputs."""
 
 import imageio.v3 as iio
 import numpy as np
@@ -9,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from stl import mesh as stl_mesh
 
+from vem3d.blockwise import clean_blockwise
 from vem3d.mesh import is_watertight, volume_to_mesh, write_stl
 from vem3d.slices import read_slice
 from vem3d.volume import clean_objects, connected_components, fill_holes
@@ -89,6 +91,37 @@ def test_clean_up_objects_are_those_of_the_cleaned_volume(volume, min_voxels, fi
     labels, count = clean_objects(volume, min_voxels, fill_cavities)
     assert count == expected_count
     np.testing.assert_array_equal(labels, expected_labels)
+
+
+def objects_in_nested_shells() -> np.ndarray:
+    """Two cube shells, one inside the other's cavity, a speck inside the inner one's,
+    and a speck in the outer cavity too: four objects, which filled are one."""
+    volume = np.zeros((16, 16, 16), bool)
+    for lo in (1, 5):
+        volume[lo : 16 - lo, lo : 16 - lo, lo : 16 - lo] = True
+        volume[lo + 1 : 15 - lo, lo + 1 : 15 - lo, lo + 1 : 15 - lo] = False
+    volume[8, 8, 8] = True
+    volume[3, 3, 8] = True
+    return volume
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    volume=arrays(bool, st.tuples(*[st.integers(1, 14)] * 3)),
+    min_voxels=st.integers(0, 6),
+    fill_cavities=st.booleans(),
+    block_size=st.integers(2, 9),
+)
+@example(volume=hollow_cube_around_a_speck(), min_voxels=0, fill_cavities=True, block_size=4)
+@example(volume=objects_in_nested_shells(), min_voxels=0, fill_cavities=True, block_size=5)
+@example(volume=objects_in_nested_shells(), min_voxels=0, fill_cavities=True, block_size=3)
+def test_block_wise_clean_up_counts_the_objects_of_the_whole_one(tmp_path, volume, min_voxels, fill_cavities, block_size):
+    # Objects inside filled cavities join the cavity's wall; the count is made without
+    # labelling the filled volume again.
+    labels, count = clean_objects(volume, min_voxels, fill_cavities)
+    cleaned = clean_blockwise(volume, tmp_path / "cleaned.zarr", min_voxels, fill_cavities, block_size)
+    np.testing.assert_array_equal(cleaned.volume[:], labels != 0)
+    assert (cleaned.objects, cleaned.foreground_voxels) == (count, np.count_nonzero(labels))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -382,41 +382,88 @@ def _block_source(source, region: tuple[slice, ...]) -> tuple[object, tuple[slic
     return np.asarray(source[region]), (slice(None),) * len(region)
 
 
-def _objects_in_block(array, region) -> tuple[int, BlockLayers, np.ndarray]:
-    """Clean-up pass 1 for one block: its 26-connected pieces (count, outer layers, voxels of each)."""
-    labels, count = _label(np.asarray(array[region]) != 0, 26)
-    return count, outer_layers(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:]
+def _first_voxels(labels: np.ndarray, count: int) -> np.ndarray:
+    """Flat index (C order) of the first voxel of each label 1..count of a block.
+
+    connected-components-3d numbers labels in raster order of their first voxel, so
+    they first appear where the running maximum of the labels grows; any other
+    numbering is handled too, by a sort.
+    """
+    flat = labels.ravel()
+    if count == 0:
+        return np.zeros(0, np.int64)
+    running = np.maximum.accumulate(flat)
+    grows = np.flatnonzero(running[1:] > running[:-1]) + 1
+    starts = np.concatenate([[0], grows]) if flat[0] else grows
+    if len(starts) == count and np.array_equal(flat[starts], np.arange(1, count + 1)):
+        return starts.astype(np.int64)
+    values, first = np.unique(flat, return_index=True)
+    return first[values > 0].astype(np.int64)
 
 
-def _keep_in_block(array, region, kept_pieces, target, block, shape, fill_cavities):
+def _objects_in_block(array, read, region, shape) -> tuple[int, BlockLayers, np.ndarray, np.ndarray]:
+    """Clean-up pass 1 for one block (``array[read]``, the ``region`` of the volume of
+    ``shape``): its 26-connected pieces (count, outer layers, voxels of each, and the
+    raster index in the volume of each one's first voxel)."""
+    labels, count = _label(np.asarray(array[read]) != 0, 26)
+    local = np.unravel_index(_first_voxels(labels, count), labels.shape)
+    first = np.ravel_multi_index(tuple(part.start + k for part, k in zip(region, local)), shape)
+    return count, outer_layers(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:], first
+
+
+def _keep_in_block(array, region, kept_pieces, target, block, shape, fill_cavities, probes):
     """Clean-up pass 2 for one block (``block`` of the volume, of ``shape``): write the
-    pieces that ``kept_pieces`` keeps (bool per local label) into ``target``; with
-    ``fill_cavities``, return the background's 6-connected pieces left (count, outer
-    layers, which of them touch the volume's border), else (0, None, None)."""
+    pieces that ``kept_pieces`` keeps (bool per local label) into ``target``.
+
+    With ``fill_cavities``, the background pieces (6-connected) that reach none of the
+    block's faces are cavities already, and are filled before writing; returns the
+    other background pieces (count, outer layers, which of them touch the volume's
+    border, and the piece at each of the flat indices ``probes`` in the block, -1 where
+    it was filled here) and the voxels filled; else (0, None, None, None, 0).
+    """
     mask = np.asarray(array[region]) != 0
     if kept_pieces[1:].all():  # nothing removed here: no need to label again
         kept = mask
     else:
         kept = kept_pieces[_label(mask, 26)[0]]
-    if kept.any():
-        target[block] = kept
     if not fill_cavities:
-        return 0, None, None
+        if kept.any():
+            target[block] = kept
+        return 0, None, None, None, 0
     labels, count = _label(~kept, 6)
+    layers = outer_layers(labels)
+    reaches_faces = np.zeros(count + 1, bool)
+    reaches_faces[0] = True  # the kept foreground, not a piece
+    reaches_faces[np.concatenate([layer.ravel() for layer in (*layers.first, *layers.last)])] = True
     touching = np.zeros(count + 1, bool)
     touching[_touches_border(labels, block, shape)] = True
-    return count, outer_layers(labels), touching[1:]
+    probe_pieces = labels.ravel()[probes].astype(np.int64)
+    filled = 0
+    if not reaches_faces.all():
+        # Most cavities in EM masks are a few voxels inside one block; those spanning
+        # blocks are found across them and filled in the third pass.
+        enclosed = ~reaches_faces[labels]
+        filled = int(np.count_nonzero(enclosed))
+        kept = kept | enclosed
+        # The pieces left, numbered as labelling the filled block (the third pass) numbers
+        # them: in raster order of their first voxels.
+        renumber = np.where(reaches_faces, np.cumsum(reaches_faces) - 1, -1)
+        layers = BlockLayers([renumber[layer] for layer in layers.first], [renumber[layer] for layer in layers.last])
+        touching = touching[reaches_faces]
+        probe_pieces = renumber[probe_pieces]
+        count = len(touching) - 1
+    if kept.any():
+        target[block] = kept
+    return count, layers, touching[1:], probe_pieces, filled
 
 
-def _fill_block(target, block, cavity_pieces) -> tuple[int, BlockLayers, int]:
+def _fill_block(target, block, cavity_pieces) -> int:
     """Clean-up pass 3 for one block: fill the background pieces that ``cavity_pieces``
-    marks (bool per local label); its objects (count, outer layers) and foreground voxels."""
-    filled = np.asarray(target[block])
-    if cavity_pieces.any():
-        filled = filled | cavity_pieces[_label(~filled, 6)[0]]
-        target[block] = filled
-    labels, count = _label(filled, 26)
-    return count, outer_layers(labels), int(np.count_nonzero(filled))
+    marks (bool per local label); the voxels filled."""
+    kept = np.asarray(target[block])
+    cavities = cavity_pieces[_label(~kept, 6)[0]]
+    target[block] = kept | cavities
+    return int(np.count_nonzero(cavities))
 
 
 def _whole_chunks(array: zarr.Array, block_size: int) -> bool:
@@ -439,6 +486,30 @@ def _in_raster_order(submit, shape, block_size: int, task: str, work, ahead: int
         yield *placed.popleft(), value
 
 
+def _probes_by_block(object_of, keep, first_voxel, shape, block_size) -> dict[tuple[int, ...], np.ndarray]:
+    """Per block, the flat indices in it of the voxel just before each kept object's first
+    voxel (raster order), for objects whose first voxel is not on the volume's x = 0 face.
+
+    That voxel is background, and in the background region around the object: the
+    region lies inside the object's bounding box only where the object walls it in, and
+    a voxel before the object's first cannot be walled in by it. So the object lies in
+    a cavity exactly where that voxel does. ``object_of``, ``keep`` and ``first_voxel``
+    are per global piece (the volume's raster index of its first voxel).
+    """
+    object_first = np.full(object_of.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(object_first, object_of[keep], first_voxel[keep])
+    firsts = object_first[np.unique(object_of[keep])]
+    voxels = np.unravel_index(firsts[firsts % shape[-1] != 0] - 1, shape)
+    index = np.stack([axis // block_size for axis in voxels], axis=1)
+    local = np.stack([axis % block_size for axis in voxels], axis=1)
+    probes = {}
+    for block in {tuple(row) for row in index.tolist()}:
+        here = (index == block).all(axis=1)
+        sides = [min(block_size, n - k * block_size) for k, n in zip(block, shape)]
+        probes[block] = np.ravel_multi_index(tuple(local[here].T), sides)
+    return probes
+
+
 def clean_blockwise(
     source,
     path: str | os.PathLike,
@@ -455,7 +526,10 @@ def clean_blockwise(
 
     In each of the three passes over the blocks, worker processes read, label and
     write the blocks; this one joins their pieces across block borders from the
-    blocks' outer layers (:class:`BlockComponents`).
+    blocks' outer layers (:class:`BlockComponents`). Cavities within a block are
+    filled as the second pass writes it; the third fills those that span blocks,
+    reading only the blocks they reach. The objects left are counted without
+    labelling the filled volume again (:func:`_probes_by_block`).
 
     Parameters
     ----------
@@ -487,61 +561,63 @@ def clean_blockwise(
         processes = workers if _whole_chunks(target, block_size) else 1
         ahead = 2 * processes
         with process_pool(processes) as submit:
-            # Pass 1: objects and their sizes.
+            # Pass 1: objects, their sizes and first voxels.
             objects = BlockComponents(26)
-            piece_sizes = [np.zeros(1, np.int64)]
-            for index, _, (count, layers, sizes) in _in_raster_order(
+            piece_sizes, piece_firsts = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
+            for index, _, (count, layers, sizes, firsts) in _in_raster_order(
                 submit, shape, block_size, "clean-up, objects",
-                lambda index, region: (_objects_in_block, *_block_source(source, region)), ahead,
+                lambda index, region: (_objects_in_block, *_block_source(source, region), region, shape), ahead,
             ):
                 objects.add(index, layers, count)
                 piece_sizes.append(sizes)
+                piece_firsts.append(firsts)
             object_of, n_objects = objects.components()
-            object_sizes = np.bincount(object_of, weights=np.concatenate(piece_sizes))
+            piece_sizes = np.concatenate(piece_sizes)
+            object_sizes = np.bincount(object_of, weights=piece_sizes)
             keep = object_sizes[object_of] >= max(min_object_voxels, 1)
             keep[0] = False
             n_kept = len(np.unique(object_of[keep]))
             log.info("%d objects, %d with fewer than %d voxels removed", n_objects, n_objects - n_kept, min_object_voxels)
+            result["objects"] = n_kept
+            result["foreground_voxels"] = int(piece_sizes[keep].sum())
+            probes = _probes_by_block(object_of, keep, np.concatenate(piece_firsts), shape, block_size) if fill_cavities else {}
 
             # Pass 2: write the kept objects; label the background they leave.
             def keep_work(index, region):
                 kept_pieces = _label_lookup(keep, objects.offsets[index], objects.counts[index], False)
                 return (_keep_in_block, *_block_source(source, region), kept_pieces, target, region, shape,
-                        fill_cavities)
+                        fill_cavities, probes.get(index, np.zeros(0, np.int64)))
 
             background = BlockComponents(6)
-            on_border = [np.zeros(1, bool)]
-            for index, _, (count, layers, touching) in _in_raster_order(
+            on_border, probed = [np.zeros(1, bool)], [np.zeros(0, np.int64)]
+            for index, _, (count, layers, touching, probe_pieces, filled) in _in_raster_order(
                 submit, shape, block_size, "clean-up, small objects removed", keep_work, ahead
             ):
                 if fill_cavities:
-                    background.add(index, layers, count)
+                    offset = background.add(index, layers, count)
                     on_border.append(touching)
-            if fill_cavities:
-                region_of, _ = background.components()
-                open_regions = np.zeros(region_of.max() + 1, bool)
-                open_regions[region_of[np.concatenate(on_border)]] = True
-                cavity = ~open_regions[region_of]
-                cavity[0] = False
-            if not fill_cavities or not cavity.any():
-                result["objects"] = n_kept
-                result["foreground_voxels"] = int(np.concatenate(piece_sizes)[keep].sum())
+                    probed.append(np.where(probe_pieces < 0, 0, probe_pieces + offset))
+                    result["foreground_voxels"] += filled
+            if not fill_cavities:
                 return
+            region_of, _ = background.components()
+            open_regions = np.zeros(region_of.max() + 1, bool)
+            open_regions[region_of[np.concatenate(on_border)]] = True
+            cavity = ~open_regions[region_of]
+            cavity[0] = True  # stands for the cavities filled in pass 2
+            # Filling a cavity joins its wall and the objects inside it: an object is inside
+            # one where the background voxel just before its first voxel lies in one.
+            result["objects"] -= int(np.count_nonzero(cavity[np.concatenate(probed)]))
+            cavity[0] = False
 
-            # Pass 3: fill the background components that reach no border; count the objects.
-            def fill_work(index, region):
-                cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
-                return _fill_block, target, region, cavity_pieces
+            # Pass 3: fill the cavities that span blocks, in the blocks that hold some.
+            def filled(submit) -> Iterator[Future]:
+                for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
+                    cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
+                    if cavity_pieces.any():
+                        yield submit(_fill_block, target, region, cavity_pieces)
 
-            final = BlockComponents(26)
-            foreground = 0
-            for index, _, (count, layers, voxels) in _in_raster_order(
-                submit, shape, block_size, "clean-up, cavities filled", fill_work, ahead
-            ):
-                final.add(index, layers, count)
-                foreground += voxels
-            result["objects"] = final.components()[1]
-            result["foreground_voxels"] = foreground
+            result["foreground_voxels"] += sum(ordered_results(filled(submit), ahead))
 
     write_directory_atomically(path, save)
     log.info(
