@@ -580,7 +580,9 @@ def clean_blockwise(
             log.info("%d objects, %d with fewer than %d voxels removed", n_objects, n_objects - n_kept, min_object_voxels)
             result["objects"] = n_kept
             result["foreground_voxels"] = int(piece_sizes[keep].sum())
-            probes = _probes_by_block(object_of, keep, np.concatenate(piece_firsts), shape, block_size) if fill_cavities else {}
+            probes = {}
+            if fill_cavities:
+                probes = _probes_by_block(object_of, keep, np.concatenate(piece_firsts), shape, block_size)
 
             # Pass 2: write the kept objects; label the background they leave.
             def keep_work(index, region):
@@ -611,13 +613,13 @@ def clean_blockwise(
             cavity[0] = False
 
             # Pass 3: fill the cavities that span blocks, in the blocks that hold some.
-            def filled(submit) -> Iterator[Future]:
+            def cavity_blocks(submit) -> Iterator[Future]:
                 for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
                     cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
                     if cavity_pieces.any():
                         yield submit(_fill_block, target, region, cavity_pieces)
 
-            result["foreground_voxels"] += sum(ordered_results(filled(submit), ahead))
+            result["foreground_voxels"] += sum(ordered_results(cavity_blocks(submit), ahead))
 
     write_directory_atomically(path, save)
     log.info(
