@@ -24,7 +24,7 @@ from scipy import ndimage
 from vem3d.atomic import write_text_atomically
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, SURFACE_LEVEL, area_and_volume, marching_level, volume_to_mesh
-from vem3d.threads import finished, ordered_results, process_pool, run_now
+from vem3d.threads import finished, ordered_results, run_now
 from vem3d.volume import AXES, label_objects, open_volumes
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,6 @@ def measure_objects(
     voxel_size_nm: tuple[float, float, float],
     smoothing_sigma: float = 0.75,
     cache: TableCache | None = None,
-    workers: int = 1,
 ) -> pd.DataFrame:
     """Measure numbered objects: the table of :func:`object_statistics`.
 
@@ -181,8 +180,6 @@ def measure_objects(
     n_objects : int
     voxel_size_nm, smoothing_sigma, cache
         As for :func:`object_statistics`.
-    workers : int
-        Processes that mesh the objects (:func:`mesh_measures`); 1 meshes them in this one.
 
     Returns
     -------
@@ -210,19 +207,18 @@ def measure_objects(
 
     rows = []
     started = time.monotonic()
-    with process_pool(workers) as submit:
-        measured = mesh_measures(insides(), voxel_size_nm, smoothing_sigma, cache, submit)
-        for index, (mesh_volume_nm3, area_nm2) in enumerate(measured, start=1):
-            voxels, volume_um3, centroid, first, last = voxel_rows[index - 1]
-            area_um2 = area_nm2 / NM2_PER_UM2
-            mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
-            rows.append(
-                [index, voxels, volume_um3, mesh_volume_um3, area_um2, sphericity(mesh_volume_um3, area_um2),
-                 *centroid, *first, *last]
-            )
-            if index % PROGRESS_EVERY == 0:
-                elapsed = time.monotonic() - started
-                log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
+    measured = mesh_measures(insides(), voxel_size_nm, smoothing_sigma, cache)
+    for index, (mesh_volume_nm3, area_nm2) in enumerate(measured, start=1):
+        voxels, volume_um3, centroid, first, last = voxel_rows[index - 1]
+        area_um2 = area_nm2 / NM2_PER_UM2
+        mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
+        rows.append(
+            [index, voxels, volume_um3, mesh_volume_um3, area_um2, sphericity(mesh_volume_um3, area_um2),
+             *centroid, *first, *last]
+        )
+        if index % PROGRESS_EVERY == 0:
+            elapsed = time.monotonic() - started
+            log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
     log.info("measured %d objects", n_objects)
     return pd.DataFrame(rows, columns=OBJECT_COLUMNS).astype({"object": np.int64, "voxels": np.int64})
 
@@ -311,19 +307,16 @@ def statistics_from_volumes(
 
     volumes = open_volumes(volume_path)
     voxel_size_nm = volumes.voxel_size_nm
-    by_block = blockwise.goes_blockwise(
-        volumes.shape, block_size, memory_gib, blockwise.READ_WHOLE_BYTES_PER_VOXEL
-    )
     tables = {}
     for class_name, cleaned in volumes.classes.items():
         cache = None
         if cache_dir is not None:
             cache = TableCache(Path(cache_dir) / f"{class_name}.npz", columns=2, context="object mesh measures")
         # Block by block either way: labels for a block at a time, not 4 bytes per voxel
-        # of the volume (see the docstring); read whole first where the volume fits.
+        # of the volume (see the docstring).
         tables[class_name] = blockwise.object_statistics_blockwise(
-            cleaned.volume if by_block else cleaned.volume[:], voxel_size_nm, Path(objects_path).parent,
-            smoothing_sigma, block_size or blockwise.DEFAULT_BLOCK_SIZE, cache, workers,
+            blockwise.read_whole_where_it_fits(cleaned.volume, block_size, memory_gib), voxel_size_nm,
+            Path(objects_path).parent, smoothing_sigma, block_size or blockwise.DEFAULT_BLOCK_SIZE, cache, workers,
         )
         if cache is not None:
             log.info("%s: mesh measures of %d objects reused, %d computed", class_name, cache.hits, cache.misses)
