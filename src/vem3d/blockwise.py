@@ -131,6 +131,15 @@ def goes_blockwise(
     return bool(block_size) or not fits_in_memory(shape, memory_gib, bytes_per_voxel)
 
 
+def read_whole_where_it_fits(volume: zarr.Array, block_size: int, memory_gib: float):
+    """A cleaned volume as mesh and statistics work on it: read whole into memory where no
+    ``block_size`` is set and :data:`READ_WHOLE_BYTES_PER_VOXEL` fit ``memory_gib``
+    (:func:`goes_blockwise`), else the zarr array itself, read a block at a time."""
+    if goes_blockwise(volume.shape, block_size, memory_gib, READ_WHOLE_BYTES_PER_VOXEL):
+        return volume
+    return volume[:]
+
+
 def assemble_mask_zarr(
     mask_dirs, path: str | os.PathLike, chunk_edge: int = CHUNK_EDGE, threads: int = 1
 ) -> zarr.Array:
@@ -883,7 +892,7 @@ def mesh_blocks(
             wanted = [[(first - radius, stop + 1 + radius) for first, stop in block] for block in cubes]
             read = [(max(wanted[0][a][0], 0), min(wanted[-1][a][1], n)) for a, n in enumerate(shape)]
             window = np.asarray(volume[tuple(slice(lo, hi) for lo, hi in read)]) != 0
-            blocks, missing = [], []
+            column_blocks, missing = [], []
             for index, block_cubes, block_wanted in zip(group, cubes, wanted):
                 voxels = window[
                     tuple(slice(max(lo, 0) - start, min(hi, n) - start) for (lo, hi), (start, _), n in
@@ -898,10 +907,10 @@ def mesh_blocks(
                     if cache else None
                 )
                 stored = cache.get(key) if cache else None
-                blocks.append((index, block_cubes, key, stored))
+                column_blocks.append((index, block_cubes, key, stored))
                 if stored is None:
                     missing.append((block_cubes, block_wanted))
-            placed.append(blocks)
+            placed.append(column_blocks)
             if not missing:
                 yield finished([])
                 continue
@@ -1345,7 +1354,8 @@ def _measure_large_objects(
     ``scratch_dir``, each block's local labels) that the objects are read from; the other
     arguments as :func:`object_statistics_blockwise` has them.
     """
-    components = set(order[np.asarray(large) - 1].tolist())
+    large_components = order[np.asarray(large) - 1]
+    components = set(large_components.tolist())
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
         labels = zarr.create_array(
             Path(scratch) / "labels.zarr",
@@ -1363,7 +1373,7 @@ def _measure_large_objects(
             if marked.any():
                 labels[region] = _label_pieces(volume, region, marked)
         measured = []
-        for object_number, component in zip(large, order[np.asarray(large) - 1]):
+        for object_number, component in zip(large, large_components):
             mask = _ObjectMask(labels, offsets, block_size, object_of, component, boxes[object_number])
             totals = MeshMeasurements()
             for _ in totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma, task="", workers=workers)):

@@ -497,8 +497,7 @@ def mesh_volumes(
         Read and mesh block by block, in blocks of this many voxels a side; 0 meshes
         in blocks of :data:`vem3d.blockwise.DEFAULT_MESH_BLOCK` (16 x 256 x 256), and
         reads block by block only when reading the whole volume first would need more
-        than ``memory_gib`` (:func:`vem3d.blockwise.fits_in_memory`, with
-        :data:`vem3d.blockwise.READ_WHOLE_BYTES_PER_VOXEL`).
+        than ``memory_gib`` (:func:`vem3d.blockwise.read_whole_where_it_fits`).
     memory_gib : float
         Memory the whole volume read first may take, GiB.
     max_faces : int
@@ -519,13 +518,13 @@ def mesh_volumes(
 
     volumes = open_volumes(volume_path)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
-    by_block = blockwise.goes_blockwise(
-        volumes.shape, block_size, memory_gib, blockwise.READ_WHOLE_BYTES_PER_VOXEL
-    )
     rows = []
     for class_name, cleaned in volumes.classes.items():
-        if not by_block:
-            cleaned = blockwise.CleanedVolume(cleaned.volume[:], cleaned.objects, cleaned.foreground_voxels)
+        cleaned = blockwise.CleanedVolume(
+            blockwise.read_whole_where_it_fits(cleaned.volume, block_size, memory_gib),
+            cleaned.objects,
+            cleaned.foreground_voxels,
+        )
         row = blockwise.write_mesh_blockwise(
             cleaned,
             volumes.voxel_size_nm,
