@@ -15,7 +15,9 @@ from stl import mesh as stl_mesh
 from vem3d import blockwise
 from vem3d import stats as stats_module
 from vem3d.blockwise import (
+    CleanupCache,
     KeptRecords,
+    MaskStore,
     assemble_mask_zarr,
     clean_blockwise,
     mesh_blocks,
@@ -279,6 +281,122 @@ def test_a_mask_of_another_shape_is_named_and_no_volume_is_left(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["masks"]
 
 
+def write_masks(folder, volume):
+    """One mask PNG per slice of ``volume`` (0/255), named by z."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("*.png"):
+        path.unlink()
+    for z, mask in enumerate(volume):
+        write_image(folder / f"{z:03d}.png", mask.astype(np.uint8) * 255)
+
+
+def counting_decodes(monkeypatch):
+    """A list that gets the name of each mask file blockwise decodes."""
+    decoded = []
+    read_slice = blockwise.read_slice
+    monkeypatch.setattr(blockwise, "read_slice", lambda path: decoded.append(path.name) or read_slice(path))
+    return decoded
+
+
+def test_mask_store_decodes_only_the_masks_whose_files_changed(tmp_path, monkeypatch):
+    decoded = counting_decodes(monkeypatch)
+    store = MaskStore(tmp_path / "store", chunk_edge=4)
+    volume = blobs((10, 12, 9), 1)
+    write_masks(tmp_path / "masks", volume)
+    stored, keys = store.update([tmp_path / "masks"])
+    np.testing.assert_array_equal(stored[:], volume)
+    assert len(keys) == 10 and stored.chunks == (4, 4, 4)
+
+    decoded.clear()
+    os.utime(tmp_path / "masks" / "003.png", (0, 0))  # touched: same bytes
+    volume[6] = ~volume[6]
+    write_image(tmp_path / "masks" / "006.png", volume[6].astype(np.uint8) * 255)
+    appended = blobs((3, 12, 9), 2)
+    for z, mask in enumerate(appended, start=10):
+        write_image(tmp_path / "masks" / f"{z:03d}.png", mask.astype(np.uint8) * 255)
+    stored, new_keys = store.update([tmp_path / "masks"], threads=2)
+    assert sorted(set(decoded)) == ["006.png", "010.png", "011.png", "012.png"]
+    np.testing.assert_array_equal(stored[:], np.concatenate([volume, appended]))
+    assert new_keys[:6] == keys[:6] and new_keys[6] != keys[6]
+
+    for z in (11, 12):  # slices removed at the end
+        (tmp_path / "masks" / f"{z:03d}.png").unlink()
+    decoded.clear()
+    stored, _ = store.update([tmp_path / "masks"])
+    assert decoded == []
+    np.testing.assert_array_equal(stored[:], np.concatenate([volume, appended[:1]]))
+
+    write_masks(tmp_path / "masks", blobs((5, 7, 8), 3))  # slices of another size: assembled afresh
+    stored, _ = store.update([tmp_path / "masks"])
+    np.testing.assert_array_equal(stored[:], blobs((5, 7, 8), 3))
+
+
+def test_a_mask_store_update_cut_short_is_assembled_afresh(tmp_path, monkeypatch):
+    volume = blobs((9, 10, 11), 4)
+    write_masks(tmp_path / "masks", volume)
+    store = MaskStore(tmp_path / "store", chunk_edge=4)
+    store.update([tmp_path / "masks"])
+    volume[1:3] = ~volume[1:3]
+    write_masks(tmp_path / "masks", volume)
+    write_image(tmp_path / "masks" / "002.png", np.zeros((10, 12), np.uint8))  # of another shape
+    with pytest.raises(ValueError, match=r"002\.png has shape \(10, 12\)"):
+        store.update([tmp_path / "masks"])
+    # Slice 1 was written into the volume before slice 2 failed; the keys no longer vouch for it.
+    write_image(tmp_path / "masks" / "002.png", volume[2].astype(np.uint8) * 255)
+    decoded = counting_decodes(monkeypatch)
+    stored, _ = store.update([tmp_path / "masks"])
+    assert len(set(decoded)) == 9
+    np.testing.assert_array_equal(stored[:], volume)
+
+
+def shell(shape, centre, outer, inner):
+    return ball(shape, centre, outer) & ~ball(shape, centre, inner)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_clean_up_that_keeps_its_blocks_gives_the_clean_up_of_the_masks_run_by_run(tmp_path, monkeypatch, workers):
+    labelled, written, filled = [], [], []
+    if workers == 1:  # the passes run in this process, where they can be counted
+        label, keep, fill = blockwise._objects_in_block, blockwise._keep_in_block, blockwise._fill_block
+        monkeypatch.setattr(blockwise, "_objects_in_block", lambda *arguments: labelled.append(1) or label(*arguments))
+        monkeypatch.setattr(blockwise, "_keep_in_block", lambda *arguments: written.append(1) or keep(*arguments))
+        monkeypatch.setattr(blockwise, "_fill_block", lambda *arguments: filled.append(1) or fill(*arguments))
+    rng = np.random.default_rng(7)
+    shape = (24, 20, 22)
+    # Blobs, speckle (small objects), and a shell round a cavity across blocks.
+    volume = blobs(shape, 7, 1.0) ^ (rng.random(shape) > 0.97)
+    volume |= shell(shape, (12, 10, 11), 7, 4)
+    edits = [
+        lambda v: v,  # every block kept
+        lambda v: v.__setitem__((slice(13, 14), slice(None), slice(None)), False),  # a cut through the shell opens it
+        lambda v: v.__setitem__((slice(13, 14), slice(None), slice(None)), shell(shape, (12, 10, 11), 7, 4)[13]),
+        lambda v: v.__setitem__((2, slice(3, 6), slice(3, 6)), ~v[2, 3:6, 3:6]),
+    ]
+    store = MaskStore(tmp_path / "cache", chunk_edge=4)
+    reruns = []
+    for run, edit in enumerate([None, *edits]):
+        if edit is not None:
+            edit(volume)
+        write_masks(tmp_path / "masks", volume)
+        masks, keys = store.update([tmp_path / "masks"])
+        labelled.clear()
+        written.clear()
+        filled.clear()
+        cleaned = clean_blockwise(masks, tmp_path / f"cleaned{run}.zarr", 6, True, (4, 8, 8), workers,
+                                  CleanupCache(tmp_path / "cache", keys))
+        expected = clean_volume(volume, 6, True)
+        np.testing.assert_array_equal(cleaned.volume[:], expected)
+        assert (cleaned.objects, cleaned.foreground_voxels) == (label_objects(expected)[1], np.count_nonzero(expected))
+        reruns.append((len(labelled), len(written), len(filled)))
+    if workers == 1:
+        # All 6 x 3 x 3 blocks labelled in the first run, none when nothing changed,
+        # then only those of the slab the changed slice is in.
+        assert [labelled for labelled, _, _ in reruns] == [54, 0, 9, 9, 9]
+        # When nothing changed, pass 2 wrote again only the blocks that pass 3 had
+        # changed (cavities across blocks); the others' chunks were linked.
+        assert 0 < reruns[1][1] == reruns[0][2] < 54
+
+
 def test_stl_written_block_by_block_reads_back_closed(tmp_path):
     volume = ball((30, 30, 30), (15, 14, 15.5), 11)
     faces_written = write_stl_blocks(tmp_path / "ball.stl", mesh_blocks(volume, VOXEL_NM, block_size=7))
@@ -336,9 +454,37 @@ def test_a_volume_in_memory_cleaned_in_worker_processes_equals_its_whole_volume_
     assert alone.objects > 3 and in_workers.volume.chunks == (8, 8, 8)
 
 
-@pytest.mark.parametrize("clean_up", [{}, {"workers": 3}, {"block_size": 8}], ids=["whole", "workers", "blocks"])
+def test_volumes_cleaned_again_from_what_the_last_run_kept_equal_volumes_cleaned_afresh(
+    tmp_path, mask_folders, volume_of, monkeypatch
+):
+    monkeypatch.setattr(blockwise, "DEFAULT_CLEAN_BLOCK", (4, 8, 8))  # objects and cavities across blocks
+    masks = {"mito": mask_folders, "er": mask_folders[1:]}
+    before = {name: sorted(path.name for path in folder.iterdir()) for name, folder in enumerate(mask_folders)}
+    for run in range(3):
+        if run == 2:  # a slice changed: an object appears in it
+            changed = sorted(mask_folders[1].glob("*.png"))[2]
+            mask = np.zeros((30, 26), np.uint8)
+            mask[5:15, 5:15] = 255
+            write_image(changed, mask)
+        kept = open_volumes(volume_of(masks, min_object_voxels=5, workers=2, cache_dir=tmp_path / "cache"))
+        afresh = open_volumes(volume_of(masks, min_object_voxels=5))
+        for class_name, expected in afresh.classes.items():
+            cleaned = kept.classes[class_name]
+            np.testing.assert_array_equal(cleaned.volume[:], expected.volume[:])
+            assert (cleaned.objects, cleaned.foreground_voxels) == (expected.objects, expected.foreground_voxels)
+        assert kept.slice_names == afresh.slice_names
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == ["er", "mito"]
+    # Nothing written into the mask folders.
+    assert {name: sorted(path.name for path in folder.iterdir()) for name, folder in enumerate(mask_folders)} == before
+
+
+@pytest.mark.parametrize(
+    "clean_up", [{}, {"workers": 3}, {"block_size": 8}, {"cache_dir": "cache"}], ids=["whole", "workers", "blocks", "kept"]
+)
 def test_each_class_volume_is_an_ome_zarr_image_at_the_voxel_size(tmp_path, mask_folders, volume_of, clean_up):
     """Viewers that read OME-Zarr (0.5) find each class's volume and its scale in nm."""
+    if "cache_dir" in clean_up:
+        clean_up = {"cache_dir": tmp_path / clean_up["cache_dir"]}
     path = volume_of({"mito": mask_folders, "er": mask_folders}, (30.0, 5.0, 4.0), min_object_voxels=5, **clean_up)
     volumes = open_volumes(path)
     for class_name, cleaned in volumes.classes.items():

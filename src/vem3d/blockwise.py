@@ -26,13 +26,14 @@ import itertools
 import logging
 import math
 import os
+import shutil
 import struct
 import tempfile
 import time
 import zipfile
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from scipy.sparse import csgraph
 from stl import mesh as stl_mesh
 
 from vem3d.atomic import link_or_copy, write_atomically, write_directory_atomically
-from vem3d.cache import ArrayCache, TableCache, mask_key
+from vem3d.cache import ArrayCache, TableCache, content_key, mask_key
 from vem3d.mesh import (
     NM2_PER_UM2,
     NM3_PER_UM3,
@@ -59,6 +60,7 @@ from vem3d.mesh import (
     stl_records,
     write_stl,
 )
+from vem3d.provenance import file_sha256
 from vem3d.slices import list_slices, read_slice
 from vem3d.stats import OBJECT_COLUMNS, mesh_measures, sphericity
 from vem3d.threads import finished, map_ahead, ordered_results, process_pool
@@ -75,6 +77,9 @@ DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred M
 # benchmarks/pipeline.py --size 2048: 46.6 s, then 19.6 s after slice 128 changed,
 # against 50.1 s and 33.2 s in blocks one chunk (64 slices) deep.
 DEFAULT_MESH_BLOCK = (16, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
+# Blocks (z, y, x) of the clean-up that keeps its blocks between runs (CleanupCache):
+# one chunk deep, so that a changed slice reaches the blocks of one 64-slice slab.
+DEFAULT_CLEAN_BLOCK = (CHUNK_EDGE, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 # Block side for cleaning a volume in memory in worker processes: 2 processes cleaned
 # the 256 x 1024 x 1024 masks of benchmarks/pipeline.py --size 1024 in 6.6 s in blocks
 # of 128 and 9.1 s in blocks of 256 (one process, whole: 8.0 s).
@@ -171,50 +176,164 @@ def assemble_mask_zarr(
         If there are no masks or a mask's shape differs from the first one's (naming it).
     """
     files = _mask_files(mask_dirs)
-    first = read_slice(files[0]) > 0
-    shape = (len(files), *first.shape)
+    shape = (len(files), *read_slice(files[0]).shape)
 
     def save(temporary: str) -> None:
         volume = zarr.create_array(
             temporary, shape=shape, chunks=(chunk_edge,) * 3, dtype=bool, fill_value=False, overwrite=True
         )
-        slab = np.empty((min(chunk_edge, shape[0]), *shape[1:]), dtype=bool)
-        masks = itertools.chain([first], map_ahead(lambda file: read_slice(file) > 0, files[1:], threads))
-        for z, mask in enumerate(masks):
-            if mask.shape != first.shape:
-                raise ValueError(f"mask {files[z]} has shape {mask.shape}, but earlier slices have {first.shape}")
-            slab[z % chunk_edge] = mask
-            if z % chunk_edge == chunk_edge - 1 or z == shape[0] - 1:
-                volume[z - z % chunk_edge : z + 1] = slab[: z % chunk_edge + 1]
+        _write_masks(volume, files, range(len(files)), threads)
 
     write_directory_atomically(path, save)
     log.info("assembled %d masks into %s, shape %s", shape[0], path, shape)
     return zarr.open_array(path, mode="r")
 
 
-def _empty_volume_like(path: str | os.PathLike, like, block_size: int) -> zarr.Array:
+def _write_masks(volume: zarr.Array, files: Sequence[Path], slices: Sequence[int], threads: int) -> None:
+    """Decode the masks ``files[z]`` of the ``slices`` z (ascending) into ``volume``.
+
+    A chunk-deep slab at a time, its other slices read back from ``volume``; a slab is
+    compressed and written in a thread while the next is decoded (memory holds two).
+    Raises ValueError naming a mask whose shape is not the volume's slices'.
+    """
+    depth = volume.chunks[0]
+    decoded_per_slab = Counter(z // depth for z in slices)
+    slab_start, slab = None, None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = finished(None)
+        for z, mask in zip(slices, map_ahead(lambda z: read_slice(files[z]) > 0, slices, threads)):
+            if mask.shape != volume.shape[1:]:
+                raise ValueError(f"mask {files[z]} has shape {mask.shape}, but earlier slices have {volume.shape[1:]}")
+            start = z - z % depth
+            if start != slab_start:
+                if slab is not None:
+                    written.result()
+                    written = writer.submit(volume.__setitem__, slice(slab_start, slab_start + len(slab)), slab)
+                slab_start = start
+                slab_depth = min(depth, volume.shape[0] - start)
+                if decoded_per_slab[start // depth] == slab_depth:
+                    slab = np.empty((slab_depth, *volume.shape[1:]), bool)  # every slice decoded
+                else:
+                    slab = np.asarray(volume[start : start + depth])
+            slab[z - start] = mask
+        written.result()
+        if slab is not None:
+            volume[slab_start : slab_start + len(slab)] = slab
+
+
+class MaskStore:
+    """A class's masks assembled into a chunked zarr volume (as :func:`assemble_mask_zarr`
+    does), kept between runs and brought up to date by content.
+
+    Each slice's key is a hash of its mask file's bytes. An update decodes only the
+    masks whose key changed (or that are new) and rewrites only the chunk-deep slabs
+    that hold them; slices appended or removed at the end resize the volume. The
+    keys also tell the clean-up which blocks changed (:class:`CleanupCache`) without
+    decoding any mask.
+
+    Parameters
+    ----------
+    folder : path
+        Holds ``masks.zarr`` and ``slices.npz`` (the keys it holds); created if missing.
+    chunk_edge : int
+        Chunk side of a new volume, in voxels.
+
+    Notes
+    -----
+    The keys are removed before the volume is changed and written after, so a run
+    killed in between leaves no keys, and the next update assembles the masks afresh.
+    """
+
+    def __init__(self, folder: str | os.PathLike, chunk_edge: int = CHUNK_EDGE):
+        self.folder = Path(folder)
+        self.chunk_edge = chunk_edge
+        self._volume_path = self.folder / "masks.zarr"
+        self._keys_path = self.folder / "slices.npz"
+
+    def _kept(self) -> tuple[list[str], zarr.Array | None]:
+        """The keys and volume of the last update, or ([], None)."""
+        try:
+            with np.load(self._keys_path) as table:
+                keys, shape = table["keys"].tolist(), tuple(table["shape"].tolist())
+            volume = zarr.open_array(self._volume_path, mode="r+")
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, zarr.errors.BaseZarrError):
+            return [], None
+        return (keys, volume) if volume.shape == shape and len(keys) == shape[0] else ([], None)
+
+    def update(self, mask_dirs, threads: int = 1) -> tuple[zarr.Array, list[str]]:
+        """Bring the volume up to date with the masks of ``mask_dirs`` (as for :func:`assemble_mask_zarr`).
+
+        Returns
+        -------
+        volume : zarr.Array of bool, shape (slices, rows, columns)
+            Opened read-only.
+        keys : list of str
+            Each slice's key.
+
+        Raises
+        ------
+        ValueError
+            If there are no masks or a changed mask's shape differs from the others' (naming it).
+        """
+        files = _mask_files(mask_dirs)
+        keys = list(map_ahead(file_sha256, files, threads))
+        kept_keys, volume = self._kept()
+        changed = [z for z, key in enumerate(keys) if z >= len(kept_keys) or kept_keys[z] != key]
+        if volume is not None and changed and read_slice(files[changed[0]]).shape != volume.shape[1:]:
+            volume = None  # slices of another size: assemble afresh
+        if volume is None or changed or volume.shape[0] != len(files):
+            self._keys_path.unlink(missing_ok=True)
+            if volume is None:
+                shape = (len(files), *read_slice(files[0]).shape)
+                volume = zarr.create_array(
+                    self._volume_path, shape=shape, chunks=(self.chunk_edge,) * 3, dtype=bool, fill_value=False,
+                    overwrite=True,
+                )
+                changed = list(range(len(files)))
+            elif volume.shape[0] != len(files):
+                volume.resize((len(files), *volume.shape[1:]))
+            _write_masks(volume, files, changed, threads)
+
+            def save(temporary: str) -> None:
+                with open(temporary, "wb") as table:
+                    np.savez(table, keys=np.array(keys, dtype=str), shape=np.array(volume.shape))
+
+            write_atomically(self._keys_path, save)
+        log.info("masks: %d of %d slices new or changed since the last run, decoded", len(changed), len(files))
+        return zarr.open_array(self._volume_path, mode="r"), keys
+
+
+def _empty_volume_like(path: str | os.PathLike, like, block_size) -> zarr.Array:
     """An all-background zarr bool volume (z, y, x) shaped as ``like``, chunked as ``like`` or else as the blocks."""
-    chunks = like.chunks if isinstance(like, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3
+    chunks = like.chunks if isinstance(like, zarr.Array) else tuple(min(side, CHUNK_EDGE) for side in _block_shape(block_size))
     return zarr.create_array(
         path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, dimension_names=AXES,
         overwrite=True,
     )
 
 
+def _block_shape(block_size) -> tuple[int, int, int]:
+    """A block's sides (z, y, x) from one side for all axes or three."""
+    sides = (int(block_size),) * 3 if np.ndim(block_size) == 0 else tuple(int(side) for side in block_size)
+    if len(sides) != 3 or min(sides) < 1:
+        raise ValueError(f"block size must be one side or three (z, y, x), each >= 1 voxel; got {block_size}")
+    return sides
+
+
 def blocks(
-    shape: Sequence[int], block_size: int, task: str = ""
+    shape: Sequence[int], block_size, task: str = ""
 ) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
     """The blocks of a volume in raster order: (block index, voxel slices), the last ones cut short.
 
-    With a ``task`` name, progress is logged every tenth of the blocks (long runs).
+    ``block_size`` is one side for all axes or three (z, y, x). With a ``task`` name,
+    progress is logged every tenth of the blocks (long runs).
     """
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    counts = [math.ceil(n / block_size) for n in shape]
+    sides = _block_shape(block_size)
+    counts = [math.ceil(n / side) for n, side in zip(shape, sides)]
     indices = list(itertools.product(*(range(count) for count in counts)))
     return _logged(
         (
-            (index, tuple(slice(i * block_size, min((i + 1) * block_size, n)) for i, n in zip(index, shape)))
+            (index, tuple(slice(i * side, min((i + 1) * side, n)) for i, side, n in zip(index, sides, shape)))
             for index in indices
         ),
         len(indices),
@@ -475,21 +594,22 @@ def _fill_block(target, block, cavity_pieces) -> int:
     return int(np.count_nonzero(cavities))
 
 
-def _whole_chunks(array: zarr.Array, block_size: int) -> bool:
+def _whole_chunks(array: zarr.Array, block_size) -> bool:
     """Whether blocks of ``block_size`` cover whole chunks of ``array``, so that worker
     processes can write blocks at once (two must not write one chunk)."""
-    return all(block_size % side == 0 for side in array.chunks)
+    return all(block % side == 0 for block, side in zip(_block_shape(block_size), array.chunks))
 
 
-def _in_raster_order(submit, shape, block_size: int, task: str, work, ahead: int):
+def _in_raster_order(shape, block_size, task: str, work, ahead: int):
     """(block index, region, result) for every block in raster order, where ``work(index,
-    region)`` gives the (function, *arguments) to ``submit``; at most ``ahead`` blocks ahead."""
+    region)`` gives the block's Future (submitted, or a result at hand); at most ``ahead``
+    blocks ahead."""
     placed = deque()
 
     def submitted():
         for index, region in blocks(shape, block_size, task):
             placed.append((index, region))
-            yield submit(*work(index, region))
+            yield work(index, region)
 
     for value in ordered_results(submitted(), ahead):
         yield *placed.popleft(), value
@@ -509,14 +629,152 @@ def _probes_by_block(object_of, keep, first_voxel, shape, block_size) -> dict[tu
     np.minimum.at(object_first, object_of[keep], first_voxel[keep])
     firsts = object_first[np.unique(object_of[keep])]
     voxels = np.unravel_index(firsts[firsts % shape[-1] != 0] - 1, shape)
-    index = np.stack([axis // block_size for axis in voxels], axis=1)
-    local = np.stack([axis % block_size for axis in voxels], axis=1)
+    block_sides = _block_shape(block_size)
+    index = np.stack([axis // side for axis, side in zip(voxels, block_sides)], axis=1)
+    local = np.stack([axis % side for axis, side in zip(voxels, block_sides)], axis=1)
     probes = {}
     for block in {tuple(row) for row in index.tolist()}:
         here = (index == block).all(axis=1)
-        sides = [min(block_size, n - k * block_size) for k, n in zip(block, shape)]
+        sides = [min(side, n - k * side) for k, side, n in zip(block, block_sides, shape)]
         probes[block] = np.ravel_multi_index(tuple(local[here].T), sides)
     return probes
+
+
+class CleanupCache:
+    """What the block-by-block clean-up keeps of a run for the next, found by the keys of
+    each block's slices (:class:`MaskStore`), so that unchanged blocks are not even read.
+
+    - Pass 1 of a block (its pieces: count, outer layers, sizes, first voxels): an
+      :class:`vem3d.cache.ArrayCache` entry keyed by the block.
+    - Pass 2 of a block: an entry keyed by the block and what pass 2 is told of it (the
+      pieces it keeps, its probes), and the voxels it wrote, kept as the chunk files of
+      the last cleaned volume, hard-linked into ``cleaned/`` (no extra disk while that
+      volume exists), beside a table of the entries whose blocks' chunks there are as
+      pass 2 wrote them (pass 3 changed them not). zarr writes a chunk as a new file
+      that replaces the old, so writing a linked chunk leaves the kept one as it was.
+
+    Parameters
+    ----------
+    folder : path
+        The cache (created): ``blocks/`` (entries), ``cleaned/`` and ``cleaned.npz``.
+    slice_keys : list of str
+        Each slice's key (:meth:`MaskStore.update`).
+    """
+
+    def __init__(self, folder: str | os.PathLike, slice_keys: Sequence[str]):
+        self.folder = Path(folder)
+        self.slice_keys = list(slice_keys)
+        self.entries = ArrayCache(self.folder / "blocks", context="clean-up")
+        self._cleaned = self.folder / "cleaned"
+        self._table = self.folder / "cleaned.npz"
+        self._kept: set[str] = set()
+        self._written: dict[str, tuple[slice, ...]] = {}
+        try:
+            with np.load(self._table) as table:
+                # The table belongs to this very folder (a run killed while replacing it leaves them apart).
+                if str(table["token"]) == (self._cleaned / "token").read_text():
+                    self._kept = set(table["keys"].tolist())
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # nothing kept yet: every block is written afresh
+
+    def block_key(self, region: tuple[slice, ...], shape: Sequence[int]) -> str:
+        """A block's key: its slices' keys, and where it lies in the volume of ``shape``."""
+        return content_key(
+            self.entries.context, self.slice_keys[region[0]], [(part.start, part.stop) for part in region],
+            tuple(shape[1:]), region[0].stop == shape[0],
+        )
+
+    def restore_written(self, key: str, target: zarr.Array, region: tuple[slice, ...]):
+        """Pass 2's result for the block ``region`` of ``target`` under ``key``, its chunks
+        linked into ``target``; None where not kept."""
+        stored = self.entries.get(key) if key in self._kept else None
+        if stored is None:
+            return None
+        folder = _array_folder(target)
+        for chunk in _chunks_of(target, region):
+            kept = self._cleaned / chunk
+            if kept.exists():
+                (folder / chunk).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(kept, folder / chunk)
+        self._written[key] = region
+        return _unpack_written(stored)
+
+    def store_written(self, key: str, region: tuple[slice, ...], written: tuple) -> None:
+        """Keep pass 2's result for the block ``region`` under ``key``."""
+        self.entries.put(key, **_pack_written(written))
+        self._written[key] = region
+
+    def keep(self, target: zarr.Array, changed: Sequence[tuple[slice, ...]]) -> None:
+        """Keep the chunks of ``target`` (the cleaned volume just written) for the next run,
+        and which blocks' pass-2 results they hold: all but those pass 3 ``changed``."""
+        self._table.unlink(missing_ok=True)
+        replacement = Path(tempfile.mkdtemp(dir=self.folder, prefix=".cleaned-"))
+        folder = _array_folder(target)
+        for chunk in folder.rglob("*"):
+            if chunk.is_file() and chunk.name != "zarr.json":
+                (replacement / chunk.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(chunk, replacement / chunk.relative_to(folder))
+        token = os.urandom(16).hex()
+        (replacement / "token").write_text(token)
+        if self._cleaned.exists():
+            shutil.rmtree(self._cleaned)
+        os.replace(replacement, self._cleaned)
+        changed = {tuple((part.start, part.stop) for part in region) for region in changed}
+        keys = [key for key, region in self._written.items() if tuple((p.start, p.stop) for p in region) not in changed]
+
+        def save(temporary: str) -> None:
+            with open(temporary, "wb") as table:
+                np.savez(table, token=np.array(token), keys=np.array(keys, dtype=str))
+
+        write_atomically(self._table, save)
+        self.entries.prune()
+
+
+def _array_folder(array: zarr.Array) -> Path:
+    """The folder of a zarr array in a local store."""
+    return Path(str(array.store_path.store.root)) / array.store_path.path
+
+
+def _chunks_of(array: zarr.Array, region: tuple[slice, ...]) -> Iterator[str]:
+    """The keys (relative paths) of the chunks of ``array`` that the block ``region`` covers."""
+    ranges = [range(part.start // side, -(-part.stop // side)) for part, side in zip(region, array.chunks)]
+    for coordinates in itertools.product(*ranges):
+        yield array.metadata.encode_chunk_key(coordinates)
+
+
+def _pack_layers(layers: BlockLayers) -> dict[str, np.ndarray]:
+    return {f"{end}{axis}": layer for end, ends in (("first", layers.first), ("last", layers.last))
+            for axis, layer in enumerate(ends)}
+
+
+def _unpack_layers(stored: dict[str, np.ndarray]) -> BlockLayers:
+    return BlockLayers([stored[f"first{axis}"] for axis in range(3)], [stored[f"last{axis}"] for axis in range(3)])
+
+
+def _pack_pieces(pieces: tuple) -> dict[str, np.ndarray]:
+    """A pass-1 result (:func:`_objects_in_block`) as arrays to cache."""
+    count, layers, sizes, firsts = pieces
+    return {"count": np.array(count), "sizes": sizes, "firsts": firsts, **_pack_layers(layers)}
+
+
+def _unpack_pieces(stored: dict[str, np.ndarray]) -> tuple:
+    return int(stored["count"]), _unpack_layers(stored), stored["sizes"], stored["firsts"]
+
+
+def _pack_written(written: tuple) -> dict[str, np.ndarray]:
+    """A pass-2 result (:func:`_keep_in_block`) as arrays to cache."""
+    count, layers, touching, probe_pieces, filled = written
+    arrays = {"count": np.array(count), "filled": np.array(filled)}
+    if layers is not None:  # filling cavities
+        arrays.update(touching=touching, probe_pieces=probe_pieces, **_pack_layers(layers))
+    return arrays
+
+
+def _unpack_written(stored: dict[str, np.ndarray]) -> tuple:
+    if "touching" not in stored:
+        return int(stored["count"]), None, None, None, int(stored["filled"])
+    return (int(stored["count"]), _unpack_layers(stored), stored["touching"], stored["probe_pieces"],
+            int(stored["filled"]))
 
 
 def clean_blockwise(
@@ -524,8 +782,9 @@ def clean_blockwise(
     path: str | os.PathLike,
     min_object_voxels: int = 0,
     fill_cavities: bool = True,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    block_size=DEFAULT_BLOCK_SIZE,
     workers: int = 1,
+    cache: CleanupCache | None = None,
 ) -> CleanedVolume:
     """The clean-up of :func:`vem3d.volume.clean_volume`, block by block, into a new zarr volume.
 
@@ -550,12 +809,18 @@ def clean_blockwise(
         As for :func:`vem3d.volume.remove_small_objects` (0 or 1 keeps everything).
     fill_cavities : bool
         As for :func:`vem3d.volume.clean_volume`.
-    block_size : int
-        Block side in voxels; a multiple of the zarr chunk side reads least.
+    block_size : int or (int, int, int)
+        Block side in voxels, or sides (z, y, x); multiples of the zarr chunk side read least.
     workers : int
         Processes that work on blocks; 1 works in this one. Blocks that do not cover
         whole chunks of the output (a block side not a multiple of the chunk side)
         are worked on here, as two processes must not write one chunk.
+    cache : CleanupCache, optional
+        The last run's blocks, for a ``source`` kept by a :class:`MaskStore` (whose
+        slice keys the cache holds): blocks whose slices are unchanged are not read in
+        pass 1, and in pass 2 neither read nor written where what they keep is
+        unchanged too (their chunks are linked from the last cleaned volume, where
+        blocks cover whole chunks). The result is the same as without.
 
     Returns
     -------
@@ -569,14 +834,26 @@ def clean_blockwise(
         target = _empty_volume_like(temporary, source, block_size)
         processes = workers if _whole_chunks(target, block_size) else 1
         ahead = 2 * processes
+        # Where pass 2's blocks can be linked from the last run's chunks.
+        reuse_written = cache is not None and _whole_chunks(target, block_size)
+        block_keys, written_keys, computed, relinked = {}, {}, set(), set()
         with process_pool(processes) as submit:
             # Pass 1: objects, their sizes and first voxels.
+            def objects_work(index, region) -> Future:
+                if cache is not None:
+                    block_keys[index] = cache.block_key(region, shape)
+                    stored = cache.entries.get(block_keys[index])
+                    if stored is not None:
+                        return finished(_unpack_pieces(stored))
+                    computed.add(index)
+                return submit(_objects_in_block, *_block_source(source, region), region, shape)
+
             objects = BlockComponents(26)
             piece_sizes, piece_firsts = [np.zeros(1, np.int64)], [np.zeros(1, np.int64)]
-            for index, _, (count, layers, sizes, firsts) in _in_raster_order(
-                submit, shape, block_size, "clean-up, objects",
-                lambda index, region: (_objects_in_block, *_block_source(source, region), region, shape), ahead,
-            ):
+            for index, _, pieces in _in_raster_order(shape, block_size, "clean-up, objects", objects_work, ahead):
+                count, layers, sizes, firsts = pieces
+                if index in computed:
+                    cache.entries.put(block_keys[index], **_pack_pieces(pieces))
                 objects.add(index, layers, count)
                 piece_sizes.append(sizes)
                 piece_firsts.append(firsts)
@@ -594,47 +871,68 @@ def clean_blockwise(
                 probes = _probes_by_block(object_of, keep, np.concatenate(piece_firsts), shape, block_size)
 
             # Pass 2: write the kept objects; label the background they leave.
-            def keep_work(index, region):
+            def keep_work(index, region) -> Future:
                 kept_pieces = _label_lookup(keep, objects.offsets[index], objects.counts[index], False)
-                return (_keep_in_block, *_block_source(source, region), kept_pieces, target, region, shape,
-                        fill_cavities, probes.get(index, np.zeros(0, np.int64)))
+                block_probes = probes.get(index, np.zeros(0, np.int64))
+                if reuse_written:
+                    written_keys[index] = content_key(
+                        block_keys[index], kept_pieces, block_probes, fill_cavities, target.chunks
+                    )
+                    restored = cache.restore_written(written_keys[index], target, region)
+                    if restored is not None:
+                        relinked.add(index)
+                        return finished(restored)
+                return submit(_keep_in_block, *_block_source(source, region), kept_pieces, target, region, shape,
+                              fill_cavities, block_probes)
 
             background = BlockComponents(6)
             on_border, probed = [np.zeros(1, bool)], [np.zeros(0, np.int64)]
-            for index, _, (count, layers, touching, probe_pieces, filled) in _in_raster_order(
-                submit, shape, block_size, "clean-up, small objects removed", keep_work, ahead
+            for index, region, written in _in_raster_order(
+                shape, block_size, "clean-up, small objects removed", keep_work, ahead
             ):
+                count, layers, touching, probe_pieces, filled = written
+                if reuse_written and index not in relinked:
+                    cache.store_written(written_keys[index], region, written)
                 if fill_cavities:
                     offset = background.add(index, layers, count)
                     on_border.append(touching)
                     probed.append(np.where(probe_pieces < 0, 0, probe_pieces + offset))
                     result["foreground_voxels"] += filled
-            if not fill_cavities:
-                return
-            region_of, _ = background.components()
-            open_regions = np.zeros(region_of.max() + 1, bool)
-            open_regions[region_of[np.concatenate(on_border)]] = True
-            cavity = ~open_regions[region_of]
-            cavity[0] = True  # stands for the cavities filled in pass 2
-            # Filling a cavity joins its wall and the objects inside it: an object is inside
-            # one where the background voxel just before its first voxel lies in one.
-            result["objects"] -= int(np.count_nonzero(cavity[np.concatenate(probed)]))
-            cavity[0] = False
+            filled_across = []  # the blocks pass 3 changed
+            if fill_cavities:
+                region_of, _ = background.components()
+                open_regions = np.zeros(region_of.max() + 1, bool)
+                open_regions[region_of[np.concatenate(on_border)]] = True
+                cavity = ~open_regions[region_of]
+                cavity[0] = True  # stands for the cavities filled in pass 2
+                # Filling a cavity joins its wall and the objects inside it: an object is inside
+                # one where the background voxel just before its first voxel lies in one.
+                result["objects"] -= int(np.count_nonzero(cavity[np.concatenate(probed)]))
+                cavity[0] = False
 
-            # Pass 3: fill the cavities that span blocks, in the blocks that hold some.
-            def cavity_blocks(submit) -> Iterator[Future]:
-                for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
-                    cavity_pieces = _label_lookup(cavity, background.offsets[index], background.counts[index], False)
-                    if cavity_pieces.any():
-                        yield submit(_fill_block, target, region, cavity_pieces)
+                # Pass 3: fill the cavities that span blocks, in the blocks that hold some.
+                def cavity_blocks(submit) -> Iterator[Future]:
+                    for index, region in blocks(shape, block_size, "clean-up, cavities filled"):
+                        cavity_pieces = _label_lookup(
+                            cavity, background.offsets[index], background.counts[index], False
+                        )
+                        if cavity_pieces.any():
+                            filled_across.append(region)
+                            yield submit(_fill_block, target, region, cavity_pieces)
 
-            result["foreground_voxels"] += sum(ordered_results(cavity_blocks(submit), ahead))
+                result["foreground_voxels"] += sum(ordered_results(cavity_blocks(submit), ahead))
+        if cache is not None:
+            log.info(
+                "clean-up: %d of %d blocks' pieces and %d blocks' voxels kept from the last run",
+                len(block_keys) - len(computed), len(block_keys), len(relinked),
+            )
+            cache.keep(target, filled_across)
 
     write_directory_atomically(path, save)
     log.info(
-        "cleaned %d voxels in blocks of %d in %.1f s: %d objects, %d foreground voxels",
+        "cleaned %d voxels in blocks of %s in %.1f s: %d objects, %d foreground voxels",
         math.prod(shape),
-        block_size,
+        " x ".join(map(str, _block_shape(block_size))),
         time.monotonic() - started,
         result["objects"],
         result["foreground_voxels"],
@@ -738,14 +1036,6 @@ def _cube_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
     """
     starts = list(range(0, n, block_size))
     return [(-1 if k == 0 else start, n if k == len(starts) - 1 else starts[k + 1]) for k, start in enumerate(starts)]
-
-
-def _block_shape(block_size) -> tuple[int, int, int]:
-    """A block's sides (z, y, x) from one side for all axes or three."""
-    sides = (int(block_size),) * 3 if np.ndim(block_size) == 0 else tuple(int(side) for side in block_size)
-    if len(sides) != 3 or min(sides) < 1:
-        raise ValueError(f"block size must be one side or three (z, y, x), each >= 1 voxel; got {block_size}")
-    return sides
 
 
 def _smoothing_input(
@@ -1437,11 +1727,10 @@ def object_statistics_blockwise(
             # Pulled by mesh_measures as it hands pieces to the workers, which label
             # the next blocks meanwhile; the pieces are joined here, in raster order.
             for index, region, (count, layers, block_rows, whole, insides) in _in_raster_order(
-                submit,
                 shape,
                 block_size,
                 "objects measured",
-                lambda index, region: (_pieces_of_block, *_block_source(volume, region), region, shape),
+                lambda index, region: submit(_pieces_of_block, *_block_source(volume, region), region, shape),
                 2 * workers,
             ):
                 pieces.add(index, layers, count)

@@ -139,6 +139,12 @@ def _add_volume_options(parser: argparse.ArgumentParser) -> None:
         help="fill background cavities enclosed in 3D (default: %(default)s)",
     )
     _add_block_options(parser, write_volumes, "clean up blocks (a zarr copy of the masks beside the outputs)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep the assembled masks and cleaned blocks here; the next run decodes only the masks that "
+        "changed and cleans again only the blocks they reach (default: no cache)",
+    )
 
 
 def _add_surface_options(parser: argparse.ArgumentParser, function, work: str) -> None:
@@ -363,6 +369,7 @@ def run(args: argparse.Namespace) -> None:
             block_size=args.block_size,
             memory_gib=args.memory_gib,
             workers=args.workers,
+            cache_dir=args.cache_dir,
         )
     elif args.command in ("mesh", "stats"):
         common = {

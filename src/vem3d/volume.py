@@ -400,6 +400,7 @@ def write_volumes(
     block_size: int = 0,
     memory_gib: float = 4.0,
     workers: int = 1,
+    cache_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Assemble each class's masks into a 3D volume, clean it up, and write the cleaned volumes.
 
@@ -436,6 +437,14 @@ def write_volumes(
         Processes that clean blocks (:func:`vem3d.blockwise.clean_blockwise`); with
         more than one, a volume in memory is cleaned block by block in them too. As
         many threads read the masks.
+    cache_dir : path, optional
+        Where a run keeps each class's assembled masks and cleaned blocks for the next
+        (:class:`vem3d.blockwise.MaskStore`, :class:`vem3d.blockwise.CleanupCache`),
+        a folder per class. A re-run then decodes only the masks whose files changed
+        and reads and writes only the blocks they reach, with the same result. With a
+        cache, volumes of any size go block by block, in blocks of
+        :data:`vem3d.blockwise.DEFAULT_CLEAN_BLOCK` unless ``block_size`` is set;
+        except with ``z_smoothing_sigma``, which needs whole volumes and keeps nothing.
 
     Returns
     -------
@@ -454,7 +463,8 @@ def write_volumes(
     first_class = next(iter(mask_dirs.values()))
     slice_names = [slice_path.stem for folder in first_class for slice_path in list_slices(folder)]
     shape = blockwise.mask_volume_shape(first_class)
-    by_block = blockwise.goes_blockwise(shape, block_size, memory_gib)
+    incremental = cache_dir is not None and not z_smoothing_sigma
+    by_block = incremental or blockwise.goes_blockwise(shape, block_size, memory_gib)
     if by_block and z_smoothing_sigma:
         raise ValueError(
             "mesh.z_smoothing_sigma needs the whole volume in memory, but this one goes block by block "
@@ -468,7 +478,16 @@ def write_volumes(
             classes=list(mask_dirs), voxel_size_nm=[float(size) for size in voxel_size_nm], slice_names=slice_names
         )
         images = {class_name: group.create_group(class_name) for class_name in mask_dirs}
-        if by_block:
+        if incremental:
+            for class_name, folders in mask_dirs.items():
+                class_cache = Path(cache_dir) / class_name
+                masks, slice_keys = blockwise.MaskStore(class_cache).update(folders, threads=workers)
+                cleaned = blockwise.clean_blockwise(
+                    masks, Path(temporary) / class_name / IMAGE_LEVEL, min_object_voxels, fill_cavities,
+                    block_size or blockwise.DEFAULT_CLEAN_BLOCK, workers, blockwise.CleanupCache(class_cache, slice_keys),
+                )
+                rows.append((class_name, cleaned.objects, cleaned.foreground_voxels))
+        elif by_block:
             # The assembled masks are scratch beside the group, not part of it.
             with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=f".{Path(path).name}-") as scratch:
                 for class_name, folders in mask_dirs.items():

@@ -16,5 +16,7 @@ rule volume:
         clean_up=clean_up_settings,
         block_size=config["mesh"]["block_size"],
         memory_gib=config["mesh"]["memory_gib"],
+        # Assembled masks and cleaned blocks of the last run, reused where slices did not change.
+        cache_dir=lambda wildcards: f"results/{wildcards.sample}/volume_cache",
     script:
         "../scripts/volume.py"

@@ -8,5 +8,6 @@ with workflow_job(snakemake.log[0]):
         block_size=snakemake.params.block_size,
         memory_gib=snakemake.params.memory_gib,
         workers=snakemake.threads,
+        cache_dir=snakemake.params.cache_dir,
         **snakemake.params.clean_up,
     )
