@@ -649,9 +649,10 @@ class CleanupCache:
     - Pass 2 of a block: an entry keyed by the block and what pass 2 is told of it (the
       pieces it keeps, its probes), and the voxels it wrote, kept as the chunk files of
       the last cleaned volume, hard-linked into ``cleaned/`` (no extra disk while that
-      volume exists), beside a table of the entries whose blocks' chunks there are as
-      pass 2 wrote them (pass 3 changed them not). zarr writes a chunk as a new file
-      that replaces the old, so writing a linked chunk leaves the kept one as it was.
+      volume exists), beside a table of the entries kept. Where pass 3 fills cavities
+      across blocks, the chunks pass 2 wrote are linked aside before
+      (:meth:`keep_before_filling`) and kept instead. zarr writes a chunk as a new
+      file that replaces the old, so writing a linked chunk leaves the kept one as it was.
 
     Parameters
     ----------
@@ -668,7 +669,9 @@ class CleanupCache:
         self._cleaned = self.folder / "cleaned"
         self._table = self.folder / "cleaned.npz"
         self._kept: set[str] = set()
-        self._written: dict[str, tuple[slice, ...]] = {}
+        self._written: set[str] = set()
+        self._before_filling: Path | None = None  # chunks of blocks as pass 2 wrote them, where pass 3 changes them
+        self._before_filling_chunks: set[str] = set()
         try:
             with np.load(self._table) as table:
                 # The table belongs to this very folder (a run killed while replacing it leaves them apart).
@@ -696,35 +699,55 @@ class CleanupCache:
             if kept.exists():
                 (folder / chunk).parent.mkdir(parents=True, exist_ok=True)
                 link_or_copy(kept, folder / chunk)
-        self._written[key] = region
+        self._written.add(key)
         return _unpack_written(stored)
 
-    def store_written(self, key: str, region: tuple[slice, ...], written: tuple) -> None:
-        """Keep pass 2's result for the block ``region`` under ``key``."""
+    def store_written(self, key: str, written: tuple) -> None:
+        """Keep pass 2's result for a block under ``key`` (its chunks are kept by :meth:`keep`)."""
         self.entries.put(key, **_pack_written(written))
-        self._written[key] = region
+        self._written.add(key)
 
-    def keep(self, target: zarr.Array, changed: Sequence[tuple[slice, ...]]) -> None:
-        """Keep the chunks of ``target`` (the cleaned volume just written) for the next run,
-        and which blocks' pass-2 results they hold: all but those pass 3 ``changed``."""
+    def keep_before_filling(self, target: zarr.Array, region: tuple[slice, ...]) -> None:
+        """Link aside the chunks pass 2 wrote for the block ``region`` of ``target``, which
+        pass 3 is about to change, to keep them instead of the filled ones."""
+        if self._before_filling is None:
+            self._before_filling = Path(tempfile.mkdtemp(dir=self.folder, prefix=".before-filling-"))
+        folder = _array_folder(target)
+        for chunk in _chunks_of(target, region):
+            self._before_filling_chunks.add(chunk)
+            if (folder / chunk).exists():
+                (self._before_filling / chunk).parent.mkdir(parents=True, exist_ok=True)
+                link_or_copy(folder / chunk, self._before_filling / chunk)
+
+    def keep(self, target: zarr.Array) -> None:
+        """Keep the chunks of ``target``, the cleaned volume just written, as pass 2 wrote
+        them, and its blocks' pass-2 results, for the next run."""
         self._table.unlink(missing_ok=True)
         replacement = Path(tempfile.mkdtemp(dir=self.folder, prefix=".cleaned-"))
         folder = _array_folder(target)
-        for chunk in folder.rglob("*"):
-            if chunk.is_file() and chunk.name != "zarr.json":
-                (replacement / chunk.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(chunk, replacement / chunk.relative_to(folder))
+        chunks = [
+            (chunk.relative_to(folder).as_posix(), chunk) for chunk in folder.rglob("*")
+            if chunk.is_file() and chunk.name != "zarr.json"
+        ]
+        if self._before_filling is not None:
+            chunks = [(chunk, path) for chunk, path in chunks if chunk not in self._before_filling_chunks] + [
+                (chunk, self._before_filling / chunk) for chunk in self._before_filling_chunks
+                if (self._before_filling / chunk).exists()
+            ]
+        for chunk, path in chunks:
+            (replacement / chunk).parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(path, replacement / chunk)
         token = os.urandom(16).hex()
         (replacement / "token").write_text(token)
         if self._cleaned.exists():
             shutil.rmtree(self._cleaned)
         os.replace(replacement, self._cleaned)
-        changed = {tuple((part.start, part.stop) for part in region) for region in changed}
-        keys = [key for key, region in self._written.items() if tuple((p.start, p.stop) for p in region) not in changed]
+        if self._before_filling is not None:
+            shutil.rmtree(self._before_filling)
 
         def save(temporary: str) -> None:
             with open(temporary, "wb") as table:
-                np.savez(table, token=np.array(token), keys=np.array(keys, dtype=str))
+                np.savez(table, token=np.array(token), keys=np.array(sorted(self._written), dtype=str))
 
         write_atomically(self._table, save)
         self.entries.prune()
@@ -892,13 +915,12 @@ def clean_blockwise(
             ):
                 count, layers, touching, probe_pieces, filled = written
                 if reuse_written and index not in relinked:
-                    cache.store_written(written_keys[index], region, written)
+                    cache.store_written(written_keys[index], written)
                 if fill_cavities:
                     offset = background.add(index, layers, count)
                     on_border.append(touching)
                     probed.append(np.where(probe_pieces < 0, 0, probe_pieces + offset))
                     result["foreground_voxels"] += filled
-            filled_across = []  # the blocks pass 3 changed
             if fill_cavities:
                 region_of, _ = background.components()
                 open_regions = np.zeros(region_of.max() + 1, bool)
@@ -917,7 +939,8 @@ def clean_blockwise(
                             cavity, background.offsets[index], background.counts[index], False
                         )
                         if cavity_pieces.any():
-                            filled_across.append(region)
+                            if reuse_written:
+                                cache.keep_before_filling(target, region)
                             yield submit(_fill_block, target, region, cavity_pieces)
 
                 result["foreground_voxels"] += sum(ordered_results(cavity_blocks(submit), ahead))
@@ -926,7 +949,7 @@ def clean_blockwise(
                 "clean-up: %d of %d blocks' pieces and %d blocks' voxels kept from the last run",
                 len(block_keys) - len(computed), len(block_keys), len(relinked),
             )
-            cache.keep(target, filled_across)
+            cache.keep(target)
 
     write_directory_atomically(path, save)
     log.info(
