@@ -349,6 +349,38 @@ def test_a_mask_store_update_cut_short_is_assembled_afresh(tmp_path, monkeypatch
     np.testing.assert_array_equal(stored[:], volume)
 
 
+def test_a_clean_up_killed_while_keeping_its_blocks_leaves_none_to_link(tmp_path, monkeypatch):
+    volume = blobs((16, 16, 16), 8)
+    write_masks(tmp_path / "masks", volume)
+    store = MaskStore(tmp_path / "cache", chunk_edge=4)
+    masks, keys = store.update([tmp_path / "masks"])
+    clean_blockwise(masks, tmp_path / "first.zarr", 6, True, 8, 1, CleanupCache(tmp_path / "cache", keys))
+    volume[5] = ~volume[5]
+    write_masks(tmp_path / "masks", volume)
+    masks, keys = store.update([tmp_path / "masks"])
+    write_atomically = blockwise.write_atomically
+
+    def killed(path, save):  # after the chunks were replaced, before their table
+        if path.name == "cleaned.npz":
+            raise KeyboardInterrupt
+        write_atomically(path, save)
+
+    monkeypatch.setattr(blockwise, "write_atomically", killed)
+    with pytest.raises(KeyboardInterrupt):
+        clean_blockwise(masks, tmp_path / "killed.zarr", 6, True, 8, 1, CleanupCache(tmp_path / "cache", keys))
+    monkeypatch.setattr(blockwise, "write_atomically", write_atomically)
+    written = []
+    keep = blockwise._keep_in_block
+    monkeypatch.setattr(blockwise, "_keep_in_block", lambda *arguments: written.append(1) or keep(*arguments))
+    volume[5] = ~volume[5]  # back as the chunks kept from the first run had it
+    write_masks(tmp_path / "masks", volume)
+    masks, keys = store.update([tmp_path / "masks"])
+    cleaned = clean_blockwise(masks, tmp_path / "again.zarr", 6, True, 8, 1, CleanupCache(tmp_path / "cache", keys))
+    np.testing.assert_array_equal(cleaned.volume[:], clean_volume(volume, 6, True))
+    assert len(written) == 8  # every block written: the kept chunks are the killed run's, with no table
+    assert not (tmp_path / "killed.zarr").exists()
+
+
 def shell(shape, centre, outer, inner):
     return ball(shape, centre, outer) & ~ball(shape, centre, inner)
 
