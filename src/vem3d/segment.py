@@ -30,8 +30,7 @@ from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
 from vem3d.threads import cpu_threads, map_ahead
-from vem3d.train import load_weights
-from vem3d.unet import UNetConfig, build_unet
+from vem3d.unet import UNetConfig, build_unet, load_weights
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from vem3d.labels import class_values, label_slices, one_hot, read_class_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
 from vem3d.threads import map_ahead
-from vem3d.unet import LOSSES, UNetConfig, build_unet, hard_dice
+from vem3d.unet import LOSSES, UNetConfig, build_unet, hard_dice, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -360,27 +360,6 @@ def train_unet(
     if best_weights.is_file():
         model.load_weights(best_weights)
     return model, state
-
-
-def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
-    """Load ``.weights.h5`` weights into ``model``, saying clearly when they do not fit.
-
-    Raises
-    ------
-    ValueError
-        If the file is missing or its layers do not match the model's architecture
-        (different depth, width, batch norm or number of classes).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file does not exist")
-    try:
-        model.load_weights(path)
-    except Exception as error:
-        raise ValueError(
-            f"{path}: weights do not match the configured model "
-            f"(check model depth, base_filters, batch_norm and classes): {error}"
-        ) from error
 
 
 def labelled_pairs(

@@ -6,7 +6,9 @@ TensorFlow (default), JAX and PyTorch backends.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import keras
 from keras import layers, ops
@@ -199,3 +201,24 @@ def unet_gflop(config: UNetConfig, rows: int, columns: int, input_channels: int 
         channels = filters
     multiply_adds += rows * columns * channels * config.n_classes
     return 2 * multiply_adds / 1e9
+
+
+def load_weights(model: keras.Model, path: str | os.PathLike) -> None:
+    """Load ``.weights.h5`` weights into ``model``, saying clearly when they do not fit.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or its layers do not match the model's architecture
+        (different depth, width, batch norm or number of classes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file does not exist")
+    try:
+        model.load_weights(path)
+    except Exception as error:
+        raise ValueError(
+            f"{path}: weights do not match the configured model "
+            f"(check model depth, base_filters, batch_norm and classes): {error}"
+        ) from error
