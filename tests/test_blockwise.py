@@ -379,6 +379,9 @@ def test_a_clean_up_killed_while_keeping_its_blocks_leaves_none_to_link(tmp_path
     np.testing.assert_array_equal(cleaned.volume[:], clean_volume(volume, 6, True))
     assert len(written) == 8  # every block written: the kept chunks are the killed run's, with no table
     assert not (tmp_path / "killed.zarr").exists()
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == [
+        "blocks", "cleaned", "cleaned.npz", "masks.zarr", "slices.npz"
+    ]
 
 
 def shell(shape, centre, outer, inner):

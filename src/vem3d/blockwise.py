@@ -672,6 +672,8 @@ class CleanupCache:
         self._written: set[str] = set()
         self._before_filling: Path | None = None  # chunks of blocks as pass 2 wrote them, where pass 3 changes them
         self._before_filling_chunks: set[str] = set()
+        for leftover in [*self.folder.glob(".cleaned-*"), *self.folder.glob(".before-filling-*")]:
+            shutil.rmtree(leftover, ignore_errors=True)  # of a run killed while keeping its chunks
         try:
             with np.load(self._table) as table:
                 # The table belongs to this very folder (a run killed while replacing it leaves them apart).
