@@ -6,8 +6,10 @@ import sys
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pandas as pd
 import pytest
+import zarr
 
 from vem3d.cli import main
 
@@ -68,6 +70,12 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     truth = str(tmp_path / "demo/ground_truth")
     sample = str(tmp_path / "sample")
     main(["volume", truth, "--voxel-size", "20", "10", "10", "--out-dir", sample, "--class-name", "mito"])
+    kept = str(tmp_path / "kept")
+    main(["volume", truth, "--voxel-size", "20", "10", "10", "--out-dir", kept, "--class-name", "mito",
+          "--cache-dir", str(tmp_path / "volume_cache")])
+    np.testing.assert_array_equal(zarr.open_array(f"{kept}/volume.zarr/mito/0")[:],
+                                  zarr.open_array(f"{sample}/volume.zarr/mito/0")[:])
+    assert (tmp_path / "volume_cache/mito/masks.zarr").is_dir()  # for the next run
     main(["mesh", f"{sample}/volume.zarr", "--out-dir", sample])
     assert (tmp_path / "sample/meshes/mito.stl").is_file()
     main(["stats", f"{sample}/volume.zarr", "--out-dir", sample])
