@@ -246,6 +246,8 @@ def main() -> None:
 
     shape = tuple(arguments.shape)
     n_voxels = math.prod(shape)
+    if arguments.workdir:
+        arguments.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=arguments.workdir, prefix="vem3d-meshing-") as scratch:
         work = Path(scratch)
         started = time.perf_counter()
