@@ -349,6 +349,21 @@ def test_a_mask_store_update_cut_short_is_assembled_afresh(tmp_path, monkeypatch
     np.testing.assert_array_equal(stored[:], volume)
 
 
+def test_clean_up_settings_changed_between_runs_give_their_own_clean_up(tmp_path):
+    rng = np.random.default_rng(3)
+    volume = blobs((20, 18, 17), 3, 1.0) ^ (rng.random((20, 18, 17)) > 0.97)
+    volume |= shell((20, 18, 17), (10, 9, 8), 7, 4)
+    write_masks(tmp_path / "masks", volume)
+    store = MaskStore(tmp_path / "cache", chunk_edge=4)
+    for run, (min_voxels, fill_cavities) in enumerate([(6, True), (30, True), (6, False), (0, True), (6, True)]):
+        masks, keys = store.update([tmp_path / "masks"])
+        cleaned = clean_blockwise(masks, tmp_path / f"cleaned{run}.zarr", min_voxels, fill_cavities, (4, 8, 8), 1,
+                                  CleanupCache(tmp_path / "cache", keys))
+        expected = clean_volume(volume, min_voxels, fill_cavities)
+        np.testing.assert_array_equal(cleaned.volume[:], expected)
+        assert (cleaned.objects, cleaned.foreground_voxels) == (label_objects(expected)[1], np.count_nonzero(expected))
+
+
 def test_a_clean_up_killed_while_keeping_its_blocks_leaves_none_to_link(tmp_path, monkeypatch):
     volume = blobs((16, 16, 16), 8)
     write_masks(tmp_path / "masks", volume)
