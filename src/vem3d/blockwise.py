@@ -912,7 +912,7 @@ def clean_blockwise(
 
             background = BlockComponents(6)
             on_border, probed = [np.zeros(1, bool)], [np.zeros(0, np.int64)]
-            for index, region, written in _in_raster_order(
+            for index, _, written in _in_raster_order(
                 shape, block_size, "clean-up, small objects removed", keep_work, ahead
             ):
                 count, layers, touching, probe_pieces, filled = written
