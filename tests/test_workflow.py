@@ -307,6 +307,9 @@ def test_only_changed_slices_are_reprocessed(tmp_path):
         iio.imwrite(stack / f"img{z}.png", np.full((32, 32), 10 * z, np.uint8))
     assert planned_jobs(project) == {"preprocess": 2, "segment": 2, "train": 0, "mesh": 1}
     assert snakemake(project).returncode == 0
+    # The volume step decoded the new masks only: the others' files are unchanged (the
+    # re-run chunk's earlier slice came back from the segment step's cache).
+    assert "masks: 3 of 9 slices new or changed" in (project / "logs/own/volume.log").read_text()
     # A preprocessing setting: every chunk of both samples (4 slices each), retraining too.
     make_project(tmp_path, rows=(DEMO_ROW, row("own", stack)), preprocess={"high_percentile": 99.0})
     assert planned_jobs(project) == {"preprocess": 5, "segment": 5, "train": 1, "mesh": 2}
