@@ -303,11 +303,12 @@ class MaskStore:
         return zarr.open_array(self._volume_path, mode="r"), keys
 
 
-def _empty_volume_like(path: str | os.PathLike, like, block_size) -> zarr.Array:
-    """An all-background zarr bool volume (z, y, x) shaped as ``like``, chunked as ``like`` or else as the blocks."""
+def _empty_volume_like(path: str | os.PathLike, like, block_size, dtype=bool) -> zarr.Array:
+    """An all-zero zarr volume (z, y, x) of ``dtype`` (bool: background) shaped as ``like``,
+    chunked as ``like`` or else as the blocks."""
     chunks = like.chunks if isinstance(like, zarr.Array) else tuple(min(side, CHUNK_EDGE) for side in _block_shape(block_size))
     return zarr.create_array(
-        path, shape=like.shape, chunks=chunks, dtype=bool, fill_value=False, dimension_names=AXES,
+        path, shape=like.shape, chunks=chunks, dtype=dtype, fill_value=np.zeros((), dtype)[()], dimension_names=AXES,
         overwrite=True,
     )
 
@@ -1672,13 +1673,7 @@ def _measure_large_objects(
     large_components = order[np.asarray(large) - 1]
     components = set(large_components.tolist())
     with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
-        labels = zarr.create_array(
-            Path(scratch) / "labels.zarr",
-            shape=volume.shape,
-            chunks=volume.chunks if isinstance(volume, zarr.Array) else (min(block_size, CHUNK_EDGE),) * 3,
-            dtype=np.uint32,
-            fill_value=0,
-        )
+        labels = _empty_volume_like(Path(scratch) / "labels.zarr", volume, block_size, np.uint32)
         offsets = np.zeros([math.ceil(n / block_size) for n in volume.shape], np.int64)
         for index, region in blocks(volume.shape, block_size):
             offset, count = pieces.offsets[index], pieces.counts[index]
