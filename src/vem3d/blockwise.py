@@ -698,10 +698,7 @@ class CleanupCache:
             return None
         folder = _array_folder(target)
         for chunk in _chunks_of(target, region):
-            kept = self._cleaned / chunk
-            if kept.exists():
-                (folder / chunk).parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(kept, folder / chunk)
+            _link_where_present(self._cleaned / chunk, folder / chunk)
         self._written.add(key)
         return _unpack_written(stored)
 
@@ -718,9 +715,7 @@ class CleanupCache:
         folder = _array_folder(target)
         for chunk in _chunks_of(target, region):
             self._before_filling_chunks.add(chunk)
-            if (folder / chunk).exists():
-                (self._before_filling / chunk).parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(folder / chunk, self._before_filling / chunk)
+            _link_where_present(folder / chunk, self._before_filling / chunk)
 
     def keep(self, target: zarr.Array) -> None:
         """Keep the chunks of ``target``, the cleaned volume just written, as pass 2 wrote
@@ -728,18 +723,12 @@ class CleanupCache:
         self._table.unlink(missing_ok=True)
         replacement = Path(tempfile.mkdtemp(dir=self.folder, prefix=".cleaned-"))
         folder = _array_folder(target)
-        chunks = [
-            (chunk.relative_to(folder).as_posix(), chunk) for chunk in folder.rglob("*")
-            if chunk.is_file() and chunk.name != "zarr.json"
-        ]
-        if self._before_filling is not None:
-            chunks = [(chunk, path) for chunk, path in chunks if chunk not in self._before_filling_chunks] + [
-                (chunk, self._before_filling / chunk) for chunk in self._before_filling_chunks
-                if (self._before_filling / chunk).exists()
-            ]
-        for chunk, path in chunks:
-            (replacement / chunk).parent.mkdir(parents=True, exist_ok=True)
-            link_or_copy(path, replacement / chunk)
+        for path in folder.rglob("*"):
+            chunk = path.relative_to(folder).as_posix()
+            if path.is_file() and path.name != "zarr.json" and chunk not in self._before_filling_chunks:
+                _link_where_present(path, replacement / chunk)
+        for chunk in self._before_filling_chunks:
+            _link_where_present(self._before_filling / chunk, replacement / chunk)
         token = os.urandom(16).hex()
         (replacement / "token").write_text(token)
         if self._cleaned.exists():
@@ -754,6 +743,13 @@ class CleanupCache:
 
         write_atomically(self._table, save)
         self.entries.prune()
+
+
+def _link_where_present(source: Path, target: Path) -> None:
+    """Hard-link (or copy) the file ``source``, where it exists, to ``target``, making its folder."""
+    if source.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(source, target)
 
 
 def _array_folder(array: zarr.Array) -> Path:
@@ -858,10 +854,11 @@ def clean_blockwise(
 
     def save(temporary: str) -> None:
         target = _empty_volume_like(temporary, source, block_size)
-        processes = workers if _whole_chunks(target, block_size) else 1
+        whole_chunks = _whole_chunks(target, block_size)
+        processes = workers if whole_chunks else 1
         ahead = 2 * processes
         # Where pass 2's blocks can be linked from the last run's chunks.
-        reuse_written = cache is not None and _whole_chunks(target, block_size)
+        reuse_written = cache is not None and whole_chunks
         block_keys, written_keys, computed, relinked = {}, {}, set(), set()
         with process_pool(processes) as submit:
             # Pass 1: objects, their sizes and first voxels.
