@@ -281,12 +281,13 @@ def test_a_mask_of_another_shape_is_named_and_no_volume_is_left(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["masks"]
 
 
-def write_masks(folder, volume):
-    """One mask PNG per slice of ``volume`` (0/255), named by z."""
+def write_masks(folder, volume, first_z=0):
+    """One mask PNG per slice of ``volume`` (0/255) in ``folder``, named by z from
+    ``first_z``, in place of the masks there."""
     folder.mkdir(parents=True, exist_ok=True)
     for path in folder.glob("*.png"):
         path.unlink()
-    for z, mask in enumerate(volume):
+    for z, mask in enumerate(volume, start=first_z):
         write_image(folder / f"{z:03d}.png", mask.astype(np.uint8) * 255)
 
 
@@ -666,8 +667,8 @@ def test_kept_records_append_the_faces_of_the_last_stl_as_they_are(tmp_path, mon
 def write_chunked_masks(volume, folder, chunk_slices=8):
     """Mask PNGs of ``volume`` in chunk folders of ``chunk_slices``; the folders in z order."""
     folders = [folder / f"chunk{z // chunk_slices}" for z in range(0, len(volume), chunk_slices)]
-    for z, mask in enumerate(volume):
-        write_image(folders[z // chunk_slices] / f"{z:03d}.png", mask.astype(np.uint8) * 255)
+    for k, chunk_folder in enumerate(folders):
+        write_masks(chunk_folder, volume[k * chunk_slices : (k + 1) * chunk_slices], first_z=k * chunk_slices)
     return folders
 
 
