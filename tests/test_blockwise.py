@@ -712,7 +712,7 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
     assert n_marched == 0 and not recorded and blocks_with_surface > 4
     pd.testing.assert_frame_equal(again, first)
     assert (tmp_path / "again/mito.stl").read_bytes() == (tmp_path / "first/mito.stl").read_bytes()
-    assert len(list((tmp_path / "cache/mito").glob("*.npz"))) == blocks_with_surface
+    assert len(list((tmp_path / "cache/mito/block_meshes").glob("*.npz"))) == blocks_with_surface
 
     volume[20, 5:20, 5:20] = ~volume[20, 5:20, 5:20]  # a re-acquired slice, in the last 8-slice block along z
     write_image(folders[2] / "020.png", volume[20].astype(np.uint8) * 255)
@@ -725,7 +725,7 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
     assert_same_mesh(changed_mesh, expected_mesh)
     assert changed.loc[0, "faces"] != first.loc[0, "faces"]
     # The cache keeps the latest run's entries only: one per block with surface.
-    assert len(list((tmp_path / "cache/mito").glob("*.npz"))) == blocks_with_surface
+    assert len(list((tmp_path / "cache/mito/block_meshes").glob("*.npz"))) == blocks_with_surface
 
 
 def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, monkeypatch, volume_of):

@@ -57,14 +57,19 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     )
     assert (tmp_path / "model/unet.weights.h5").is_file()
     assert len(pd.read_csv(tmp_path / "model/training_history.tsv", sep="\t")) == 1
-    main(
-        ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
-         "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8",
-         "--precision", "mixed_bfloat16", "--cache-dir", str(tmp_path / "cache")]
-    )
+    segment = ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
+               "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8",
+               "--precision", "mixed_bfloat16", "--cache-dir", str(tmp_path / "cache")]
+    main(segment)
     masks = sorted((tmp_path / "sample/masks/foreground").glob("*.png"))
     assert len(masks) == 4 and iio.imread(masks[0]).shape == (64, 64)
     assert len(list((tmp_path / "cache").iterdir())) == 4  # one entry per slice, for later runs
+    # Again over its own outputs, as a run resumed after an interruption is: every slice
+    # comes from the cache, onto the files already there.
+    written = [mask.read_bytes() for mask in masks]
+    main(segment)
+    assert [mask.read_bytes() for mask in masks] == written
+    assert not list((tmp_path / "sample").rglob(".partial-*"))
 
     # Mesh and measure the ground truth, which certainly holds objects.
     truth = str(tmp_path / "demo/ground_truth")

@@ -54,6 +54,25 @@ def test_all_black_and_all_white_slices_pass_through(tmp_path):
         np.testing.assert_allclose(image, 0.5, atol=1e-4)
 
 
+def test_outputs_are_never_written_into_an_input_folder(tmp_path, capsys):
+    from vem3d.cli import main
+    from vem3d.volume import write_volumes
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for index in range(2):
+        iio.imwrite(raw / f"s{index}.tif", np.full((16, 16), 40 * index, np.uint8))
+    before = {path.name: path.read_bytes() for path in raw.iterdir()}
+    for out_dir in (raw, raw / "preprocessed"):
+        assert main(["preprocess", str(raw), str(out_dir)]) == 2
+        error = capsys.readouterr().err
+        assert f"vem3d preprocess: {out_dir}: lies in the input folder {raw}" in error
+        assert "Traceback" not in error  # the message alone, not buried in one
+    with pytest.raises(ValueError, match="lies in the input folder"):
+        write_volumes({"mito": [raw]}, raw / "volume.zarr", (10.0, 10.0, 10.0))
+    assert {path.name: path.read_bytes() for path in raw.iterdir()} == before
+
+
 def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path, volume_of):
     masks = tmp_path / "masks" / "chunk0000"
     masks.mkdir(parents=True)

@@ -40,12 +40,27 @@ def write_atomically(path: str | os.PathLike, save: Callable[[str], object]) -> 
 
 
 def link_or_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
-    """Hard-link ``source`` to the new path ``target`` (no extra disk), or copy it where
-    a link cannot be made (another file system, or one without hard links)."""
+    """Hard-link ``source`` to ``target`` (no extra disk), or copy it where a link cannot
+    be made (another file system, or one without hard links).
+
+    An existing ``target`` is replaced atomically, through a temporary name beside it,
+    so that a run resumed over the outputs of one interrupted does not fail on them;
+    a ``target`` that already is ``source`` (the same file) is left as it is.
+    """
+    target = Path(target)
+    if target.exists() and os.path.samefile(source, target):
+        return
+    temporary = target.with_name(f".partial-{os.getpid()}-{target.name}")
+    temporary.unlink(missing_ok=True)  # left by a killed process that had this id
     try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
@@ -81,3 +96,33 @@ def write_directory_atomically(path: str | os.PathLike, save: Callable[[str], ob
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
+
+
+def refuse_to_write_into(inputs, *outputs) -> None:
+    """Stop before writing any of ``outputs`` into (or over) one of the input folders.
+
+    Inputs are only ever read: an output folder that is an input folder, or inside one,
+    would mix results with the data (or, with the same names, replace it).
+
+    Parameters
+    ----------
+    inputs : iterable of path
+        Input folders and files; only folders are guarded (a stack file's folder
+        may hold outputs).
+    *outputs : path or None
+        Output files and folders about to be written; None is skipped.
+
+    Raises
+    ------
+    ValueError
+        Naming the output and the input folder it lies in.
+    """
+    folders = [(Path(source), Path(source).resolve()) for source in inputs if Path(source).is_dir()]
+    for output in filter(None, outputs):
+        resolved = Path(output).resolve()
+        for folder, folder_resolved in folders:
+            if resolved == folder_resolved or folder_resolved in resolved.parents:
+                raise ValueError(
+                    f"{output}: lies in the input folder {folder}; inputs are only read, "
+                    "so write the outputs to a folder outside it"
+                )

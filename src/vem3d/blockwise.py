@@ -1421,7 +1421,9 @@ class BlockMeshCache:
     Parameters
     ----------
     folder : path
-        The cache (created): block entries ``*.npz``, ``last.stl`` and ``last_stl.table``.
+        The cache (created): block entries ``block_meshes/*.npz``, ``last.stl`` and
+        ``last_stl.table``. Another step's cache may share it (the volume step's
+        entries are named apart).
     voxel_size_nm : (float, float, float)
         The STL records and measures kept and reused are those of this voxel size.
     """
@@ -1429,7 +1431,7 @@ class BlockMeshCache:
     def __init__(self, folder: str | os.PathLike, voxel_size_nm: tuple[float, float, float]):
         self.folder = Path(folder)
         # Entries are in voxel units, so they hold for any voxel size.
-        self.cubes = ArrayCache(self.folder, context="mesh")
+        self.cubes = ArrayCache(self.folder / "block_meshes", context="mesh")
         self._stl_path = self.folder / "last.stl"
         self._table_path = self.folder / "last_stl.table"
         self._voxel_size_nm = np.asarray(voxel_size_nm, dtype=np.float64)

@@ -97,24 +97,32 @@ def _add_voxel_size(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_block_options(parser: argparse.ArgumentParser, function, work: str) -> None:
-    """``--block-size``, ``--memory-gib`` and ``--workers``, with the defaults of ``function``."""
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _add_block_options(parser: argparse.ArgumentParser, function, work: str, blocks: str, memory: str) -> None:
+    """``--block-size``, ``--memory-gib`` and ``--workers``, with the defaults of ``function``.
+
+    ``blocks`` says what 0 means for ``--block-size``, ``memory`` what ``--memory-gib`` bounds.
+    """
     parser.add_argument(
         "--block-size",
         type=int,
         default=_default(function, "block_size"),
-        help="work block by block in blocks of this many voxels a side; 0: only when the volume does not fit "
-        "--memory-gib (default: %(default)s)",
+        help=f"work in blocks of this many voxels a side; 0: {blocks} (default: %(default)s)",
     )
     parser.add_argument(
         "--memory-gib",
         type=float,
         default=_default(function, "memory_gib"),
-        help="memory the whole-volume path may use, GiB (default: %(default)s)",
+        help=f"{memory}, GiB (default: %(default)s)",
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=_default(function, "workers"),
         help=f"processes that {work} at once, up to the cores there are (default: %(default)s)",
     )
@@ -138,16 +146,23 @@ def _add_volume_options(parser: argparse.ArgumentParser) -> None:
         default=_default(write_volumes, "fill_cavities"),
         help="fill background cavities enclosed in 3D (default: %(default)s)",
     )
-    _add_block_options(parser, write_volumes, "clean up blocks (a zarr copy of the masks beside the outputs)")
+    _add_block_options(
+        parser,
+        write_volumes,
+        "clean up blocks",
+        blocks="the whole volume in memory where it fits --memory-gib, else blocks of 64 x 256 x 256 "
+        "(always with --cache-dir)",
+        memory="memory the whole-volume clean-up may use (16 bytes a voxel) before it goes block by block",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        help="keep the assembled masks and cleaned blocks here; the next run decodes only the masks that "
-        "changed and cleans again only the blocks they reach (default: no cache)",
+        help="keep the assembled masks and cleaned blocks here (may be shared with mesh's); the next run "
+        "decodes only the masks that changed and cleans again only the blocks they reach (default: no cache)",
     )
 
 
-def _add_surface_options(parser: argparse.ArgumentParser, function, work: str) -> None:
+def _add_surface_options(parser: argparse.ArgumentParser, function, work: str, blocks: str) -> None:
     """Options of ``mesh`` and ``stats``, which read the cleaned volumes of ``volume``."""
     parser.add_argument(
         "volume", type=Path, metavar="VOLUME", help="cleaned volumes written by vem3d volume (volume.zarr)"
@@ -159,7 +174,14 @@ def _add_surface_options(parser: argparse.ArgumentParser, function, work: str) -
         default=_default(function, "smoothing_sigma"),
         help="Gaussian smoothing before marching cubes, voxels; 0 meshes raw voxels (default: %(default)s)",
     )
-    _add_block_options(parser, function, work)
+    _add_block_options(
+        parser,
+        function,
+        work,
+        blocks=blocks,
+        memory="memory the cleaned volume may take when read whole (2 bytes a voxel); larger ones are read "
+        "block by block",
+    )
     parser.add_argument(
         "--cache-dir",
         type=Path,
@@ -295,7 +317,7 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
     )
     _add_volume_options(volume)
     mesh = commands.add_parser("mesh", help="mesh a cleaned volume: meshes/{class}.stl and mesh_summary.tsv")
-    _add_surface_options(mesh, mesh_volumes, "mesh blocks")
+    _add_surface_options(mesh, mesh_volumes, "mesh blocks", blocks="blocks of 16 x 256 x 256")
     mesh.add_argument(
         "--max-faces",
         type=int,
@@ -303,7 +325,9 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         help="simplify the STL to at most this many faces; 0 keeps the full mesh (default: %(default)s)",
     )
     stats = commands.add_parser("stats", help="measure each 3D object: objects.tsv and objects_summary.tsv")
-    _add_surface_options(stats, statistics_from_volumes, "label and measure blocks and mesh objects")
+    _add_surface_options(
+        stats, statistics_from_volumes, "label and measure blocks and mesh objects", blocks="blocks of 256"
+    )
     return parser
 
 
@@ -399,8 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(network_options=bool(argv) and argv[0] in NETWORK_COMMANDS)
     args = parser.parse_args(argv)
-    with log_to(None):
-        run(args)
+    with log_to(None) as logger:
+        try:
+            run(args)
+        except (ValueError, OSError) as error:
+            # Bad input: the message names the file or setting; a traceback would bury it.
+            logger.error("vem3d %s: %s", args.command, error)
+            return 2
     return 0
 
 

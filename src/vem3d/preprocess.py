@@ -17,7 +17,7 @@ import pandas as pd
 import skimage.transform
 import tifffile
 
-from vem3d.atomic import write_atomically, write_text_atomically
+from vem3d.atomic import refuse_to_write_into, write_atomically, write_text_atomically
 from vem3d.slices import SliceError, read_stack_slices
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ def preprocess_stack(
     low_percentile, high_percentile, scale, size :
         As for :func:`preprocess_slice`.
     """
+    refuse_to_write_into([source], out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     expected_shape = None

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 import vem3d
-from vem3d.atomic import link_or_copy, write_directory_atomically
+from vem3d.atomic import link_or_copy, refuse_to_write_into, write_directory_atomically
 from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
@@ -610,6 +610,7 @@ def segment_folder(
     def outputs(name: str) -> list[Path]:
         return [Path(folder) / f"{name}.png" for folder in (*probabilities_dirs, *masks_dirs)]
 
+    refuse_to_write_into([preprocessed_dir], *probabilities_dirs, *masks_dirs, cache_dir)
     slices = preprocessed_files(preprocessed_dir)
     for folder in (*probabilities_dirs, *masks_dirs):
         Path(folder).mkdir(parents=True, exist_ok=True)

@@ -57,24 +57,6 @@ def sphericity(volume: float, area: float) -> float:
     return float(np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area)
 
 
-def object_mesh_measures(
-    inside: np.ndarray, voxel_size_nm: tuple[float, float, float], smoothing_sigma: float, cache: TableCache | None = None
-) -> tuple[float, float]:
-    """Enclosed volume (nm^3) and area (nm^2) of one object's own mesh.
-
-    Parameters
-    ----------
-    inside : ndarray of bool, shape (slices, rows, columns)
-        The object over (at least) its bounding box.
-    voxel_size_nm, smoothing_sigma
-        As for :func:`vem3d.mesh.volume_to_mesh`.
-    cache : vem3d.cache.TableCache, optional
-        Measures of objects seen before, by their voxels (wherever they lie) and the
-        settings; an object not there is measured and stored.
-    """
-    return next(mesh_measures([inside], voxel_size_nm, smoothing_sigma, cache))
-
-
 def mesh_measures(
     insides: Iterable[np.ndarray],
     voxel_size_nm: tuple[float, float, float],
@@ -82,12 +64,31 @@ def mesh_measures(
     cache: TableCache | None = None,
     submit: Callable[..., Future] = run_now,
 ) -> Iterator[tuple[float, float]]:
-    """:func:`object_mesh_measures` of each object in order, those not in ``cache``
-    computed through ``submit`` (a :func:`vem3d.threads.process_pool`'s; by default
-    in this process).
+    """Enclosed volume (nm^3) and area (nm^2) of each object's own mesh, in order.
 
-    Objects are taken up to a few hundred ahead of the one whose measures are
-    yielded, so that the workers always have some.
+    Each object is meshed as :func:`vem3d.mesh.volume_to_mesh` meshes it (with
+    ``voxel_size_nm`` and ``smoothing_sigma``). Those not in ``cache`` (measures of
+    objects seen before, by their voxels wherever they lie, and the settings) are
+    computed through ``submit`` (a :func:`vem3d.threads.process_pool`'s; by default
+    in this process) and stored in it.
+
+    Parameters
+    ----------
+    insides : iterable of ndarray of bool, shape (slices, rows, columns)
+        Each object over (at least) its bounding box. Taken up to a few hundred ahead
+        of the one whose measures are yielded, so that the workers always have some.
+    voxel_size_nm : (float, float, float)
+        Voxel size along z, y, x in nanometres.
+    smoothing_sigma : float
+        Gaussian smoothing before marching cubes, in voxels.
+    cache : vem3d.cache.TableCache, optional
+    submit : callable
+        Runs ``function(*arguments)`` and returns a Future of its result.
+
+    Yields
+    ------
+    (float, float)
+        Per object: mesh volume (nm^3) and area (nm^2).
     """
     keys = deque()  # per object submitted: its cache key where it is computed, else None
 
@@ -147,7 +148,7 @@ def object_statistics(
     smoothing_sigma : float
         Gaussian smoothing before marching cubes, in voxels.
     cache : vem3d.cache.TableCache, optional
-        Reuse the mesh measures of unchanged objects (:func:`object_mesh_measures`).
+        Reuse the mesh measures of unchanged objects (:func:`mesh_measures`).
 
     Returns
     -------
@@ -292,7 +293,7 @@ def statistics_from_volumes(
         Read the whole volume first where that needs at most this much memory, as
         :func:`vem3d.mesh.mesh_volumes` does.
     cache_dir : path, optional
-        Keep each class's objects' mesh measures here (:func:`object_mesh_measures`),
+        Keep each class's objects' mesh measures here (:func:`mesh_measures`),
         so that a run after some slices changed meshes again only the objects they reach.
     workers : int
         Processes that mesh the objects (:func:`mesh_measures`) and, block by block,

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from vem3d.atomic import write_atomically, write_text_atomically
+from vem3d.atomic import refuse_to_write_into, write_atomically, write_text_atomically
 from vem3d.augment import augment_pair
 from vem3d.labels import class_values, label_slices, one_hot, read_class_labels
 from vem3d.metrics import score_masks
@@ -442,6 +442,7 @@ def train_from_folders(
     curves to ``curves_path`` (PNG) and ``{weights_path}.json`` saying how the weights
     were made.
     """
+    refuse_to_write_into([*preprocessed_dirs, *label_dirs], weights_path, history_path, curves_path, checkpoint_dir)
     names, images, masks = labelled_pairs(preprocessed_dirs, label_dirs, classes, label_values)
     if not names:
         raise ValueError(

@@ -16,7 +16,7 @@ import pandas as pd
 import zarr
 from scipy import ndimage
 
-from vem3d.atomic import write_directory_atomically
+from vem3d.atomic import refuse_to_write_into, write_directory_atomically
 from vem3d.slices import list_slices, read_slice
 from vem3d.threads import map_ahead
 
@@ -459,6 +459,8 @@ def write_volumes(
     """
     from vem3d import blockwise  # builds on this module
 
+    inputs = [folder for folders in (*mask_dirs.values(), *(probability_dirs or {}).values()) for folder in folders]
+    refuse_to_write_into(inputs, path, cache_dir)
     started = time.monotonic()
     first_class = next(iter(mask_dirs.values()))
     slice_names = [slice_path.stem for folder in first_class for slice_path in list_slices(folder)]
