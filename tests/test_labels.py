@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from vem3d.labels import class_values, decode_label_map, label_slices, one_hot, read_class_labels
+from vem3d.labels import class_values, decode_label_map, label_slices, one_hot, read_class_labels, resize_labels
 from vem3d.metrics import evaluate_volumes
 from vem3d.preprocess import preprocess_slice
 from vem3d.slices import SliceError
@@ -46,12 +46,18 @@ def test_labels_of_a_rescaled_slice_stay_aligned_with_it(tmp_path):
     labels[21:31, 45:59] = 2
     iio.imwrite(tmp_path / "s.png", labels)
     image = preprocess_slice(labels.astype(np.float32), 0, 100, scale=0.5)
-    halved = read_class_labels([tmp_path / "s.png"], class_values(["a", "b"]), image.shape)
+    halved = resize_labels(read_class_labels([tmp_path / "s.png"], class_values(["a", "b"]), labels.shape), image.shape)
     assert halved.shape == (32, 32)
     for index in (1, 2):
         # The class's pixels in the halved labels are where its intensity in the halved image says they are.
         share = preprocess_slice((labels == index).astype(np.float32), 0, 100, scale=0.5)
         np.testing.assert_array_equal(halved == index, share > 0.5)
+
+
+def test_labels_of_another_size_than_their_slice_are_refused_naming_the_file(tmp_path):
+    iio.imwrite(tmp_path / "s.png", np.zeros((48, 64), np.uint8))
+    with pytest.raises(SliceError, match=r"s\.png: labels of 48 x 64 pixels, but the slice they label has 64 x 64"):
+        read_class_labels([tmp_path / "s.png"], class_values(["a"]), (64, 64))
 
 
 def test_one_hot_puts_each_class_in_its_channel():

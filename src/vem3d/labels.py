@@ -124,7 +124,7 @@ def label_slices(folder: str | os.PathLike, classes: Sequence[str]) -> dict[str,
 
 
 def read_class_labels(
-    files: Sequence[str | os.PathLike], values: Sequence[Sequence[int]], shape: tuple[int, int] | None = None
+    files: Sequence[str | os.PathLike], values: Sequence[Sequence[int]], slice_shape: tuple[int, int] | None = None
 ) -> np.ndarray:
     """Read one slice's labels (a label map, or one mask per class) as a class-index image.
 
@@ -134,13 +134,19 @@ def read_class_labels(
         One label map, or one mask per class in class order (as from :func:`label_slices`).
     values : sequence of sequence of int
         Pixel values per class for label maps, as from :func:`class_values`.
-    shape : (int, int), optional
-        Resize to this shape, e.g. the preprocessed slice's (:func:`resize_labels`).
+    slice_shape : (int, int), optional
+        (rows, columns) of the raw slice the labels belong to, which they must have.
 
     Returns
     -------
     ndarray of uint8, shape (rows, columns)
         Class indices, 0 = background; where class masks overlap, the later class wins.
+
+    Raises
+    ------
+    SliceError
+        Naming the file, for masks of different sizes or labels not of ``slice_shape``
+        (labels of another stack, or of the slice after resampling).
     """
     if len(files) == 1:
         labels = decode_label_map(read_slice(files[0]), values)
@@ -151,8 +157,11 @@ def read_class_labels(
             if mask.shape != labels.shape:
                 raise SliceError(f"{path}: shape {mask.shape} differs from {files[0]}'s {labels.shape}")
             labels[mask] = index
-    if shape is not None and labels.shape != tuple(shape):
-        labels = resize_labels(labels, shape)
+    if slice_shape is not None and labels.shape != tuple(slice_shape):
+        raise SliceError(
+            f"{files[0]}: labels of {labels.shape[0]} x {labels.shape[1]} pixels, but the slice they label "
+            f"has {slice_shape[0]} x {slice_shape[1]}; labels must be drawn on the raw slice, at its size"
+        )
     return labels.astype(np.uint8)
 
 

@@ -247,10 +247,14 @@ def montage_from_folders(
     names = [name for name in stack_slice_names(source) if name in masks]
     candidates = [name for name in names if name in references] or names
     shown = [candidates[index] for index in choose_montage_slices(len(candidates), n_panels)]
+    shown_masks = [read_slice(masks[name]) for name in shown]
     render_montage(
         list(read_stack_slices(source, shown)),
-        [read_slice(masks[name]) for name in shown],
-        [read_class_labels(references[name], values) == class_index if name in references else None for name in shown],
+        shown_masks,
+        [
+            read_class_labels(references[name], values, mask.shape) == class_index if name in references else None
+            for name, mask in zip(shown, shown_masks)
+        ],
         shown,
         path,
         reference_name=reference_name,

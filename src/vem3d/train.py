@@ -23,7 +23,7 @@ import pandas as pd
 
 from vem3d.atomic import refuse_to_write_into, write_atomically, write_text_atomically
 from vem3d.augment import augment_pair
-from vem3d.labels import class_values, label_slices, one_hot, read_class_labels
+from vem3d.labels import class_values, label_slices, one_hot, read_class_labels, resize_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
 from vem3d.threads import map_ahead
@@ -390,11 +390,14 @@ def labelled_pairs(
     names, images, masks = [], [], []
     for preprocessed_dir, label_dir in zip(preprocessed_dirs, label_dirs, strict=True):
         labels = label_slices(label_dir, classes)
-        for name, image, _ in read_preprocessed(preprocessed_dir):
+        for name, image, raw_shape in read_preprocessed(preprocessed_dir):
             if name in labels:
                 names.append(f"{Path(label_dir).name}/{name}")
                 images.append(image)
-                masks.append(one_hot(read_class_labels(labels[name], values, image.shape), len(classes)))
+                slice_labels = read_class_labels(labels[name], values, raw_shape)
+                if slice_labels.shape != image.shape:  # the slice was resampled: so are its labels
+                    slice_labels = resize_labels(slice_labels, image.shape)
+                masks.append(one_hot(slice_labels, len(classes)))
     return names, images, masks
 
 
