@@ -102,11 +102,24 @@ def test_bad_configuration_stops_before_any_work(tmp_path, config_override, mess
     assert not (project / "results").exists()
 
 
-def test_missing_voxel_size_is_refused(tmp_path):
+def test_missing_voxel_size_is_refused_naming_the_sample(tmp_path):
     stack = own_stack(tmp_path)
     project = make_project(tmp_path, rows=(DEMO_ROW, row("s1", stack, voxel="\t10\t10")))
     result = snakemake(project, "-n")
-    assert result.returncode != 0 and "voxel_size_z_nm" in result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "sample 's1', column 'voxel_size_z_nm': '' is not a number" in result.stdout + result.stderr
+
+
+def test_sample_sheet_with_a_misspelt_column_is_refused_and_hash_in_a_path_is_kept(tmp_path):
+    stack = own_stack(tmp_path)
+    hashed = stack.rename(tmp_path / "stack#2")
+    project = make_project(tmp_path, rows=(DEMO_ROW, "# a comment line\n", row("s1", hashed)))
+    result = snakemake(project, "-n", "results/s1/preprocessed/chunk0000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sheet = project / "config" / "samples.tsv"
+    sheet.write_text(sheet.read_text().replace("ground_truth", "ground_truh"))
+    result = snakemake(project, "-n")
+    assert result.returncode != 0 and "unknown column(s) ['ground_truh']" in result.stdout + result.stderr
 
 
 def test_missing_weights_are_refused_when_not_training(tmp_path):

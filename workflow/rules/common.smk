@@ -1,4 +1,5 @@
 import contextlib
+import io
 import re
 import sys
 from pathlib import Path
@@ -30,22 +31,39 @@ VOXEL_COLUMNS = ("voxel_size_z_nm", "voxel_size_y_nm", "voxel_size_x_nm")
 
 
 def read_sample_sheet(path):
-    """Read and check the sample sheet; one row per sample, indexed by sample name."""
+    """Read and check the sample sheet; one row per sample, indexed by sample name.
+
+    Lines starting with '#' are left out (a '#' elsewhere, as in a path, is kept).
+    """
     if not Path(path).is_file():
         raise ValueError(f"sample sheet {path} does not exist (config key 'samples')")
+    lines = Path(path).read_text().splitlines(keepends=True)
     sheet = pd.read_csv(
-        path,
+        io.StringIO("".join(line for line in lines if not line.startswith("#"))),
         sep="\t",
-        dtype={"sample": str, "slices": str, "labels": str, "ground_truth": str},
+        dtype=str,
         keep_default_na=False,
-        comment="#",
     )
+    unknown = sorted(set(sheet.columns) - {"sample", "slices", *OPTIONAL_COLUMNS, *VOXEL_COLUMNS})
+    if unknown:
+        raise ValueError(
+            f"sample sheet {path}: unknown column(s) {unknown}; the columns are sample, slices, "
+            f"{', '.join(OPTIONAL_COLUMNS)} (optional) and {', '.join(VOXEL_COLUMNS)}"
+        )
     for column in OPTIONAL_COLUMNS:
         if column not in sheet:
             sheet[column] = ""
     missing = [column for column in VOXEL_COLUMNS if column not in sheet]
     if missing:
         raise ValueError(f"sample sheet {path}: missing column(s) {missing}")
+    for column in VOXEL_COLUMNS:
+        numbers = pd.to_numeric(sheet[column], errors="coerce")
+        for sample, text in zip(sheet["sample"][numbers.isna()], sheet[column][numbers.isna()]):
+            raise ValueError(
+                f"sample sheet {path}: sample {sample!r}, column {column!r}: {text!r} is not a "
+                "number of nanometres"
+            )
+        sheet[column] = numbers
     validate(sheet, schema="../schemas/samples.schema.yaml")
     duplicates = sorted(set(sheet["sample"][sheet["sample"].duplicated()]))
     if duplicates:
