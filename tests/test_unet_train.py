@@ -111,3 +111,10 @@ def test_flop_count_matches_a_hand_count():
     multiply_adds = 72 + 54 + 8 + 108 + 4
     assert unet_gflop(UNetConfig(depth=1, base_filters=1), 2, 2) == pytest.approx(2 * multiply_adds / 1e9)
     assert unet_gflop(UNetConfig(depth=4, base_filters=64), 512, 512) == pytest.approx(384.7, rel=1e-3)
+
+
+def test_a_patch_side_the_network_cannot_take_is_refused_before_training(tmp_path):
+    images = [np.zeros((64, 64), np.float32)]
+    masks = [np.zeros((64, 64, 1), np.float32)]
+    with pytest.raises(ValueError, match="patch_size is 36, but a U-Net of depth 3 takes sides that are multiples of 8: e.g. 32 or 40"):
+        train_unet(images, masks, UNetConfig(depth=3, base_filters=4), TrainingConfig(patch_size=36), tmp_path)

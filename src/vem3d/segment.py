@@ -30,7 +30,7 @@ from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
 from vem3d.threads import cpu_threads, map_ahead
-from vem3d.unet import UNetConfig, build_unet, load_weights
+from vem3d.unet import UNetConfig, build_unet, check_input_side, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -605,6 +605,7 @@ def segment_folder(
     n_channels = unet_config.n_classes
     if len(masks_dirs) != max(n_channels - 1, 1) or len(probabilities_dirs) != len(masks_dirs):
         raise ValueError(f"{len(masks_dirs)} mask folders for a network of {n_channels} output channel(s)")
+    check_input_side(tile_size, unet_config, "tile_size")
     batch_size = batch_size or automatic_batch_size(unet_config, tile_size)
 
     def outputs(name: str) -> list[Path]:

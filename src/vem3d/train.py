@@ -27,7 +27,7 @@ from vem3d.labels import class_values, label_slices, one_hot, read_class_labels,
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
 from vem3d.threads import map_ahead
-from vem3d.unet import LOSSES, UNetConfig, build_unet, hard_dice, load_weights
+from vem3d.unet import LOSSES, UNetConfig, build_unet, check_input_side, hard_dice, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +289,7 @@ def train_unet(
     """
     if len(images) != len(masks):
         raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    check_input_side(config.patch_size, unet_config, "patch_size")
     keras.utils.set_random_seed(config.seed)
     train_index, validation_index = split_labelled(len(images), config.validation_fraction, config.seed)
     checkpoint_dir = Path(checkpoint_dir)

@@ -43,6 +43,23 @@ class UNetConfig:
         return asdict(self)
 
 
+def check_input_side(side: int, config: UNetConfig, name: str) -> None:
+    """Stop unless ``side`` (pixels) can be a U-Net input side: a multiple of ``2**depth``.
+
+    Raises
+    ------
+    ValueError
+        Naming the setting (``name``) and the sides that would do.
+    """
+    multiple = 2**config.depth
+    if side % multiple:
+        below, above = side // multiple * multiple, (side // multiple + 1) * multiple
+        raise ValueError(
+            f"{name} is {side}, but a U-Net of depth {config.depth} takes sides that are multiples of "
+            f"{multiple}: e.g. {below or above} or {above}"
+        )
+
+
 # Keras dtype policies a U-Net can compute in. The mixed ones keep the variables in
 # float32 (so float32-trained weights load unchanged) and compute in 16 bits:
 # float16 suits GPUs, bfloat16 GPUs and CPUs with bfloat16 instructions (AVX512-BF16, AMX).

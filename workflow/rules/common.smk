@@ -44,7 +44,9 @@ def read_sample_sheet(path):
         dtype=str,
         keep_default_na=False,
     )
-    unknown = sorted(set(sheet.columns) - {"sample", "slices", *OPTIONAL_COLUMNS, *VOXEL_COLUMNS})
+    unknown = sorted(
+        set(sheet.columns) - {"sample", "slices", *OPTIONAL_COLUMNS, *VOXEL_COLUMNS}
+    )
     if unknown:
         raise ValueError(
             f"sample sheet {path}: unknown column(s) {unknown}; the columns are sample, slices, "
@@ -58,7 +60,9 @@ def read_sample_sheet(path):
         raise ValueError(f"sample sheet {path}: missing column(s) {missing}")
     for column in VOXEL_COLUMNS:
         numbers = pd.to_numeric(sheet[column], errors="coerce")
-        for sample, text in zip(sheet["sample"][numbers.isna()], sheet[column][numbers.isna()]):
+        for sample, text in zip(
+            sheet["sample"][numbers.isna()], sheet[column][numbers.isna()]
+        ):
             raise ValueError(
                 f"sample sheet {path}: sample {sample!r}, column {column!r}: {text!r} is not a "
                 "number of nanometres"
@@ -241,6 +245,18 @@ def unet_settings():
     }
 
 
+# Network input sides, before any work (vem3d.unet.check_input_side checks them again
+# in the jobs; importing it here would load Keras into every dry run).
+for key, side in (
+    ("train.patch_size", config["train"]["patch_size"]),
+    ("segment.tile_size", config["segment"]["tile_size"]),
+):
+    if side % 2 ** config["model"]["depth"]:
+        raise ValueError(
+            f"{key} is {side}, but model.depth {config['model']['depth']} needs a multiple "
+            f"of {2 ** config['model']['depth']}"
+        )
+
 if not config["train"]["enabled"] and not WEIGHTS:
     raise ValueError(
         "train.enabled is false, so model.weights must name a weights file"
@@ -285,18 +301,6 @@ def segment_threads(wildcards):
 
 def voxel_size_nm(sample):
     return [float(samples.loc[sample, column]) for column in VOXEL_COLUMNS]
-
-
-def chunk_dirs(step):
-    """Input function: a sample's chunk folders of one per-slice step, in z order."""
-
-    def get(wildcards):
-        return [
-            f"results/{wildcards.sample}/{step}/{chunk}"
-            for chunk in chunk_ids(wildcards.sample)
-        ]
-
-    return get
 
 
 def class_chunk_dirs(sample, step):
