@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from vem3d.logs import log_to
+from vem3d.logs import exit_cleanly_on_terminate, log_to
 from vem3d.mesh import mesh_volumes
 from vem3d.preprocess import preprocess_stack
 from vem3d.slices import stack_slice_names
@@ -423,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(network_options=bool(argv) and argv[0] in NETWORK_COMMANDS)
     args = parser.parse_args(argv)
+    exit_cleanly_on_terminate()
     with log_to(None) as logger:
         try:
             run(args)

@@ -7,6 +7,7 @@ import ctypes
 import gc
 import logging
 import os
+import signal
 import sys
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -54,8 +55,23 @@ def workflow_job(log_path: str | os.PathLike):
     gc.freeze()
     gc.enable()
     keep_freed_memory()
+    exit_cleanly_on_terminate()
     with log_to(log_path) as logger:
         yield logger
+
+
+def exit_cleanly_on_terminate() -> None:
+    """Make SIGTERM (a cancelled or timed-out Slurm job, a stopped Snakemake run) end this
+    process as an error raised where it was, instead of at once.
+
+    The writers' clean-up then runs: temporary files and folders beside the outputs
+    are removed, and what was finished stays. Call from the main thread.
+    """
+
+    def terminate(signal_number, frame):
+        raise SystemExit(128 + signal_number)
+
+    signal.signal(signal.SIGTERM, terminate)
 
 
 def keep_freed_memory() -> None:
