@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Snakemake runs this inside the freshly built environment, from its working
-# directory (the repository root, or VEM3D_SOURCE if set): install the vem3d package
-# that the workflow's scripts import. Dependencies come from the environment file.
+# directory (the repository root; set VEM3D_SOURCE to the checkout when running with
+# --directory elsewhere): install the vem3d package that the workflow's scripts import.
+# Editable, so that the jobs run the checkout's src/ as it is now: Snakemake rebuilds
+# an environment only when its yaml or this script changes, not when the code does.
+# Dependencies come from the environment file.
 set -euo pipefail
-python -m pip install --no-deps --no-build-isolation "${VEM3D_SOURCE:-$PWD}"
+python -m pip install --no-deps --no-build-isolation --editable "${VEM3D_SOURCE:-$PWD}"

@@ -21,6 +21,9 @@ PACKAGES = (
     "scikit-image",
     "imageio",
     "tifffile",
+    "mrcfile",
+    "zarr",
+    "connected-components-3d",
     "numpy-stl",
     "pandas",
     "matplotlib",
@@ -114,7 +117,7 @@ def write_provenance(
         recorded with its size in bytes and SHA-256.
     weights_path : path
         The weights the sample was segmented with; ``{weights_path}.json`` (written
-        by training: labelled slices, settings, best validation Dice) is included
+        by training: labelled slices, settings, the kept epoch's score) is included
         where it exists.
     benchmark_files : dict of str to path
         As for :func:`step_times`.

@@ -363,6 +363,8 @@ def sample_benchmarks(sample):
         for chunk in chunk_ids(sample)
     ]
     steps += ["volume", "mesh", "object_statistics"]
+    if samples.loc[sample, "ground_truth"]:
+        steps.append("evaluate")
     steps += [
         f"{step}/{class_name}"
         for step in ("mesh_pictures", "montage")

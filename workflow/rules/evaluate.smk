@@ -17,6 +17,8 @@ rule evaluate:
         ),
     log:
         "logs/{sample}/evaluate.log",
+    benchmark:
+        "results/benchmarks/{sample}/evaluate.tsv"
     conda:
         "../../envs/imaging.yaml"
     params:
