@@ -63,8 +63,8 @@ class TrainingConfig:
     checkpoint_every : int
         Epochs between checkpoints.
     patience : int
-        Stop early when validation IoU has not improved for this many epochs
-        (0 never stops early).
+        Stop early when validation IoU (training Dice where no slice is held out) has
+        not improved for this many epochs (0 never stops early).
     seed : int
         Seed for weights, splits, patch sampling and augmentation.
     """
@@ -284,7 +284,8 @@ def train_unet(
         The network holding the weights that scored best on validation IoU (or,
         with no validation slices, training Dice).
     state : dict
-        ``history`` (one dict per epoch: loss, dice, val_loss, val_dice, seconds),
+        ``history`` (one dict per epoch: epoch, loss, dice, and with validation slices
+        val_loss, val_dice, val_iou; seconds),
         ``best_epoch``, ``best_score``, ``n_train``, ``n_validation`` and the settings.
     """
     if len(images) != len(masks):
@@ -464,5 +465,6 @@ def train_from_folders(
         **{key: state[key] for key in ("settings", "best_epoch", "best_score", "n_train", "n_validation")},
     }
     write_text_atomically(f"{weights_path}.json", json.dumps(provenance, indent=1))
-    log.info("saved weights of epoch %d (validation IoU %.4f) to %s", state["best_epoch"], state["best_score"], weights_path)
+    metric = "validation IoU" if state["n_validation"] else "training Dice"
+    log.info("saved weights of epoch %d (%s %.4f) to %s", state["best_epoch"], metric, state["best_score"], weights_path)
     return provenance
