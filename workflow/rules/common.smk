@@ -207,6 +207,21 @@ def montage_reference(sample):
     return None
 
 
+def get_montage_references(wildcards):
+    """Input function of the montage: the files of its reference column (or none)."""
+    column = montage_reference(wildcards.sample)
+    return label_files(wildcards.sample, column) if column else []
+
+
+def montage_reference_params(wildcards):
+    """The montage's reference folder and its name as the picture shows it."""
+    column = montage_reference(wildcards.sample)
+    return {
+        "folder": samples.loc[wildcards.sample, column] if column else None,
+        "name": (column or "reference").replace("_", " "),
+    }
+
+
 def labelled_chunks(sample):
     """Chunks of a sample that hold at least one labelled slice."""
     labelled = {Path(path).stem for path in label_files(sample)}

@@ -39,11 +39,7 @@ rule montage:
         masks=lambda wildcards: class_chunk_dirs(wildcards.sample, "masks")[
             wildcards.class_name
         ],
-        references=lambda wildcards: (
-            label_files(wildcards.sample, montage_reference(wildcards.sample))
-            if montage_reference(wildcards.sample)
-            else []
-        ),
+        references=get_montage_references,
     output:
         report(
             "results/{sample}/montage/{class_name}.png",
@@ -59,14 +55,7 @@ rule montage:
         "../../envs/imaging.yaml"
     params:
         source=lambda wildcards: samples.loc[wildcards.sample, "slices"],
-        reference_dir=lambda wildcards: (
-            samples.loc[wildcards.sample, montage_reference(wildcards.sample)]
-            if montage_reference(wildcards.sample)
-            else None
-        ),
-        reference_name=lambda wildcards: (
-            montage_reference(wildcards.sample) or "reference"
-        ).replace("_", " "),
+        reference=montage_reference_params,
         n_panels=config["report"]["montage_slices"],
         classes=CLASSES,
         label_values=config["model"]["label_values"],
