@@ -26,7 +26,8 @@ from vem3d.augment import augment_pair
 from vem3d.labels import class_values, label_slices, one_hot, read_class_labels, resize_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
-from vem3d.threads import map_ahead
+from vem3d.segment import tile_starts
+from vem3d.threads import cpu_threads, map_ahead
 from vem3d.unet import LOSSES, UNetConfig, build_unet, check_input_side, hard_dice, load_weights
 
 log = logging.getLogger(__name__)
@@ -172,10 +173,8 @@ def validation_patches(images, masks, patch_size: int) -> tuple[np.ndarray, np.n
     for image, mask in zip(images, masks):
         image, mask = _pad_to(image, patch_size), _pad_to(mask, patch_size)
         rows, columns = image.shape[:2]
-        tops = sorted({*range(0, rows - patch_size + 1, patch_size), rows - patch_size})
-        lefts = sorted({*range(0, columns - patch_size + 1, patch_size), columns - patch_size})
-        for top in tops:
-            for left in lefts:
+        for top in tile_starts(rows, patch_size, patch_size):
+            for left in tile_starts(columns, patch_size, patch_size):
                 image_patches.append(image[top : top + patch_size, left : left + patch_size])
                 mask_patches.append(mask[top : top + patch_size, left : left + patch_size])
     x = np.stack(image_patches)[..., np.newaxis].astype(np.float32)
@@ -346,7 +345,7 @@ def train_unet(
             break
         started = time.monotonic()
         step_logs = []
-        for images_batch, masks_batch in sampler.epoch_batches(epoch, workers=max(1, min(8, (os.cpu_count() or 2) - 1))):
+        for images_batch, masks_batch in sampler.epoch_batches(epoch, workers=max(1, min(8, cpu_threads() - 1))):
             model.reset_metrics()
             step_logs.append(model.train_on_batch(images_batch, masks_batch, return_dict=True))
         row = {
