@@ -1,6 +1,6 @@
 import numpy as np
 
-from vem3d.augment import augment_pair, dihedral, elastic_deform
+from vem3d.augment import augment_pair, dihedral, elastic_deform, undo_dihedral
 
 
 def test_the_eight_symmetries_are_distinct_and_invertible():
@@ -48,3 +48,11 @@ def test_intensity_changes_touch_the_image_only_and_stay_in_range():
     assert augmented.shape == (16, 24) and augmented.dtype == np.float32
     assert 0 <= augmented.min() and augmented.max() <= 1
     assert np.all(augmented_mask == 1)
+
+
+def test_undo_dihedral_maps_each_symmetry_back_on_any_two_axes():
+    batch = np.arange(2 * 3 * 5 * 2).reshape(2, 3, 5, 2)  # non-square, so a wrong turn shows
+    square = np.arange(2 * 4 * 4).reshape(2, 4, 4)
+    for index in range(8):
+        np.testing.assert_array_equal(undo_dihedral(dihedral(batch, index, axes=(1, 2)), index, axes=(1, 2)), batch)
+        np.testing.assert_array_equal(dihedral(square, index, axes=(1, 2))[0], dihedral(square[0], index))

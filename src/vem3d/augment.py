@@ -11,18 +11,26 @@ import numpy as np
 from scipy import ndimage
 
 
-def dihedral(array: np.ndarray, index: int) -> np.ndarray:
+def dihedral(array: np.ndarray, index: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
     """One of the 8 symmetries of the square (rotations by 90 degrees, with or without a flip).
 
     Parameters
     ----------
-    array : ndarray, shape (rows, columns, ...)
-        Acts on the first two axes.
+    array : ndarray
+        Acts on ``axes`` (rows, columns): by default the first two.
     index : int
-        0-7; 0 is the identity.
+        0-7; 0 is the identity; :func:`undo_dihedral` maps back.
+    axes : (int, int)
     """
-    rotated = np.rot90(array, k=index % 4, axes=(0, 1))
-    return rotated[:, ::-1] if index >= 4 else rotated
+    rotated = np.rot90(array, k=index % 4, axes=axes)
+    return np.flip(rotated, axis=axes[1]) if index >= 4 else rotated
+
+
+def undo_dihedral(array: np.ndarray, index: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """The inverse of :func:`dihedral` with the same ``index`` and ``axes``."""
+    if index >= 4:
+        array = np.flip(array, axis=axes[1])
+    return np.rot90(array, k=-(index % 4), axes=axes)
 
 
 def elastic_deform(

@@ -26,6 +26,7 @@ import numpy as np
 
 import vem3d
 from vem3d.atomic import link_or_copy, refuse_to_write_into, write_directory_atomically
+from vem3d.augment import dihedral, undo_dihedral
 from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
@@ -211,14 +212,8 @@ def with_test_time_augmentation(predict_batch: Callable[[np.ndarray], np.ndarray
     def predict_averaged(batch: np.ndarray) -> np.ndarray:
         total = None
         for index in range(8):
-            turns, flip = index % 4, index >= 4
-            transformed = np.rot90(batch, k=turns, axes=(1, 2))
-            if flip:
-                transformed = transformed[:, :, ::-1]
-            predicted = np.asarray(predict_batch(np.ascontiguousarray(transformed)), dtype=np.float32)
-            if flip:
-                predicted = predicted[:, :, ::-1]
-            predicted = np.rot90(predicted, k=-turns, axes=(1, 2))
+            transformed = np.ascontiguousarray(dihedral(batch, index, axes=(1, 2)))
+            predicted = undo_dihedral(np.asarray(predict_batch(transformed), dtype=np.float32), index, axes=(1, 2))
             total = predicted if total is None else total + predicted
         return total / 8
 
