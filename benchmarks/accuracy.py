@@ -178,14 +178,14 @@ def make_project(dataset: Dataset, settings: dict, project: Path) -> list[str]:
 
 def compare_tiling(project: Path, sample: str, slice_name: str, config: dict) -> dict:
     """Tiled against whole-slice inference of one preprocessed slice: mask IoU and probability differences."""
+    from vem3d.labels import output_channels
     from vem3d.metrics import score_masks
     from vem3d.preprocess import read_preprocessed
     from vem3d.segment import load_model, predict_tiled, probabilities_to_mask
     from vem3d.unet import UNetConfig
 
     model_settings = {key: config["model"][key] for key in ("depth", "base_filters", "batch_norm", "dropout")}
-    n_classes = len(config["model"]["classes"])
-    unet = UNetConfig(**model_settings, n_classes=1 if n_classes == 1 else n_classes + 1)
+    unet = UNetConfig(**model_settings, n_classes=output_channels(config["model"]["classes"]))
     model = load_model(project / "results/model/unet.weights.h5", unet)
     image = next(
         image

@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from vem3d.labels import output_channels
 from vem3d.logs import exit_cleanly_on_terminate, log_to
 from vem3d.mesh import mesh_volumes
 from vem3d.preprocess import preprocess_stack
@@ -59,8 +60,8 @@ def _unet_settings(args: argparse.Namespace):
     """The U-Net of ``train`` and ``segment``: its options, with one output channel per class plus background."""
     from vem3d.unet import UNetConfig
 
-    n_classes = 1 if len(args.classes) == 1 else len(args.classes) + 1
-    return dataclasses.replace(_settings(args, UNetConfig, skip=("n_classes",)), n_classes=n_classes)
+    unet = _settings(args, UNetConfig, skip=("n_classes",))
+    return dataclasses.replace(unet, n_classes=output_channels(args.classes))
 
 
 def _class_values(text: str) -> tuple[str, list[int]]:

@@ -189,6 +189,13 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.argmax(shares, axis=0).astype(np.uint8)
 
 
+def output_channels(classes: Sequence[str]) -> int:
+    """The network's output channels (``UNetConfig.n_classes``) for ``classes`` (background
+    excluded): one sigmoid channel for a single class, else background plus the classes
+    (softmax), as :func:`one_hot` makes the targets."""
+    return 1 if len(classes) == 1 else len(classes) + 1
+
+
 def one_hot(labels: np.ndarray, n_classes: int) -> np.ndarray:
     """Training targets from a class-index image.
 

@@ -23,7 +23,7 @@ import pandas as pd
 
 from vem3d.atomic import refuse_to_write_into, write_atomically, write_text_atomically
 from vem3d.augment import augment_pair
-from vem3d.labels import class_values, label_slices, one_hot, read_class_labels, resize_labels
+from vem3d.labels import class_values, label_slices, one_hot, output_channels, read_class_labels, resize_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
 from vem3d.segment import tile_starts
@@ -447,6 +447,11 @@ def train_from_folders(
     were made.
     """
     refuse_to_write_into([*preprocessed_dirs, *label_dirs], weights_path, history_path, curves_path, checkpoint_dir)
+    if unet_config.n_classes != output_channels(classes):
+        raise ValueError(
+            f"{len(classes)} class(es) {list(classes)} need a network of {output_channels(classes)} output "
+            f"channel(s) (UNetConfig.n_classes), not {unet_config.n_classes}"
+        )
     names, images, masks = labelled_pairs(preprocessed_dirs, label_dirs, classes, label_values)
     if not names:
         raise ValueError(

@@ -11,7 +11,7 @@ from snakemake.utils import validate
 # jobs' environments install it (pip install -e ., or envs/*.post-deploy.sh).
 sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
-from vem3d.labels import class_values, label_slices
+from vem3d.labels import class_values, label_slices, output_channels
 from vem3d.provenance import check_weights_settings
 from vem3d.slices import (
     SliceError,
@@ -255,8 +255,7 @@ def unet_settings():
             key: config["model"][key]
             for key in ("depth", "base_filters", "batch_norm", "dropout")
         },
-        # One sigmoid channel for a single class, else background plus the classes.
-        "n_classes": 1 if len(CLASSES) == 1 else len(CLASSES) + 1,
+        "n_classes": output_channels(CLASSES),
     }
 
 
