@@ -83,7 +83,9 @@ def test_a_missing_preprocessed_slice_is_named(tmp_path):
 
 
 def test_slice_of_another_shape_stops_naming_it(tmp_path):
-    iio.imwrite(tmp_path / "a.png", np.zeros((20, 30), np.uint8))
-    iio.imwrite(tmp_path / "b.png", np.zeros((20, 31), np.uint8))
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    iio.imwrite(slices / "a.png", np.zeros((20, 30), np.uint8))
+    iio.imwrite(slices / "b.png", np.zeros((20, 31), np.uint8))
     with pytest.raises(SliceError, match=r"slice b has shape \(20, 31\).*first slice a has \(20, 30\)"):
-        preprocess_stack(tmp_path, ["a", "b"], tmp_path / "out", reference_name="a")
+        preprocess_stack(slices, ["a", "b"], tmp_path / "out", reference_name="a")

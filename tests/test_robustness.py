@@ -31,9 +31,11 @@ from vem3d.slices import read_slice
 
 def test_mixed_bit_depths_are_each_normalised_to_the_same_range(tmp_path):
     ramp = np.tile(np.arange(64), (16, 1))
-    iio.imwrite(tmp_path / "a.png", (ramp * 4).astype(np.uint8))
-    iio.imwrite(tmp_path / "b.png", (ramp * 1000).astype(np.uint16))
-    preprocess_stack(tmp_path, ["a", "b"], tmp_path / "out", reference_name="a")
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    iio.imwrite(slices / "a.png", (ramp * 4).astype(np.uint8))
+    iio.imwrite(slices / "b.png", (ramp * 1000).astype(np.uint16))
+    preprocess_stack(slices, ["a", "b"], tmp_path / "out", reference_name="a")
     (_, eight_bit, _), (_, sixteen_bit, _) = read_preprocessed(tmp_path / "out")
     np.testing.assert_allclose(eight_bit, sixteen_bit, atol=1e-3)
 
@@ -47,9 +49,11 @@ def test_rgba_slice_is_read_as_grey(tmp_path):
 
 
 def test_all_black_and_all_white_slices_pass_through(tmp_path):
-    iio.imwrite(tmp_path / "black.png", np.zeros((8, 8), np.uint8))
-    iio.imwrite(tmp_path / "white.png", np.full((8, 8), 255, np.uint8))
-    preprocess_stack(tmp_path, ["black", "white"], tmp_path / "out")
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    iio.imwrite(slices / "black.png", np.zeros((8, 8), np.uint8))
+    iio.imwrite(slices / "white.png", np.full((8, 8), 255, np.uint8))
+    preprocess_stack(slices, ["black", "white"], tmp_path / "out")
     for _, image, _ in read_preprocessed(tmp_path / "out"):
         np.testing.assert_allclose(image, 0.5, atol=1e-4)
 

@@ -16,12 +16,12 @@ rule provenance:
         ),
     log:
         "logs/{sample}/provenance.log",
+    benchmark:
+        "results/benchmarks/{sample}/provenance.tsv"
     # The network steps' environment: it has every package the record lists (the
     # imaging one has no Keras or TensorFlow).
     conda:
         "../../envs/tensorflow.yaml"
-    benchmark:
-        "results/benchmarks/{sample}/provenance.tsv"
     params:
         sample_row=lambda wildcards: samples.loc[wildcards.sample].to_dict(),
         benchmarks=lambda wildcards: sample_benchmarks(wildcards.sample),
