@@ -265,11 +265,11 @@ def test_masks_assemble_into_a_zarr_volume(tmp_path):
         write_image(folders[z // 6] / f"{z}.png", mask.astype(np.uint8) * 255)
     stored = assemble_mask_zarr(folders, tmp_path / "volume.zarr", chunk_edge=4, threads=3)
     np.testing.assert_array_equal(stored[:], volume)
-    np.testing.assert_array_equal(read_slice_volume(folders, dtype=bool, threads=3), volume)  # in z order
+    np.testing.assert_array_equal(read_slice_volume(folders, binary=True, threads=3), volume)  # in z order
     assert stored.chunks == (4, 4, 4)
     # Assembling again replaces the store whole.
     stored = assemble_mask_zarr(folders[:1], tmp_path / "volume.zarr")
-    np.testing.assert_array_equal(stored[:], read_slice_volume(folders[:1], dtype=bool))
+    np.testing.assert_array_equal(stored[:], read_slice_volume(folders[:1], binary=True))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["chunk0", "chunk1", "volume.zarr"]
 
 

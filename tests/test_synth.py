@@ -23,3 +23,9 @@ def test_demo_writes_sparse_labels_and_full_ground_truth(tmp_path):
     assert len(list(folders["slices"].iterdir())) == 8
     assert sorted(path.name for path in folders["labels"].iterdir()) == ["slice_0002.png", "slice_0006.png"]
     assert len(list(folders["ground_truth"].iterdir())) == 8
+
+
+def test_counts_of_structures_can_be_set_including_none():
+    _, none = synthesise_stack(n_slices=8, size=64, seed=0, n_mitochondria=0)
+    _, some = synthesise_stack(n_slices=8, size=64, seed=0, n_mitochondria=6)
+    assert not none.any() and some.any()

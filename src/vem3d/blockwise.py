@@ -86,8 +86,8 @@ DEFAULT_CLEAN_BLOCK = (CHUNK_EDGE, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 IN_MEMORY_CLEAN_BLOCK = 128
 # Memory per voxel of a volume worked on in memory. The clean-up holds the masks (a
 # copy while reading stacks them) and, in one process, the whole volume's labels and
-# their scratch; 16 leaves room (it measured 11-12 bytes over the mask when the step
-# also smoothed and meshed the volume whole).
+# their scratch; 16 leaves room (11-12 bytes were measured over the mask in an older
+# version whose step also smoothed and meshed the volume whole: an upper bound now).
 IN_MEMORY_BYTES_PER_VOXEL = 16
 # Mesh and statistics read the cleaned volume whole (1 byte a voxel) where it fits and
 # work on it block by block: their peak measured 1.24 and 1.42 GB on the 1.07 G voxels

@@ -237,8 +237,20 @@ def preprocessed_files(folder: str | os.PathLike) -> list[tuple[str, Path, tuple
 def read_preprocessed(folder: str | os.PathLike, names=None):
     """Yield (name, image, original_shape) for each slice of a preprocessed folder, in order.
 
-    ``image`` is float32 in [0, 1]; ``original_shape`` is the raw slice's (rows, columns).
-    ``names``, if given, limits this to those slices.
+    Parameters
+    ----------
+    folder : path
+        Written by :func:`preprocess_stack`.
+    names : collection of str, optional
+        Only these slices.
+
+    Yields
+    ------
+    name : str
+    image : ndarray of float32, shape (rows, columns)
+        Intensities in [0, 1], at the preprocessed size.
+    original_shape : (int, int)
+        The raw slice's (rows, columns).
     """
     for name, path, original_shape in preprocessed_files(folder):
         if names is None or name in names:

@@ -340,6 +340,17 @@ def mesh_pictures_from_stl(
     preview simplifies that further. One pass over a 17 M-face STL (870 MB) takes
     1.3 s, as much as everything else the two pictures need.
 
+    Parameters
+    ----------
+    stl_path : path
+        Binary STL, coordinates in nm.
+    preview_path : path
+        PNG of the mesh from three angles (:func:`render_mesh_views`).
+    viewer_path : path
+        Self-contained HTML page showing the mesh in 3D (:func:`write_mesh_viewer`).
+    preview_max_faces, viewer_max_faces : int
+        Faces at most in each; larger meshes are simplified for them.
+
     Returns
     -------
     (int, int)

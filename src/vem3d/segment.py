@@ -221,10 +221,20 @@ def with_test_time_augmentation(predict_batch: Callable[[np.ndarray], np.ndarray
 
 
 def probabilities_to_mask(probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Turn probabilities (rows, columns, channels) into a label image.
+    """Turn a slice's probabilities into a label image.
 
-    One channel: foreground where the probability exceeds ``threshold`` (uint8 0/1).
-    Several: the most probable class per pixel (uint8 class index, 0 = background).
+    Parameters
+    ----------
+    probabilities : ndarray of float, shape (rows, columns, channels)
+        The network's output: one sigmoid channel, or a softmax over background and
+        the classes.
+    threshold : float
+        With one channel, the probability above which a pixel is foreground.
+
+    Returns
+    -------
+    ndarray of uint8, shape (rows, columns)
+        One channel: 0/1. Several: the most probable class per pixel (0 = background).
     """
     if probabilities.shape[-1] == 1:
         return (probabilities[..., 0] > threshold).astype(np.uint8)
@@ -239,6 +249,21 @@ def load_model(weights_path, unet_config: UNetConfig, precision: str = "float32"
     instructions TensorFlow's oneDNN kernels do not use to the full (AVX2, where Keras
     would leave XLA off). There XLA fuses batch normalisation with the activation, for
     a second or two of compilation per batch shape.
+
+    Parameters
+    ----------
+    weights_path : path
+        Trained weights (``.weights.h5``).
+    unet_config : UNetConfig
+        The network they belong to.
+    precision : str
+        Compute precision (:data:`vem3d.unet.PRECISIONS`); the weights stay float32.
+
+    Returns
+    -------
+    keras.Model
+        Taking float32 tiles of shape (batch, rows, columns, 1) in [0, 1], sides
+        multiples of ``2**depth``; giving (batch, rows, columns, n_classes).
     """
     model = build_unet(unet_config, precision=precision)
     load_weights(model, weights_path)
@@ -294,7 +319,7 @@ def batch_tiles(tilings: Iterable[tuple[object, Tiling]], batch_size: int) -> It
     """Group the tiles of consecutive slices into forward passes of ``batch_size`` tiles.
 
     A GPU needs tens of tiles at once to be busy, more than most slices hold (a
-    Lucchi++ slice of 768 x 1024 is 6 tiles of 512, half-resolution it is 1), so a
+    Lucchi++ slice of 768 x 1024 is 6 tiles of 512, half-resolution 2), so a
     forward pass takes tiles from as many slices as fill it. Tiles of another size
     (slices of another shape) start a new batch. Once a full batch of a tile size
     has run, a last partial one of that size is padded with copies of its last tile,
@@ -580,22 +605,40 @@ def segment_folder(
 ) -> None:
     """Segment every slice of a preprocessed folder; write probability and mask PNGs per class.
 
+    Reading, the network and writing overlap (:func:`segment_slices`).
+
     Parameters
     ----------
+    preprocessed_dir : path
+        A folder of :func:`vem3d.preprocess.preprocess_stack` (its ``shapes.tsv`` gives
+        each raw slice's size).
+    weights_path : path
+        Trained weights (``.weights.h5``) of the network ``unet_config`` describes.
     probabilities_dirs, masks_dirs : list of path
         One folder per class (background excluded), in class order. Each gets
         ``{slice}.png`` at the raw slice's size: the class's probability scaled to
-        0-255 (8-bit), and its mask (0/255).
+        0-255 (8-bit), and its mask (0/255). Not inside ``preprocessed_dir``.
     unet_config : UNetConfig
         The network the weights belong to; ``n_classes`` is 1 for a binary model,
         else the number of classes plus background.
-
-    Other parameters are those of :func:`segment_slices`; tiles shrink where the
-    slice allows (:class:`Tiling`, in steps of ``2**depth``). Reading, the network and
-    writing overlap. ``batch_size`` None chooses it by :func:`automatic_batch_size`;
-    ``precision`` is that of :func:`vem3d.unet.build_unet`. ``cache_dir``, if given, is
-    a :class:`SliceCache`: slices segmented before with the same weights and settings
-    get their earlier files back instead of going through the network again.
+    tile_size : int
+        Largest tile side in pixels, a multiple of ``2**depth``; tiles shrink where the
+        slice allows (:class:`Tiling`, in steps of ``2**depth``).
+    overlap : int
+        Least number of pixels neighbouring tiles share, blended across.
+    batch_size : int, optional
+        Tiles per forward pass; None chooses it from the device, the tile size and
+        the model (:func:`automatic_batch_size`).
+    threshold : float
+        Probability above which a pixel is the class (one class only; several take
+        the most probable).
+    test_time_augmentation : bool
+        Average over the 8 flips and rotations of each tile (8 times the work).
+    precision : str
+        Compute precision (:data:`vem3d.unet.PRECISIONS`).
+    cache_dir : path, optional
+        A :class:`SliceCache`: slices segmented before with the same weights and
+        settings get their earlier files back instead of going through the network.
     """
     n_channels = unet_config.n_classes
     if len(masks_dirs) != max(n_channels - 1, 1) or len(probabilities_dirs) != len(masks_dirs):

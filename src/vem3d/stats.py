@@ -1,7 +1,7 @@
 """Per-object statistics of a segmented volume: size, shape and position of each 3D object.
 
-Objects are the 26-connected components of the foreground, as in
-:func:`vem3d.volume.remove_small_objects`. Coordinates are in the frame of the STL
+Objects are the 26-connected components of the foreground (:func:`vem3d.volume.label_objects`),
+of the cleaned volume that :func:`vem3d.volume.write_volumes` writes. Coordinates are in the frame of the STL
 meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of voxel
 (0, 0, 0), but listed in array order (z, y, x).
 """

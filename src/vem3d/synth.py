@@ -107,9 +107,12 @@ def synthesise_stack(
     # Bodies reach about 6 slices beyond their centre, so thin stacks still cut
     # through bodies centred just outside them.
     per_reference_volume = (size / 512) ** 2 * (n_slices + 12) / (64 + 12)
-    n_cells = n_cells or max(2, round(24 * per_reference_volume))
-    n_mitochondria = n_mitochondria or max(1, round(250 * per_reference_volume))
-    n_vesicles = n_vesicles or round(120 * per_reference_volume)
+    if n_cells is None:
+        n_cells = max(2, round(24 * per_reference_volume))
+    if n_mitochondria is None:
+        n_mitochondria = max(1, round(250 * per_reference_volume))
+    if n_vesicles is None:
+        n_vesicles = round(120 * per_reference_volume)
     # Imported here: the workflow imports this module at every start, for the demo's
     # slice names, and scipy's import took 0.3 s of it.
     from scipy import ndimage

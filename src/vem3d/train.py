@@ -193,6 +193,20 @@ def validate(model: keras.Model, images: np.ndarray, masks: np.ndarray, config: 
     Binary: threshold 0.5. Several classes: the most probable class per pixel, Dice
     and IoU averaged over the classes (background excluded), so a rare class counts
     as much as a common one.
+
+    Parameters
+    ----------
+    model : keras.Model
+    images : ndarray of float32, shape (n, patch_size, patch_size, 1)
+    masks : ndarray of float32, shape (n, patch_size, patch_size, channels)
+        Targets, as :func:`validation_patches` makes them.
+    config : TrainingConfig
+        Its ``batch_size`` sets the patches per forward pass.
+
+    Returns
+    -------
+    dict
+        ``val_loss``, ``val_dice``, ``val_iou``.
     """
     predictions = np.concatenate(
         [model.predict_on_batch(images[first : first + config.batch_size]) for first in range(0, len(images), config.batch_size)]
@@ -441,10 +455,36 @@ def train_from_folders(
     """Train on the labelled slices among preprocessed folders; save weights, history and curves.
 
     See :func:`labelled_pairs` for how slices and labels are matched and
-    :func:`train_unet` for the training itself. Writes the best weights to
-    ``weights_path``, one row per epoch to ``history_path`` (TSV), a plot of the
-    curves to ``curves_path`` (PNG) and ``{weights_path}.json`` saying how the weights
-    were made.
+    :func:`train_unet` for the training itself.
+
+    Parameters
+    ----------
+    preprocessed_dirs, label_dirs : sequence of path
+        Parallel: the preprocessed folders and the label folder of each (as for
+        :func:`labelled_pairs`). Outputs may not lie inside any of them.
+    weights_path : path
+        The best epoch's weights (``.weights.h5``), with ``{weights_path}.json`` beside
+        them: classes, labelled slices, settings, best epoch and its score.
+    history_path : path
+        One row per epoch (TSV).
+    curves_path : path
+        Loss and Dice per epoch (PNG).
+    checkpoint_dir : path
+        Checkpoints; a run that finds one there resumes from it.
+    unet_config : UNetConfig
+        The network; ``n_classes`` must fit ``classes`` (:func:`vem3d.labels.output_channels`).
+    config : TrainingConfig
+    initial_weights : path, optional
+        Weights to start from (fine-tuning) instead of random ones.
+    classes : sequence of str
+        Class names, background excluded.
+    label_values : mapping, optional
+        Label-map pixel values per class (:func:`vem3d.labels.class_values`).
+
+    Returns
+    -------
+    dict
+        What ``{weights_path}.json`` records.
     """
     refuse_to_write_into([*preprocessed_dirs, *label_dirs], weights_path, history_path, curves_path, checkpoint_dir)
     if unet_config.n_classes != output_channels(classes):

@@ -271,7 +271,7 @@ def clean_volume(volume: np.ndarray, min_object_voxels: int = 0, fill_cavities: 
     return clean_objects(volume, min_object_voxels, fill_cavities)[0] != 0
 
 
-def read_slice_volume(folders: Sequence, dtype=None, threads: int = 1) -> np.ndarray:
+def read_slice_volume(folders: Sequence, binary: bool = False, threads: int = 1) -> np.ndarray:
     """Read the PNG slices of chunk folders (in the order given, slices in natural order) as a volume.
 
     ``threads`` threads decode slices at once (PNG decoding releases Python's lock: 256
@@ -280,12 +280,12 @@ def read_slice_volume(folders: Sequence, dtype=None, threads: int = 1) -> np.nda
     Returns
     -------
     ndarray, shape (slices, rows, columns)
-        The slices' dtype, or ``dtype`` when given (a bool volume is foreground where non-zero).
+        The slices' dtype, or with ``binary`` bool: True where non-zero (masks).
     """
 
     def read(path: Path) -> tuple[str, np.ndarray]:
         plane = read_slice(path)
-        return path.name, plane > 0 if dtype is bool else plane
+        return path.name, plane > 0 if binary else plane
 
     paths = [path for folder in folders for path in list_slices(folder)]
     return assemble_volume(map_ahead(read, paths, threads))
@@ -359,7 +359,7 @@ def class_masks(
             yield name, most_probable == index
     else:
         for name, folders in mask_dirs.items():
-            yield name, read_slice_volume(folders, dtype=bool, threads=threads)
+            yield name, read_slice_volume(folders, binary=True, threads=threads)
 
 
 @dataclass
