@@ -476,10 +476,8 @@ def train_from_folders(
     config : TrainingConfig
     initial_weights : path, optional
         Weights to start from (fine-tuning) instead of random ones.
-    classes : sequence of str
-        Class names, background excluded.
-    label_values : mapping, optional
-        Label-map pixel values per class (:func:`vem3d.labels.class_values`).
+    classes, label_values
+        As for :func:`labelled_pairs`.
 
     Returns
     -------
