@@ -271,6 +271,14 @@ for key, side in (
             f"of {2 ** config['model']['depth']}"
         )
 
+# z-smoothing needs whole volumes (vem3d.volume.write_volumes stops otherwise, but
+# only after segmentation).
+if config["mesh"]["z_smoothing_sigma"] and config["mesh"]["block_size"]:
+    raise ValueError(
+        "mesh.z_smoothing_sigma needs the whole volume in memory, but mesh.block_size "
+        "makes the clean-up go block by block: set one of them to 0"
+    )
+
 if not config["train"]["enabled"] and not WEIGHTS:
     raise ValueError(
         "train.enabled is false, so model.weights must name a weights file"
