@@ -14,7 +14,7 @@ import zarr
 from vem3d.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("synth", "preprocess", "train", "segment", "volume", "mesh", "stats")
+COMMANDS = ("synth", "preprocess", "train", "segment", "volume", "mesh", "stats", "evaluate", "pictures", "montage", "study")
 TINY_MODEL = ["--depth", "2", "--base-filters", "4"]
 
 
@@ -90,6 +90,42 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     assert len(objects) == summary["objects"] == mesh_summary["objects"] > 0
     assert objects["voxels"].sum() == mesh_summary["foreground_voxels"]
     assert mesh_summary["voxel_volume_um3"] == pytest.approx(mesh_summary["foreground_voxels"] * 20 * 10 * 10 / 1e9)
+
+    # The steps after: the volume of the ground truth scores perfectly against it.
+    assert main(["evaluate", f"{sample}/volume.zarr", "--ground-truth", truth, "--out-dir", sample]) == 0
+    scores = pd.read_csv(tmp_path / "sample/evaluation/scores.tsv", sep="\t")
+    assert scores["iou"].iloc[-1] == pytest.approx(1.0)
+    assert (tmp_path / "sample/evaluation/object_scores.tsv").is_file()
+    main(["pictures", f"{sample}/meshes/mito.stl", "--out-dir", sample, "--preview-max-faces", "500"])
+    assert iio.imread(tmp_path / "sample/mesh_preview/mito.png").ndim == 3
+    assert "<html" in (tmp_path / "sample/mesh_viewer/mito.html").read_text()[:1000].lower()
+    main(["montage", str(tmp_path / "demo/slices"), str(tmp_path / "sample/masks/foreground"), "--out-dir", sample,
+          "--reference", truth, "--reference-name", "ground truth", "--panels", "2"])
+    assert (tmp_path / "sample/montage/foreground.png").is_file()
+    assert main(["study", sample, kept, "--out", str(tmp_path / "study.tsv")]) == 2  # kept/ has no statistics
+    assert not (tmp_path / "study.tsv").exists()
+    main(["study", sample, "--out", str(tmp_path / "study.tsv")])
+    study = pd.read_csv(tmp_path / "study.tsv", sep="\t")
+    assert study["sample"].tolist() == ["sample"] and study["objects"].iloc[0] == summary["objects"]
+
+
+def test_volume_of_several_classes_in_one_call(tmp_path):
+    assert main(["synth", str(tmp_path / "demo"), "--slices", "8", "--size", "64", "--seed", "0"]) == 0
+    truth = str(tmp_path / "demo/ground_truth")
+    main(["volume", "--class-masks", "mito", truth, "--class-masks", "copy", truth,
+          "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path)])
+    group = zarr.open_group(tmp_path / "volume.zarr", mode="r")
+    assert list(group.attrs["classes"]) == ["mito", "copy"]
+    assert group["mito/0"][:].any()
+    np.testing.assert_array_equal(group["mito/0"][:], group["copy/0"][:])
+    # z-smoothing reads the probabilities (here the 0/255 truth itself).
+    main(["volume", "--class-masks", "mito", truth, "--class-probabilities", "mito", truth, "--z-smoothing-sigma", "1",
+          "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "smoothed")])
+    smoothed = zarr.open_array(tmp_path / "smoothed/volume.zarr/mito/0", mode="r")[:]
+    assert smoothed.shape == group["mito/0"].shape and smoothed.any()
+    assert not np.array_equal(smoothed, group["mito/0"][:])  # smoothing across slices changed it
+    with pytest.raises(SystemExit):  # one class's folders, or --class-masks: not both
+        main(["volume", truth, "--class-masks", "mito", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path)])
 
 
 def test_train_needs_one_label_folder_or_one_per_preprocessed_folder(tmp_path):

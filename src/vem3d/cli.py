@@ -4,7 +4,8 @@ Every subcommand calls the package function that the workflow's script for that 
 calls, so a command-line run and a workflow run compute the same thing. Output folders
 are laid out like the workflow's ``results/{sample}/``. Logs go to stderr.
 
-Only ``train`` and ``segment`` load Keras (seconds); the other subcommands start fast.
+Only ``train`` and ``segment`` load Keras (seconds), and only ``pictures`` and ``montage``
+matplotlib; the other subcommands start fast.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from pathlib import Path
 from vem3d.labels import output_channels
 from vem3d.logs import exit_cleanly_on_terminate, log_to
 from vem3d.mesh import mesh_volumes
+from vem3d.metrics import evaluate_volumes
 from vem3d.preprocess import preprocess_stack
 from vem3d.slices import stack_slice_names
-from vem3d.stats import statistics_from_volumes
+from vem3d.stats import statistics_from_volumes, study_table
 from vem3d.synth import write_demo_stack
 from vem3d.volume import write_volumes
 
 NETWORK_COMMANDS = ("train", "segment")
+PICTURE_COMMANDS = ("pictures", "montage")
 
 
 def _attribute_help(cls) -> dict[str, str]:
@@ -71,6 +74,16 @@ def _class_values(text: str) -> tuple[str, list[int]]:
         return name, [int(value) for value in values.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected CLASS=V[,V...] with integer pixel values") from None
+
+
+def _class_folders(parser: argparse.ArgumentParser, entries: list[list[str]], option: str) -> dict[str, list[Path]]:
+    """``{class: folders}`` from repeated ``--class-masks``-like options (CLASS DIR [DIR ...])."""
+    folders = {}
+    for name, *dirs in entries:
+        if not dirs or name in folders:
+            parser.error(f"{option} {name}: {'given twice' if dirs else 'needs at least one folder after the class'}")
+        folders[name] = [Path(folder) for folder in dirs]
+    return folders
 
 
 def _default(function, name: str):
@@ -131,10 +144,42 @@ def _add_block_options(parser: argparse.ArgumentParser, function, work: str, blo
 
 def _add_volume_options(parser: argparse.ArgumentParser) -> None:
     """Options of ``volume``: the masks and the 3D clean-up."""
-    parser.add_argument("mask_dirs", nargs="+", type=Path, metavar="MASK_DIR", help="mask folders in z order")
+    parser.add_argument(
+        "mask_dirs", nargs="*", type=Path, metavar="MASK_DIR", help="mask folders of one class (--class-name), in z order"
+    )
+    parser.add_argument(
+        "--class-masks",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("CLASS", "MASK_DIR"),
+        help="a class and its mask folders in z order, instead of MASK_DIR...; once per class, for several "
+        "classes in one volume.zarr (as 'vem3d segment --classes' writes them: OUT/masks/CLASS)",
+    )
     _add_voxel_size(parser)
     parser.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
-    parser.add_argument("--class-name", default="foreground", help="segmented structure (default: %(default)s)")
+    parser.add_argument("--class-name", default="foreground", help="the class of MASK_DIR... (default: %(default)s)")
+    parser.add_argument(
+        "--z-smoothing-sigma",
+        type=float,
+        default=_default(write_volumes, "z_smoothing_sigma"),
+        help="smooth the probabilities across slices (in slices) and threshold again; needs "
+        "--class-probabilities for every class and the whole volume in memory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--class-probabilities",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("CLASS", "PROBABILITY_DIR"),
+        help="a class and its probability folders in z order (OUT/probabilities/CLASS), for --z-smoothing-sigma",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=_default(write_volumes, "threshold"),
+        help="probability above which smoothed voxels are the class (default: %(default)s)",
+    )
     parser.add_argument(
         "--min-object-voxels",
         type=int,
@@ -191,7 +236,7 @@ def _add_surface_options(parser: argparse.ArgumentParser, function, work: str, b
     )
 
 
-def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
+def build_parser(network_options: bool = True, picture_options: bool = True) -> argparse.ArgumentParser:
     """The argument parser.
 
     Parameters
@@ -200,6 +245,9 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         Add the model and training options of ``train`` and ``segment``, which are
         read from :class:`vem3d.unet.UNetConfig` and :class:`vem3d.train.TrainingConfig`
         and so import Keras.
+    picture_options : bool
+        Add the options of ``pictures`` and ``montage``, whose defaults are read from
+        :mod:`vem3d.render` and so import matplotlib and plotly (0.3 s).
     """
     parser = argparse.ArgumentParser(
         prog="vem3d", description="3D models of cells and organelles from volume EM stacks, step by step."
@@ -249,15 +297,7 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
         "checkpoints/ (a rerun resumes from them)",
     )
     train.add_argument("--initial-weights", type=Path, help="start from these weights (fine-tuning)")
-    train.add_argument(
-        "--label-values",
-        nargs="+",
-        default=[],
-        type=_class_values,
-        metavar="CLASS=V[,V...]",
-        help="pixel values of a class in integer label maps, e.g. mitochondrion=191 membrane=0,32,64 "
-        "(default: a class's position, 1 for the first; a single class: any non-zero value)",
-    )
+    _add_label_values(train)
 
     segment = commands.add_parser("segment", help="segment preprocessed slices with trained weights")
     segment.add_argument("preprocessed_dir", type=Path, help="a preprocessed slice folder")
@@ -329,7 +369,77 @@ def build_parser(network_options: bool = True) -> argparse.ArgumentParser:
     _add_surface_options(
         stats, statistics_from_volumes, "label and measure blocks and mesh objects", blocks="blocks of 256"
     )
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score cleaned volumes against ground truth: evaluation/scores.tsv and object_scores.tsv"
+    )
+    evaluate.add_argument("volume", type=Path, metavar="VOLUME", help="cleaned volumes written by vem3d volume")
+    evaluate.add_argument(
+        "--ground-truth", type=Path, required=True, metavar="DIR",
+        help="ground truth named like the slices: masks, label maps or one folder per class; only slices there are scored",
+    )
+    evaluate.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
+    _add_label_values(evaluate)
+
+    pictures = commands.add_parser(
+        "pictures", help="pictures of a mesh: mesh_preview/NAME.png (three views) and mesh_viewer/NAME.html (3D)"
+    )
+    montage = commands.add_parser(
+        "montage", help="slices with their predicted masks and references outlined: montage/CLASS.png"
+    )
+    if picture_options:
+        _add_picture_options(pictures, montage)
+
+    study = commands.add_parser("study", help="one table of several samples' object summaries")
+    study.add_argument(
+        "sample_dirs", nargs="+", type=Path, metavar="SAMPLE_DIR",
+        help="sample folders with objects_summary.tsv (from vem3d stats); the folder's name is the sample's",
+    )
+    study.add_argument("--out", type=Path, required=True, help="TSV to write, e.g. study_objects.tsv")
     return parser
+
+
+def _add_picture_options(pictures: argparse.ArgumentParser, montage: argparse.ArgumentParser) -> None:
+    """Options of ``pictures`` and ``montage``, with the defaults of :mod:`vem3d.render`."""
+    from vem3d.render import mesh_pictures_from_stl, montage_from_folders
+
+    pictures.add_argument("stl", type=Path, metavar="STL", help="a mesh written by vem3d mesh")
+    pictures.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
+    for flag, name in (("--preview-max-faces", "preview_max_faces"), ("--viewer-max-faces", "viewer_max_faces")):
+        pictures.add_argument(
+            flag, type=_positive_int, default=_default(mesh_pictures_from_stl, name),
+            help="faces at most; larger meshes are simplified (default: %(default)s)",
+        )
+
+    montage.add_argument("source", type=Path, help="the raw slices: a folder, or a multi-page TIFF or MRC stack")
+    montage.add_argument("mask_dirs", nargs="+", type=Path, metavar="MASK_DIR", help="the class's mask folders")
+    montage.add_argument("--out-dir", type=Path, required=True, help="sample folder to write into")
+    montage.add_argument("--class-name", default="foreground", help="the class of the masks (default: %(default)s)")
+    montage.add_argument(
+        "--classes", nargs="+", metavar="CLASS",
+        help="every class, in order, to decode label maps of several (default: the --class-name alone)",
+    )
+    montage.add_argument("--reference", type=Path, metavar="DIR", help="ground truth or labels to outline")
+    montage.add_argument(
+        "--reference-name", default="reference", help="what the references are, for the legend (default: %(default)s)"
+    )
+    montage.add_argument(
+        "--panels", type=_positive_int, default=_default(montage_from_folders, "n_panels"),
+        help="slices shown (default: %(default)s)",
+    )
+    _add_label_values(montage)
+
+
+def _add_label_values(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--label-values",
+        nargs="+",
+        default=[],
+        type=_class_values,
+        metavar="CLASS=V[,V...]",
+        help="pixel values of a class in integer label maps, e.g. mitochondrion=191 membrane=0,32,64 "
+        "(default: a class's position, 1 for the first; a single class: any non-zero value)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -386,9 +496,12 @@ def run(args: argparse.Namespace) -> None:
         )
     elif args.command == "volume":
         write_volumes(
-            {args.class_name: args.mask_dirs},
+            args.masks,
             args.out_dir / "volume.zarr",
             args.voxel_size,
+            probability_dirs=args.probabilities or None,
+            z_smoothing_sigma=args.z_smoothing_sigma,
+            threshold=args.threshold,
             min_object_voxels=args.min_object_voxels,
             fill_cavities=args.fill_cavities,
             block_size=args.block_size,
@@ -417,13 +530,57 @@ def run(args: argparse.Namespace) -> None:
             statistics_from_volumes(
                 args.volume, args.out_dir / "objects.tsv", args.out_dir / "objects_summary.tsv", **common
             )
+    elif args.command == "evaluate":
+        evaluate_volumes(
+            args.volume,
+            args.ground_truth,
+            args.out_dir / "evaluation" / "scores.tsv",
+            args.out_dir / "evaluation" / "object_scores.tsv",
+            label_values=dict(args.label_values),
+        )
+    elif args.command == "pictures":
+        from vem3d.render import mesh_pictures_from_stl
+
+        mesh_pictures_from_stl(
+            args.stl,
+            args.out_dir / "mesh_preview" / f"{args.stl.stem}.png",
+            args.out_dir / "mesh_viewer" / f"{args.stl.stem}.html",
+            preview_max_faces=args.preview_max_faces,
+            viewer_max_faces=args.viewer_max_faces,
+        )
+    elif args.command == "montage":
+        from vem3d.render import montage_from_folders
+
+        montage_from_folders(
+            args.source,
+            args.mask_dirs,
+            args.out_dir / "montage" / f"{args.class_name}.png",
+            reference_dir=args.reference,
+            reference_name=args.reference_name,
+            n_panels=args.panels,
+            classes=args.classes or [args.class_name],
+            class_name=args.class_name,
+            label_values=dict(args.label_values),
+        )
+    elif args.command == "study":
+        study_table(
+            [folder / "objects_summary.tsv" for folder in args.sample_dirs],
+            [folder.resolve().name for folder in args.sample_dirs],
+            args.out,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vem3d`` command; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(network_options=bool(argv) and argv[0] in NETWORK_COMMANDS)
+    command = argv[0] if argv else None
+    parser = build_parser(network_options=command in NETWORK_COMMANDS, picture_options=command in PICTURE_COMMANDS)
     args = parser.parse_args(argv)
+    if args.command == "volume":
+        if bool(args.mask_dirs) == bool(args.class_masks):
+            parser.error("volume: give either MASK_DIR... (one class) or --class-masks CLASS MASK_DIR...")
+        args.masks = _class_folders(parser, args.class_masks, "--class-masks") or {args.class_name: args.mask_dirs}
+        args.probabilities = _class_folders(parser, args.class_probabilities, "--class-probabilities")
     exit_cleanly_on_terminate()
     with log_to(None) as logger:
         try:
