@@ -173,5 +173,5 @@ def test_labelled_pairs_give_one_hot_targets_for_several_classes(tmp_path):
     (tmp_path / "labels").mkdir()
     iio.imwrite(tmp_path / "labels" / "s1.png", label_map)
     names, _, masks = labelled_pairs([preprocessed], [tmp_path / "labels"], ["a", "b"])
-    assert names == ["labels/s1"] and masks[0].shape == (8, 8, 3)
+    assert names == [f"{tmp_path / 'labels'}/s1"] and masks[0].shape == (8, 8, 3)
     np.testing.assert_array_equal(masks[0].argmax(-1), label_map)

@@ -398,7 +398,7 @@ def labelled_pairs(
     Returns
     -------
     names, images, masks : lists
-        ``sample/slice`` names, float32 images in [0, 1] and training targets at
+        ``{label folder}/{slice}`` names, float32 images in [0, 1] and training targets at
         the preprocessed size (:func:`vem3d.labels.one_hot`).
     """
     values = class_values(classes, label_values)
@@ -407,7 +407,7 @@ def labelled_pairs(
         labels = label_slices(label_dir, classes)
         for name, image, raw_shape in read_preprocessed(preprocessed_dir):
             if name in labels:
-                names.append(f"{Path(label_dir).name}/{name}")
+                names.append(f"{label_dir}/{name}")  # the folder in full: samples' label folders may share a name
                 images.append(image)
                 slice_labels = read_class_labels(labels[name], values, raw_shape)
                 if slice_labels.shape != image.shape:  # the slice was resampled: so are its labels

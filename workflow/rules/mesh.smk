@@ -13,7 +13,7 @@ rule mesh:
         "logs/{sample}/mesh.log",
     benchmark:
         "results/benchmarks/{sample}/mesh.tsv"
-    # Before the montage, which nothing waits for: the pictures and tables wait for this.
+    # Before the montage, which only provenance waits for: the pictures and tables wait for this.
     priority: 1
     conda:
         "../../envs/imaging.yaml"

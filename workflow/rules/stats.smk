@@ -18,7 +18,7 @@ rule object_statistics:
         "logs/{sample}/object_statistics.log",
     benchmark:
         "results/benchmarks/{sample}/object_statistics.tsv"
-    # Before the montage, which nothing waits for: the pictures and tables wait for this.
+    # Before the montage, which only provenance waits for: the pictures and tables wait for this.
     priority: 1
     conda:
         "../../envs/imaging.yaml"
