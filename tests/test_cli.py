@@ -81,6 +81,10 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(f"{kept}/volume.zarr/mito/0")[:],
                                   zarr.open_array(f"{sample}/volume.zarr/mito/0")[:])
     assert (tmp_path / "volume_cache/mito/masks.zarr").is_dir()  # for the next run
+    # One cache folder for volume and mesh: the mesh step keeps the volume step's entries.
+    main(["mesh", f"{kept}/volume.zarr", "--out-dir", kept, "--cache-dir", str(tmp_path / "volume_cache")])
+    assert (tmp_path / "volume_cache/mito/block_meshes").is_dir()
+    assert (tmp_path / "volume_cache/mito/slices.npz").is_file() and (tmp_path / "volume_cache/mito/cleaned.npz").is_file()
     main(["mesh", f"{sample}/volume.zarr", "--out-dir", sample])
     assert (tmp_path / "sample/meshes/mito.stl").is_file()
     main(["stats", f"{sample}/volume.zarr", "--out-dir", sample])
