@@ -116,6 +116,14 @@ def test_missing_voxel_size_is_refused_naming_the_sample(tmp_path):
     assert "sample 's1', column 'voxel_size_z_nm': '' is not a number" in result.stdout + result.stderr
 
 
+def test_a_project_inside_a_slice_folder_is_refused_before_any_work(tmp_path):
+    stack = own_stack(tmp_path)
+    project = make_project(stack / "project", rows=(DEMO_ROW, row("s1", stack)))
+    result = snakemake(project, "-n")
+    assert result.returncode != 0
+    assert f"sample 's1', column 'slices': results: lies in the input folder {stack}" in result.stdout + result.stderr
+
+
 def test_sample_sheet_with_a_misspelt_column_is_refused_and_hash_in_a_path_is_kept(tmp_path):
     stack = own_stack(tmp_path)
     hashed = stack.rename(tmp_path / "stack#2")

@@ -11,6 +11,7 @@ from snakemake.utils import validate
 # jobs' environments install it (pip install -e ., or envs/*.post-deploy.sh).
 sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
+from vem3d.atomic import refuse_to_write_into
 from vem3d.labels import class_values, label_slices, output_channels
 from vem3d.provenance import check_weights_settings
 from vem3d.slices import (
@@ -76,6 +77,17 @@ def read_sample_sheet(path):
 
 
 samples = read_sample_sheet(config["samples"])
+# Every output goes under results/ and logs/: refused inside an input folder (a project
+# folder within the slice folder, say) before any work rather than by the first job.
+for sample in samples.index:
+    for column in ("slices", *OPTIONAL_COLUMNS):
+        if samples.loc[sample, column]:
+            try:
+                refuse_to_write_into([samples.loc[sample, column]], "results", "logs")
+            except ValueError as error:
+                raise ValueError(
+                    f"sample {sample!r}, column {column!r}: {error}"
+                ) from error
 CLASSES = config["model"]["classes"]
 # Stops on a class name in model.label_values that model.classes lacks, before any work.
 class_values(CLASSES, config["model"]["label_values"])
