@@ -91,13 +91,20 @@ def _default(function, name: str):
     return inspect.signature(function).parameters[name].default
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _batch_size(text: str) -> int | str:
     """``--batch-size``: a positive number of tiles or ``auto``."""
     if text == "auto":
         return text
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of tiles or auto, got {text!r}")
-    return int(text)
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of tiles or auto, got {text!r}") from None
 
 
 def _add_voxel_size(parser: argparse.ArgumentParser) -> None:
@@ -109,12 +116,6 @@ def _add_voxel_size(parser: argparse.ArgumentParser) -> None:
         metavar=("Z", "Y", "X"),
         help="voxel size in nm: slice thickness, pixel height, pixel width",
     )
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
 
 
 def _add_block_options(parser: argparse.ArgumentParser, function, work: str, blocks: str, memory: str) -> None:

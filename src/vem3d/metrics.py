@@ -112,8 +112,7 @@ def evaluate_volumes(
     if not scored:
         raise ValueError(f"{truth_dir}: no ground-truth slice matches a segmented slice by name")
     values = class_values(classes, label_values)
-    slice_shape = next(iter(volumes.classes.values())).volume.shape[1:]
-    truth = np.stack([read_class_labels(truth_files[names[index]], values, slice_shape) for index in scored])
+    truth = np.stack([read_class_labels(truth_files[names[index]], values, volumes.shape[1:]) for index in scored])
     score_tables, object_rows = [], []
     for class_index, (class_name, cleaned) in enumerate(volumes.classes.items(), 1):
         # One read of the chunks the scored slices lie in, not one per slice.

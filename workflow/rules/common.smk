@@ -15,7 +15,6 @@ from vem3d.atomic import refuse_to_write_into
 from vem3d.labels import class_values, label_slices, output_channels
 from vem3d.provenance import check_weights_settings
 from vem3d.slices import (
-    SliceError,
     is_stack_file,
     list_slices,
     stack_pixel_size_nm,
@@ -77,17 +76,6 @@ def read_sample_sheet(path):
 
 
 samples = read_sample_sheet(config["samples"])
-# Every output goes under results/ and logs/: refused inside an input folder (a project
-# folder within the slice folder, say) before any work rather than by the first job.
-for sample in samples.index:
-    for column in ("slices", *OPTIONAL_COLUMNS):
-        if samples.loc[sample, column]:
-            try:
-                refuse_to_write_into([samples.loc[sample, column]], "results", "logs")
-            except ValueError as error:
-                raise ValueError(
-                    f"sample {sample!r}, column {column!r}: {error}"
-                ) from error
 CLASSES = config["model"]["classes"]
 # Stops on a class name in model.label_values that model.classes lacks, before any work.
 class_values(CLASSES, config["model"]["label_values"])
@@ -120,11 +108,21 @@ def demo_files(folder, names):
 
 @contextlib.contextmanager
 def naming_sample(sample, column):
-    """Turn an unusable slice folder or stack into an error naming the sample-sheet cell."""
+    """Turn an unusable slice folder or stack (or any bad input found in one) into an
+    error naming the sample-sheet cell."""
     try:
         yield
-    except SliceError as error:
+    except ValueError as error:  # vem3d.slices.SliceError among them
         raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
+
+
+# Every output goes under results/ and logs/: refused inside an input folder (a project
+# folder within the slice folder, say) before any work rather than by the first job.
+for sample in samples.index:
+    for column in ("slices", *OPTIONAL_COLUMNS):
+        if samples.loc[sample, column]:
+            with naming_sample(sample, column):
+                refuse_to_write_into([samples.loc[sample, column]], "results", "logs")
 
 
 def _listed_slice_files(sample):
