@@ -4,17 +4,17 @@ A synthetic binary volume (default 2000 x 2048 x 2048 = 8.4 G voxels) of spheres
 some of them hollow, and specks is generated slab by slab straight into a zarr store
 (never whole in memory). A separate process then cleans it (objects under 64 voxels
 removed, cavities filled) and meshes it block by block into an STL
-(vem3d.blockwise.clean_blockwise + write_mesh_blockwise, both in --workers processes,
+(vem3d.volume.clean_blockwise + vem3d.mesh.write_mesh_blockwise, both in --workers processes,
 by default one per core), and reports its time, voxels per second, faces and
 peak resident memory (getrusage, of the process and of its largest worker; target: at
 most 4 GiB). Another process then measures the cleaned volume's objects as the
-statistics step does (vem3d.blockwise.object_statistics_blockwise), with its time and
+statistics step does (vem3d.stats.object_statistics_blockwise), with its time and
 peak memory (--skip-statistics leaves it out).
 
 For comparison, the first slices of the same volume, as many as the in-memory path
 fits in --memory-gib, are meshed by one vem3d.mesh.volume_to_mesh call (Gaussian
 smoothing and one skimage.measure.marching_cubes) and block by block
-(vem3d.blockwise.mesh_blockwise), each in its own process; the two meshes are checked
+(vem3d.mesh.mesh_blockwise), each in its own process; the two meshes are checked
 to be the same up to vertex and face order.
 
     python benchmarks/meshing.py                         # full size (tens of minutes)
@@ -39,16 +39,10 @@ import numpy as np
 import zarr
 from scipy.spatial import cKDTree
 
-from vem3d.blockwise import (
-    CHUNK_EDGE,
-    DEFAULT_BLOCK_SIZE,
-    IN_MEMORY_BYTES_PER_VOXEL,
-    clean_blockwise,
-    mesh_blockwise,
-    object_statistics_blockwise,
-    write_mesh_blockwise,
-)
-from vem3d.mesh import volume_to_mesh
+from vem3d.blockwise import DEFAULT_BLOCK_SIZE, IN_MEMORY_BYTES_PER_VOXEL
+from vem3d.mesh import mesh_blockwise, volume_to_mesh, write_mesh_blockwise
+from vem3d.stats import object_statistics_blockwise
+from vem3d.volume import CHUNK_EDGE, clean_blockwise
 
 VOXEL_NM = (30.0, 8.0, 8.0)
 MIN_OBJECT_VOXELS = 64

@@ -13,30 +13,34 @@ from scipy.spatial import cKDTree
 from stl import mesh as stl_mesh
 
 from vem3d import blockwise
+from vem3d import mesh as mesh_module
 from vem3d import stats as stats_module
-from vem3d.blockwise import (
-    CleanupCache,
-    KeptRecords,
-    MaskStore,
-    assemble_mask_zarr,
-    clean_blockwise,
-    mesh_blocks,
-    mesh_blockwise,
-    object_statistics_blockwise,
-    weld_block_meshes,
-    write_stl_blocks,
-)
+from vem3d import volume as volume_module
 from vem3d.mesh import (
     STL_FACES_OFFSET,
+    KeptRecords,
     is_watertight,
+    mesh_blocks,
+    mesh_blockwise,
     mesh_volumes,
     read_stl,
     stl_face_count,
     volume_to_mesh,
+    weld_block_meshes,
+    write_stl_blocks,
 )
 from vem3d.slices import write_image
-from vem3d.stats import object_statistics, statistics_from_volumes
-from vem3d.volume import clean_volume, label_objects, open_volumes, read_slice_volume
+from vem3d.stats import object_statistics, object_statistics_blockwise, statistics_from_volumes
+from vem3d.volume import (
+    CleanupCache,
+    MaskStore,
+    assemble_mask_zarr,
+    clean_blockwise,
+    clean_volume,
+    label_objects,
+    open_volumes,
+    read_slice_volume,
+)
 
 VOXEL_NM = (30.0, 5.0, 4.0)
 
@@ -131,8 +135,8 @@ def test_object_touching_the_volume_border_is_closed():
     assert_same_mesh((vertices, faces), volume_to_mesh(np.ones((9, 10, 11), bool), (1.0, 1.0, 1.0)))
 
 
-MARCH_BLOCKS, MESH_MEASURES = blockwise._march_blocks, stats_module._mesh_measures
-CLEAN_UP_PASSES = {name: getattr(blockwise, name) for name in ("_objects_in_block", "_keep_in_block", "_fill_block")}
+MARCH_BLOCKS, MESH_MEASURES = mesh_module._march_blocks, stats_module._mesh_measures
+CLEAN_UP_PASSES = {name: getattr(volume_module, name) for name in ("_objects_in_block", "_keep_in_block", "_fill_block")}
 
 
 def _record_process():
@@ -172,7 +176,7 @@ def test_worker_processes_clean_up_as_one_process_does(tmp_path, monkeypatch, so
     record = tmp_path / "pids"
     monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
     for name in CLEAN_UP_PASSES:
-        monkeypatch.setattr(blockwise, name, globals()[f"{name}_recording"])
+        monkeypatch.setattr(volume_module, name, globals()[f"{name}_recording"])
     rng = np.random.default_rng(5)
     # Blobs with cavities, and speckle: small objects to remove, in every block.
     volume = blobs((30, 26, 34), 5, 1.0) ^ (rng.random((30, 26, 34)) > 0.97)
@@ -202,7 +206,7 @@ def test_worker_processes_clean_up_as_one_process_does(tmp_path, monkeypatch, so
 def test_worker_processes_give_the_mesh_of_one_process(tmp_path, monkeypatch):
     record = tmp_path / "pids"
     monkeypatch.setenv("VEM3D_TEST_WORKED_IN", str(record))
-    monkeypatch.setattr(blockwise, "_march_blocks", _march_blocks_recording)
+    monkeypatch.setattr(mesh_module, "_march_blocks", _march_blocks_recording)
     volume = blobs((40, 37, 45), 4)
     serial = list(mesh_blocks(volume, VOXEL_NM, block_size=8))
     assert set(record.read_text().split()) == {str(os.getpid())}
@@ -225,7 +229,7 @@ def test_uniform_blocks_are_not_smoothed(monkeypatch):
         smoothed.append(data.shape)
         return original(data, *args, **kwargs)
 
-    monkeypatch.setattr(blockwise.ndimage, "gaussian_filter", counting)
+    monkeypatch.setattr(mesh_module.ndimage, "gaussian_filter", counting)
     volume = np.zeros((64, 64, 64), bool)
     volume[16:48, 16:48, 16:48] = True
     meshes = list(mesh_blocks(volume, (1.0, 1.0, 1.0), block_size=8))
@@ -244,7 +248,7 @@ def test_blocks_thinner_than_the_chunks_are_read_and_smoothed_a_column_at_a_time
     smoothed = []
     original = ndimage.gaussian_filter
     monkeypatch.setattr(
-        blockwise.ndimage, "gaussian_filter", lambda data, *args, **kwargs: smoothed.append(1) or original(data, *args, **kwargs)
+        mesh_module.ndimage, "gaussian_filter", lambda data, *args, **kwargs: smoothed.append(1) or original(data, *args, **kwargs)
     )
     block = (4, 16, 16)
     from_zarr = weld_block_meshes(mesh_blocks(stored, VOXEL_NM, block_size=block))
@@ -294,8 +298,8 @@ def write_masks(folder, volume, first_z=0):
 def counting_decodes(monkeypatch):
     """A list that gets the name of each mask file blockwise decodes."""
     decoded = []
-    read_slice = blockwise.read_slice
-    monkeypatch.setattr(blockwise, "read_slice", lambda path: decoded.append(path.name) or read_slice(path))
+    read_slice = volume_module.read_slice
+    monkeypatch.setattr(volume_module, "read_slice", lambda path: decoded.append(path.name) or read_slice(path))
     return decoded
 
 
@@ -374,20 +378,20 @@ def test_a_clean_up_killed_while_keeping_its_blocks_leaves_none_to_link(tmp_path
     volume[5] = ~volume[5]
     write_masks(tmp_path / "masks", volume)
     masks, keys = store.update([tmp_path / "masks"])
-    write_atomically = blockwise.write_atomically
+    write_atomically = volume_module.write_atomically
 
     def killed(path, save):  # after the chunks were replaced, before their table
         if path.name == "cleaned.npz":
             raise KeyboardInterrupt
         write_atomically(path, save)
 
-    monkeypatch.setattr(blockwise, "write_atomically", killed)
+    monkeypatch.setattr(volume_module, "write_atomically", killed)
     with pytest.raises(KeyboardInterrupt):
         clean_blockwise(masks, tmp_path / "killed.zarr", 6, True, 8, 1, CleanupCache(tmp_path / "cache", keys))
-    monkeypatch.setattr(blockwise, "write_atomically", write_atomically)
+    monkeypatch.setattr(volume_module, "write_atomically", write_atomically)
     written = []
-    keep = blockwise._keep_in_block
-    monkeypatch.setattr(blockwise, "_keep_in_block", lambda *arguments: written.append(1) or keep(*arguments))
+    keep = volume_module._keep_in_block
+    monkeypatch.setattr(volume_module, "_keep_in_block", lambda *arguments: written.append(1) or keep(*arguments))
     volume[5] = ~volume[5]  # back as the chunks kept from the first run had it
     write_masks(tmp_path / "masks", volume)
     masks, keys = store.update([tmp_path / "masks"])
@@ -408,10 +412,10 @@ def shell(shape, centre, outer, inner):
 def test_clean_up_that_keeps_its_blocks_gives_the_clean_up_of_the_masks_run_by_run(tmp_path, monkeypatch, workers):
     labelled, written, filled = [], [], []
     if workers == 1:  # the passes run in this process, where they can be counted
-        label, keep, fill = blockwise._objects_in_block, blockwise._keep_in_block, blockwise._fill_block
-        monkeypatch.setattr(blockwise, "_objects_in_block", lambda *arguments: labelled.append(1) or label(*arguments))
-        monkeypatch.setattr(blockwise, "_keep_in_block", lambda *arguments: written.append(1) or keep(*arguments))
-        monkeypatch.setattr(blockwise, "_fill_block", lambda *arguments: filled.append(1) or fill(*arguments))
+        label, keep, fill = volume_module._objects_in_block, volume_module._keep_in_block, volume_module._fill_block
+        monkeypatch.setattr(volume_module, "_objects_in_block", lambda *arguments: labelled.append(1) or label(*arguments))
+        monkeypatch.setattr(volume_module, "_keep_in_block", lambda *arguments: written.append(1) or keep(*arguments))
+        monkeypatch.setattr(volume_module, "_fill_block", lambda *arguments: filled.append(1) or fill(*arguments))
     rng = np.random.default_rng(7)
     shape = (24, 20, 22)
     # Blobs, speckle (small objects), and a shell round a cavity across blocks.
@@ -497,7 +501,7 @@ def test_volumes_cleaned_and_meshed_block_by_block_match_the_in_memory_path(tmp_
 def test_a_volume_in_memory_cleaned_in_worker_processes_equals_its_whole_volume_clean_up(
     mask_folders, volume_of, monkeypatch
 ):
-    monkeypatch.setattr(blockwise, "IN_MEMORY_CLEAN_BLOCK", 8)  # objects and cavities across blocks
+    monkeypatch.setattr(volume_module, "IN_MEMORY_CLEAN_BLOCK", 8)  # objects and cavities across blocks
     masks = {"mito": mask_folders}
     alone, in_workers = (
         open_volumes(volume_of(masks, min_object_voxels=5, workers=workers)).classes["mito"] for workers in (1, 3)
@@ -510,7 +514,7 @@ def test_a_volume_in_memory_cleaned_in_worker_processes_equals_its_whole_volume_
 def test_volumes_cleaned_again_from_what_the_last_run_kept_equal_volumes_cleaned_afresh(
     tmp_path, mask_folders, volume_of, monkeypatch
 ):
-    monkeypatch.setattr(blockwise, "DEFAULT_CLEAN_BLOCK", (4, 8, 8))  # objects and cavities across blocks
+    monkeypatch.setattr(volume_module, "DEFAULT_CLEAN_BLOCK", (4, 8, 8))  # objects and cavities across blocks
     masks = {"mito": mask_folders, "er": mask_folders[1:]}
     before = {name: sorted(path.name for path in folder.iterdir()) for name, folder in enumerate(mask_folders)}
     for run in range(3):
@@ -568,18 +572,18 @@ def test_a_volume_over_the_memory_budget_is_cleaned_and_meshed_block_by_block(
     tmp_path, mask_folders, monkeypatch, volume_of
 ):
     cleaned, meshed = [], []
-    clean, mesh = blockwise.clean_blockwise, blockwise.write_mesh_blockwise
-    monkeypatch.setattr(blockwise, "clean_blockwise", lambda *args: cleaned.append(args[4]) or clean(*args))
+    clean, mesh = volume_module.clean_blockwise, mesh_module.write_mesh_blockwise
+    monkeypatch.setattr(volume_module, "clean_blockwise", lambda *args: cleaned.append(args[4]) or clean(*args))
     monkeypatch.setattr(
-        blockwise, "write_mesh_blockwise", lambda volume, *args: meshed.append((volume, args[2])) or mesh(volume, *args)
+        mesh_module, "write_mesh_blockwise", lambda volume, *args: meshed.append((volume, args[2])) or mesh(volume, *args)
     )
     masks = {"mito": mask_folders}  # 14 x 30 x 26 voxels
     volume = volume_of(masks, memory_gib=1e-4)  # 107 kB: not 16 bytes a voxel
     assert cleaned == [blockwise.DEFAULT_BLOCK_SIZE]
     mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-5)  # nor 2 bytes a voxel
-    assert isinstance(meshed[0][0].volume, zarr.Array) and meshed[0][1] == blockwise.DEFAULT_MESH_BLOCK
+    assert isinstance(meshed[0][0].volume, zarr.Array) and meshed[0][1] == mesh_module.DEFAULT_MESH_BLOCK
     mesh_volumes(volume, tmp_path / "meshes", tmp_path / "summary.tsv", memory_gib=1e-4)  # read whole
-    assert isinstance(meshed[1][0].volume, np.ndarray) and meshed[1][1] == blockwise.DEFAULT_MESH_BLOCK
+    assert isinstance(meshed[1][0].volume, np.ndarray) and meshed[1][1] == mesh_module.DEFAULT_MESH_BLOCK
     volume_of(masks, memory_gib=1.0)
     assert len(cleaned) == 1
 
@@ -650,7 +654,7 @@ def test_kept_records_append_the_faces_of_the_last_stl_as_they_are(tmp_path, mon
         def unsupported(*arguments):
             raise OSError(errno.EXDEV, "cross-device")
 
-        monkeypatch.setattr(blockwise.os, "copy_file_range", unsupported, raising=False)
+        monkeypatch.setattr(mesh_module.os, "copy_file_range", unsupported, raising=False)
     last = tmp_path / "last.stl"
     n_faces = write_stl_blocks(last, mesh_blocks(blobs((20, 30, 30), 3), VOXEL_NM, block_size=8))
     records = np.fromfile(last, dtype=stl_mesh.Mesh.dtype, offset=STL_FACES_OFFSET)
@@ -674,23 +678,23 @@ def write_chunked_masks(volume, folder, chunk_slices=8):
 
 def record_marched_blocks(monkeypatch, marched):
     """Have the marching cubes note in ``marched`` the slices each block they mesh reaches ([start, stop) along z)."""
-    march = blockwise._march_blocks
+    march = mesh_module._march_blocks
 
     def recording(voxels, wanted, block_cubes, *arguments):
         radius = block_cubes[0][0] - wanted[0][0]
         marched.extend((first - radius, stop + 1 + radius) for first, stop in block_cubes)
         return march(voxels, wanted, block_cubes, *arguments)
 
-    monkeypatch.setattr(blockwise, "_march_blocks", recording)
+    monkeypatch.setattr(mesh_module, "_march_blocks", recording)
 
 
 @pytest.mark.parametrize("block_size", [0, 8])  # in memory (blocks patched small), block by block
 def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, monkeypatch, block_size, volume_of):
-    monkeypatch.setattr(blockwise, "DEFAULT_MESH_BLOCK", (8, 16, 16))
+    monkeypatch.setattr(mesh_module, "DEFAULT_MESH_BLOCK", (8, 16, 16))
     marched, recorded = [], []
-    make_records = blockwise.stl_records
+    make_records = mesh_module.stl_records
     record_marched_blocks(monkeypatch, marched)
-    monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
+    monkeypatch.setattr(mesh_module, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
     volume = blobs((24, 30, 26), 7)
     folders = write_chunked_masks(volume, tmp_path / "masks")
 
@@ -731,7 +735,7 @@ def test_a_rerun_meshes_again_only_the_blocks_a_changed_slice_reaches(tmp_path, 
 def test_block_meshes_kept_at_one_voxel_size_give_the_mesh_of_another(tmp_path, monkeypatch, volume_of):
     # Entries keep the marching cubes in voxel units, and the STL records and measures
     # in nm beside the voxel size they were made at: at another, only the latter are redone.
-    monkeypatch.setattr(blockwise, "DEFAULT_MESH_BLOCK", (8, 16, 16))
+    monkeypatch.setattr(mesh_module, "DEFAULT_MESH_BLOCK", (8, 16, 16))
     marched = []
     record_marched_blocks(monkeypatch, marched)
     folders = write_chunked_masks(blobs((24, 30, 26), 8), tmp_path / "masks")
@@ -756,11 +760,12 @@ def test_a_simplified_mesh_is_made_again_from_the_full_mesh_kept_in_the_cache(
     tmp_path, monkeypatch, block_size, volume_of
 ):
     # With max_faces the output is the simplified mesh: the cache keeps the full one, whose
-    # records an unchanged re-run writes again (to the scratch STL it simplifies from).
-    monkeypatch.setattr(blockwise, "DEFAULT_MESH_BLOCK", (8, 16, 16))
+    # records an unchanged re-run writes again (to the scratch STL it simplifies from),
+    # marching no block again.
+    monkeypatch.setattr(mesh_module, "DEFAULT_MESH_BLOCK", (8, 16, 16))
     recorded = []
-    make_records = blockwise.stl_records
-    monkeypatch.setattr(blockwise, "stl_records", lambda *args: recorded.append(1) or make_records(*args))
+    march = mesh_module._march_blocks
+    monkeypatch.setattr(mesh_module, "_march_blocks", lambda *args: recorded.append(1) or march(*args))
     volume = volume_of({"mito": write_chunked_masks(blobs((24, 30, 26), 9), tmp_path / "masks")})
 
     def mesh(name):

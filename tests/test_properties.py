@@ -10,10 +10,9 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 from stl import mesh as stl_mesh
 
-from vem3d.blockwise import clean_blockwise
 from vem3d.mesh import is_watertight, volume_to_mesh, write_stl
 from vem3d.slices import read_slice
-from vem3d.volume import clean_objects, connected_components, fill_holes
+from vem3d.volume import clean_blockwise, clean_objects, connected_components, fill_holes
 
 shapes_2d = st.tuples(st.integers(1, 40), st.integers(1, 40))
 

@@ -1,30 +1,61 @@
-"""Surface meshes of segmented volumes: marching cubes, STL output, mesh measurements."""
+"""Surface meshes of segmented volumes: marching cubes, STL output, mesh measurements.
+
+In memory (:func:`volume_to_mesh`), or for volumes larger than memory block by block
+(:func:`mesh_blocks`): each block is meshed from its voxels plus a halo (the Gaussian
+kernel's radius and one voxel), so the smoothed values it meshes are bit for bit those
+of the whole volume; every marching cube belongs to exactly one block, and the vertices
+on the planes between blocks are computed identically by both neighbours and welded by
+position, so the merged mesh has no duplicate or missing faces at the seams. The STL is
+written block by block; memory holds the mesh only when it is simplified.
+"""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import logging
+import math
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator
+import tempfile
+import time
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import skimage.measure
+import zarr
 from scipy import ndimage
 from stl import mesh as stl_mesh
 from stl import stl as stl_format
 
-from vem3d.atomic import write_atomically, write_text_atomically
-from vem3d.volume import open_volumes
+from vem3d.atomic import link_or_copy, write_atomically, write_text_atomically
+from vem3d.blockwise import DEFAULT_BLOCK_SIZE, block_shape, logged_blocks, read_whole_where_it_fits
+from vem3d.cache import ArrayCache, mask_key
+from vem3d.threads import finished, ordered_results, process_pool
+from vem3d.volume import CleanedVolume, open_volumes
 
 log = logging.getLogger(__name__)
 
 NM3_PER_UM3 = 1e9
 NM2_PER_UM2 = 1e6
-
-
 SURFACE_LEVEL = 0.5  # iso-value on 0/1 masks: the surface halfway between foreground and background voxels
+# Blocks (z, y, x) in which volumes are meshed unless told otherwise: thin along z, so
+# that a changed slice reaches the blocks of one or two 16-slice slabs, not of all 256;
+# from zarr, a chunk-deep column of them is read and smoothed at once (mesh_blocks).
+# The mesh step alone, one process, on the 256 x 2048 x 2048 volume of
+# benchmarks/pipeline.py --size 2048: 46.6 s, then 19.6 s after slice 128 changed,
+# against 50.1 s and 33.2 s in blocks one chunk (64 slices) deep.
+DEFAULT_MESH_BLOCK = (16, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
+
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 sigma + 0.5)
+# Errors of os.copy_file_range that mean "not here" (file system, kernel): copy through memory.
+_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def marching_level(level: float) -> float:
@@ -490,12 +521,12 @@ def mesh_volumes(
         Folder for one ``{class}.stl`` per class (none for a class with no voxels left).
     summary_path : path
         TSV with one row per class: class and the measurements of
-        :func:`vem3d.blockwise.write_mesh_blockwise`.
+        :func:`write_mesh_blockwise`.
     smoothing_sigma : float
         As for :func:`volume_to_mesh`.
     block_size : int
         Read and mesh block by block, in blocks of this many voxels a side; 0 meshes
-        in blocks of :data:`vem3d.blockwise.DEFAULT_MESH_BLOCK` (16 x 256 x 256), and
+        in blocks of :data:`DEFAULT_MESH_BLOCK` (16 x 256 x 256), and
         reads block by block only when reading the whole volume first would need more
         than ``memory_gib`` (:func:`vem3d.blockwise.read_whole_where_it_fits`).
     memory_gib : float
@@ -504,35 +535,34 @@ def mesh_volumes(
         Simplify each STL to at most this many faces (:func:`simplify_triangles`); 0
         keeps the full mesh. The summary always measures the full mesh.
     cache_dir : path, optional
-        Keep each class's block meshes here (:class:`vem3d.blockwise.BlockMeshCache`),
+        Keep each class's block meshes here (:class:`BlockMeshCache`),
         so that a run after some slices changed meshes again only the blocks they reach.
     workers : int
-        Processes that smooth and march blocks (:func:`vem3d.blockwise.mesh_blocks`).
+        Processes that smooth and march blocks (:func:`mesh_blocks`).
 
     Returns
     -------
     pandas.DataFrame
         The summary rows.
     """
-    from vem3d import blockwise  # builds on this module
 
     volumes = open_volumes(volume_path)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
     rows = []
     for class_name, cleaned in volumes.classes.items():
-        cleaned = blockwise.CleanedVolume(
-            blockwise.read_whole_where_it_fits(cleaned.volume, block_size, memory_gib),
+        cleaned = CleanedVolume(
+            read_whole_where_it_fits(cleaned.volume, block_size, memory_gib),
             cleaned.objects,
             cleaned.foreground_voxels,
         )
-        row = blockwise.write_mesh_blockwise(
+        row = write_mesh_blockwise(
             cleaned,
             volumes.voxel_size_nm,
             Path(mesh_dir) / f"{class_name}.stl",
-            block_size or blockwise.DEFAULT_MESH_BLOCK,
+            block_size or DEFAULT_MESH_BLOCK,
             smoothing_sigma,
             max_faces,
-            None if cache_dir is None else blockwise.BlockMeshCache(Path(cache_dir) / class_name, volumes.voxel_size_nm),
+            None if cache_dir is None else BlockMeshCache(Path(cache_dir) / class_name, volumes.voxel_size_nm),
             workers,
         )
         if not row["faces"]:
@@ -542,3 +572,621 @@ def mesh_volumes(
     summary = pd.DataFrame(rows)
     write_text_atomically(summary_path, summary.to_csv(sep="\t", index=False))
     return summary
+
+
+# Block by block: volumes larger than memory.
+
+
+@dataclass
+class KeptRecords:
+    """Faces ``first`` to ``first + count`` of a binary STL file: a block's records as a
+    run before wrote them, appended to a new STL by :meth:`append_to`."""
+
+    path: Path
+    first: int
+    count: int
+
+    def append_to(self, target) -> None:
+        """Append the records to ``target``, a binary file opened unbuffered.
+
+        Copied within the kernel (``os.copy_file_range``) where it can, then dropped
+        from the page cache: the old STL is read once, on its way to being replaced,
+        and writing an 870 MB STL into memory the cache did not hold took this virtual
+        machine up to 2.3 s per GiB.
+        """
+        record_bytes = stl_mesh.Mesh.dtype.itemsize
+        start, length = STL_FACES_OFFSET + self.first * record_bytes, self.count * record_bytes
+        with open(self.path, "rb", buffering=0) as source:
+            copied = _copy_file_range(source.fileno(), target.fileno(), start, length)
+            if copied < length:  # no kernel copy here: through memory
+                source.seek(start + copied)
+                target.write(source.read(length - copied))
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(source.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+
+
+def _copy_file_range(source: int, target: int, start: int, length: int) -> int:
+    """Copy ``length`` bytes from ``start`` of the file ``source`` to the position of
+    ``target`` (file descriptors) in the kernel; the bytes copied, 0 where it cannot."""
+    copied = 0
+    try:
+        while copied < length:
+            step = os.copy_file_range(source, target, length - copied, start + copied)
+            if step == 0:
+                raise ValueError(f"file {source} ends before byte {start + length}")
+            copied += step
+    except (AttributeError, OSError) as error:  # not Linux, or a file system without it
+        if copied or (isinstance(error, OSError) and error.errno not in _NO_COPY_FILE_RANGE):
+            raise
+    return copied
+
+
+@dataclass
+class BlockMesh:
+    """The part of a mesh that one block's marching cubes make.
+
+    Attributes
+    ----------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+        x, y, z in nanometres, origin at the centre of voxel 0, as
+        :func:`volume_to_mesh`.
+    faces : ndarray of int64, shape (n_faces, 3)
+        Indices into ``vertices``, counter-clockwise seen from outside.
+    grid : ndarray of float64, shape (n_vertices, 3)
+        Vertex positions in voxel units (z, y, x), exactly equal for the copies of a
+        vertex that neighbouring blocks share.
+    shared : ndarray of bool, shape (n_vertices,)
+        Vertices on a plane between this block and a neighbour.
+    owned : ndarray of bool, shape (n_vertices,)
+        Vertices this block counts: all but those on a plane it shares with an earlier
+        block, so each vertex of the merged mesh is owned by exactly one block.
+    key : str, optional
+        The block's key in a cache of block meshes (its voxels, halo, place and settings).
+    stl_records : ndarray of numpy-stl's record dtype, shape (n_faces,), or KeptRecords, optional
+        The block's binary STL records (:func:`stl_records`) where already
+        made, or where they lie in the last run's STL (:class:`BlockMeshCache`).
+    area_nm2, volume_nm3 : float, optional
+        Its surface area and share of the enclosed volume
+        (:func:`area_and_volume`), where already measured.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    grid: np.ndarray
+    shared: np.ndarray
+    owned: np.ndarray
+    key: str | None = None
+    stl_records: np.ndarray | KeptRecords | None = None
+    area_nm2: float | None = None
+    volume_nm3: float | None = None
+
+
+def _cube_ranges(n: int, block_size: int) -> list[tuple[int, int]]:
+    """Marching cubes per block along an axis of ``n`` voxels: (first, stop) of their lower corners.
+
+    Cubes with a lower corner from -1 (one voxel into the padding) to n - 1 can hold
+    surface: beyond, every corner lies in the padding, where the smoothed values
+    stay below one half.
+    """
+    starts = list(range(0, n, block_size))
+    return [(-1 if k == 0 else start, n if k == len(starts) - 1 else starts[k + 1]) for k, start in enumerate(starts)]
+
+
+def _smoothing_input(
+    voxels: np.ndarray, wanted: Sequence[tuple[int, int]], shape: Sequence[int], padding: int
+) -> np.ndarray:
+    """Voxels ``wanted`` ([start, stop) per axis) as float32, as the padded whole volume has them.
+
+    ``voxels`` are the part of ``wanted`` inside the volume (of ``shape``). Outside it
+    lies the zero padding of :func:`volume_to_mesh`, and beyond the padding
+    scipy's reflection of it (reached only for large sigma).
+    """
+    padded = [(max(lo, -padding), min(hi, n + padding)) for (lo, hi), n in zip(wanted, shape)]
+    data = np.zeros([hi - lo for lo, hi in padded], np.float32)
+    data[tuple(slice(max(-lo, 0), max(-lo, 0) + n) for (lo, _), n in zip(padded, voxels.shape))] = voxels
+    beyond = [(plo - lo, hi - phi) for (lo, hi), (plo, phi) in zip(wanted, padded)]
+    if any(before or after for before, after in beyond):
+        data = np.pad(data, beyond, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect"
+    return data
+
+
+def _smoothed_field(data: np.ndarray, radius: int, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of ``data`` without its outer ``radius`` layers, computed only near foreground.
+
+    Away from foreground the smoothed value is exactly 0, so only the bounding box of
+    the foreground grown by ``radius`` is filtered; within it scipy's reflection at the
+    box's sides meets only zeros, so every value equals the whole array's.
+    """
+    field = np.zeros([n - 2 * radius for n in data.shape], np.float32)
+    nonzero = [np.flatnonzero(data.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    if any(len(found) == 0 for found in nonzero):
+        return field
+    box = [(max(found[0] - radius, 0), min(found[-1] + 1 + radius, n)) for found, n in zip(nonzero, data.shape)]
+    window = data[tuple(slice(lo, hi) for lo, hi in box)]
+    smoothed = ndimage.gaussian_filter(window, sigma, truncate=GAUSSIAN_TRUNCATE) if sigma > 0 else window
+    kept = [(max(lo, radius), min(hi, n - radius)) for (lo, hi), n in zip(box, data.shape)]
+    if all(hi > lo for lo, hi in kept):
+        field[tuple(slice(lo - radius, hi - radius) for lo, hi in kept)] = smoothed[
+            tuple(slice(klo - lo, khi - lo) for (klo, khi), (lo, _) in zip(kept, box))
+        ]
+    return field
+
+
+def _march_blocks(
+    voxels: np.ndarray,
+    wanted: Sequence[tuple[int, int]],
+    block_cubes: Sequence[tuple[int, int]],
+    shape: Sequence[int],
+    padding: int,
+    radius: int,
+    smoothing_sigma: float,
+    level: float,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Smooth the voxels of a column of blocks (with halo) once and run marching cubes in each block.
+
+    ``block_cubes`` are the blocks' (first, stop) cubes along z, all within ``wanted``;
+    along y and x the blocks are the column's. Returns (vertices in the block's voxel
+    units, faces) per block, both empty where the smoothed values do not cross ``level``.
+    """
+    reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
+    data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
+    field = _smoothed_field(data, radius, smoothing_sigma)
+    del data
+    level = marching_level(level)
+    grid_z = wanted[0][0] + radius  # the grid plane of field[0]
+    marched = []
+    for first, stop in block_cubes:
+        block_field = field[first - grid_z : stop + 1 - grid_z]  # the cubes' corners
+        if block_field.max() <= level or block_field.min() > level:
+            marched.append((np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32)))
+        else:
+            marched.append(tuple(skimage.measure.marching_cubes(block_field, level=level)[:2]))
+    return marched
+
+
+def mesh_blocks(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    block_size=DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    level: float = SURFACE_LEVEL,
+    task: str = "marching cubes",
+    cache: ArrayCache | None = None,
+    workers: int = 1,
+) -> Iterator[BlockMesh]:
+    """Marching cubes of :func:`volume_to_mesh`, one block at a time.
+
+    Each block reads its voxels plus a halo of the Gaussian kernel's radius and one
+    voxel, smooths them (exactly as the whole padded volume would be) and meshes the
+    cubes whose lower corner lies in the block (the first block also takes the cubes
+    reaching one voxel into the padding). Blocks whose voxels and halo are all
+    background, or all foreground away from the volume's border, are skipped without
+    smoothing. Blocks thinner than the chunks of a zarr volume are read, and smoothed,
+    a column of a chunk's depth at a time: thin blocks keep what a changed slice
+    makes to mesh again small without decompressing and smoothing each halo again.
+
+    Parameters
+    ----------
+    volume : zarr.Array or ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    voxel_size_nm, level, smoothing_sigma
+        As for :func:`volume_to_mesh`.
+    block_size : int or (int, int, int)
+        Block side in voxels, or sides along z, y, x.
+    task : str
+        Name under which progress is logged; "" logs nothing.
+    cache : vem3d.cache.ArrayCache, optional
+        Blocks whose voxels and halo are those of a block meshed before (same place,
+        same settings) take its marching cubes from here instead of computing them;
+        the others are stored. The caller prunes it.
+    workers : int
+        Processes that smooth and march columns of blocks, each holding one or two;
+        1 does it in this process.
+
+    Yields
+    ------
+    BlockMesh
+        One per block that holds surface: slab by slab of the read depth (a chunk's,
+        or the blocks'), in raster order of the columns, each column's blocks in z order.
+    """
+    if len(volume.shape) != 3:
+        raise ValueError(f"expected a 3D volume, got shape {volume.shape}")
+    if any(size <= 0 for size in voxel_size_nm):
+        raise ValueError(f"voxel sizes must be > 0 nm, got {voxel_size_nm}")
+    shape = volume.shape
+    spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    radius = int(GAUSSIAN_TRUNCATE * smoothing_sigma + 0.5) if smoothing_sigma > 0 else 0
+    padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
+    sides = block_shape(block_size)
+    ranges = [_cube_ranges(n, side) for n, side in zip(shape, sides)]
+    read_depth = max(sides[0], volume.chunks[0]) if isinstance(volume, zarr.Array) else sides[0]
+
+    def column(index) -> tuple[int, ...]:
+        """The blocks read together: one (y, x) column of a slab of ``read_depth`` slices."""
+        return (max(ranges[0][index[0]][0], 0) // read_depth, *index[1:])
+
+    indices = sorted(itertools.product(*(range(len(axis_ranges)) for axis_ranges in ranges)), key=column)
+    placed = deque()  # per column submitted: (index, cubes, key, stored cubes or None) of its blocks with surface
+
+    def submitted(submit) -> Iterator[Future]:
+        for _, group in itertools.groupby(logged_blocks(indices, len(indices), task), key=column):
+            group = list(group)
+            cubes = [[axis_ranges[k] for axis_ranges, k in zip(ranges, index)] for index in group]
+            # Grid points first..stop (the cubes' corners) and the kernel's reach around them.
+            wanted = [[(first - radius, stop + 1 + radius) for first, stop in block] for block in cubes]
+            read = [(max(wanted[0][a][0], 0), min(wanted[-1][a][1], n)) for a, n in enumerate(shape)]
+            window = np.asarray(volume[tuple(slice(lo, hi) for lo, hi in read)]) != 0
+            column_blocks, missing = [], []
+            for index, block_cubes, block_wanted in zip(group, cubes, wanted):
+                voxels = window[
+                    tuple(slice(max(lo, 0) - start, min(hi, n) - start) for (lo, hi), (start, _), n in
+                          zip(block_wanted, read, shape))
+                ]
+                if not voxels.any():
+                    continue
+                if voxels.all() and not any(lo < 0 or hi > n for (lo, hi), n in zip(block_wanted, shape)):
+                    continue
+                key = (
+                    mask_key(cache.context, voxels, block_wanted, shape, smoothing_sigma, marching_level(level))
+                    if cache else None
+                )
+                stored = cache.get(key) if cache else None
+                column_blocks.append((index, block_cubes, key, stored))
+                if stored is None:
+                    missing.append((block_cubes, block_wanted))
+            placed.append(column_blocks)
+            if not missing:
+                yield finished([])
+                continue
+            # The slices the blocks to march reach, smoothed once for all of them.
+            z_wanted = (missing[0][1][0][0], missing[-1][1][0][1])
+            part = window[max(z_wanted[0], 0) - read[0][0] : min(z_wanted[1], shape[0]) - read[0][0]]
+            yield submit(
+                _march_blocks, part, [z_wanted, *missing[0][1][1:]], [block_cubes[0] for block_cubes, _ in missing],
+                shape, padding, radius, smoothing_sigma, level,
+            )
+
+    with process_pool(workers) as submit:
+        for marched in ordered_results(submitted(submit), ahead=2 * workers):
+            marched = iter(marched)
+            for index, cubes, key, stored in placed.popleft():
+                if stored is None:
+                    local, faces = next(marched)
+                    if cache:
+                        cache.put(key, vertices=local, faces=faces)
+                else:
+                    local, faces = stored["vertices"], stored["faces"]
+                yield from _block_mesh(local, faces, cubes, index, ranges, spacing, key)
+    if cache and task:
+        log.info("%s: %d blocks' meshes reused, %d computed", task, cache.hits, cache.misses)
+
+
+def _block_mesh(local, faces, cubes, index, ranges, spacing, key) -> Iterator[BlockMesh]:
+    """A marched block's :class:`BlockMesh` (none when it has no faces): vertices in nm,
+    and which of them lie on the planes shared with neighbouring blocks."""
+    if not len(faces):
+        return
+    grid = local.astype(np.float64) + np.array([first for first, _ in cubes], dtype=np.float64)
+    lower = np.zeros(len(grid), bool)
+    upper = np.zeros(len(grid), bool)
+    for axis, ((first, stop), k) in enumerate(zip(cubes, index)):
+        if k > 0:
+            lower |= grid[:, axis] == first
+        if k < len(ranges[axis]) - 1:
+            upper |= grid[:, axis] == stop
+    yield BlockMesh(
+        vertices=(grid * spacing)[:, ::-1].astype(np.float32),
+        faces=faces.astype(np.int64),
+        grid=grid,
+        shared=lower | upper,
+        owned=~lower,
+        key=key,
+    )
+
+
+def weld_block_meshes(block_meshes) -> tuple[np.ndarray, np.ndarray]:
+    """Merge block meshes into one mesh, joining the copies of the vertices on shared planes.
+
+    Copies are joined by their exact voxel-unit position (:attr:`BlockMesh.grid`).
+    Faces left with a repeated vertex (where two distinct vertices of a block round
+    to the same float32 position) are dropped.
+
+    Returns
+    -------
+    vertices : ndarray of float32, shape (n_vertices, 3)
+    faces : ndarray of int64, shape (n_faces, 3)
+        As :func:`volume_to_mesh` returns them (in another order).
+    """
+    vertices, faces, shared_ids, shared_grid = [], [], [], []
+    n_vertices = 0
+    for block in block_meshes:
+        vertices.append(block.vertices)
+        faces.append(block.faces + n_vertices)
+        shared_ids.append(np.flatnonzero(block.shared) + n_vertices)
+        shared_grid.append(block.grid[block.shared])
+        n_vertices += len(block.vertices)
+    if not faces:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
+    vertices = np.concatenate(vertices)
+    faces = np.concatenate(faces)
+    shared_ids = np.concatenate(shared_ids)
+    shared_grid = np.concatenate(shared_grid)
+    target = np.arange(n_vertices)
+    if len(shared_ids):
+        _, position = np.unique(shared_grid, axis=0, return_inverse=True)
+        first = np.full(position.max() + 1, n_vertices)
+        np.minimum.at(first, position.ravel(), shared_ids)
+        target[shared_ids] = first[position.ravel()]
+    faces = target[faces]
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
+    used, faces = np.unique(faces, return_inverse=True)
+    return vertices[used], faces.reshape(-1, 3).astype(np.int64)
+
+
+def mesh_blockwise(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    level: float = SURFACE_LEVEL,
+    workers: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`volume_to_mesh` block by block: the same mesh, up to vertex and face order.
+
+    Holds the mesh, not the volume, in memory. Parameters as for :func:`mesh_blocks`;
+    returns as :func:`weld_block_meshes`.
+    """
+    return weld_block_meshes(mesh_blocks(volume, voxel_size_nm, block_size, smoothing_sigma, level, workers=workers))
+
+
+def write_stl_blocks(path: str | os.PathLike, block_meshes, on_block=None) -> int:
+    """Write block meshes as one binary STL, a block at a time (atomically).
+
+    STL stores each triangle's corner positions, so the copies of shared vertices,
+    being equal, need no welding. Normals as :func:`write_stl` computes them.
+
+    Parameters
+    ----------
+    path : path
+        Output ``.stl`` file; not written when there are no faces.
+    block_meshes : iterable of BlockMesh
+    on_block : callable, optional
+        Called as ``on_block(block, first_face)`` for each block written, with the
+        index in the STL of the block's first face.
+
+    Returns
+    -------
+    int
+        Faces written.
+    """
+    block_meshes = iter(block_meshes)
+    first = next(block_meshes, None)
+    if first is None:
+        return 0
+    written = 0
+
+    def save(temporary: str) -> None:
+        nonlocal written
+        # Unbuffered: records are appended to the file's descriptor directly too (KeptRecords).
+        with open(temporary, "wb", buffering=0) as stl_file:
+            stl_file.write(STL_HEADER + struct.pack("<I", 0))
+            for block in itertools.chain([first], block_meshes):
+                records = stl_records(block.vertices, block.faces) if block.stl_records is None else block.stl_records
+                if isinstance(records, KeptRecords):
+                    records.append_to(stl_file)
+                else:
+                    records.tofile(stl_file)
+                if on_block is not None:
+                    on_block(block, written)
+                written += len(block.faces)
+            if written >= 2**32:
+                raise ValueError(f"{path}: {written} faces do not fit a binary STL (at most 2^32 - 1)")
+            stl_file.seek(len(STL_HEADER))
+            stl_file.write(struct.pack("<I", written))
+
+    write_atomically(path, save)
+    return written
+
+
+@dataclass
+class MeshMeasurements:
+    """Running totals over block meshes: the measurements of the whole mesh.
+
+    Attributes
+    ----------
+    vertices, faces : int
+        Of the welded mesh (each shared vertex counted once, by its owner block).
+    volume_nm3 : float
+        Enclosed volume (sum of the blocks' signed volumes, divergence theorem).
+    area_nm2 : float
+    """
+
+    vertices: int = 0
+    faces: int = 0
+    volume_nm3: float = 0.0
+    area_nm2: float = 0.0
+
+    def measure(self, block_meshes) -> Iterator[BlockMesh]:
+        """Pass block meshes through, adding each to the totals (measuring those not measured yet)."""
+        for block in block_meshes:
+            self.vertices += int(np.count_nonzero(block.owned))
+            self.faces += len(block.faces)
+            if block.area_nm2 is None:
+                block.area_nm2, block.volume_nm3 = area_and_volume(block.vertices, block.faces)
+            self.area_nm2 += block.area_nm2
+            self.volume_nm3 += block.volume_nm3
+            yield block
+
+
+class BlockMeshCache:
+    """What the mesh step keeps of a run for the next: each block's mesh, found by its content.
+
+    - The marching cubes of each block, in voxel units (:attr:`cubes`, an
+      :class:`vem3d.cache.ArrayCache`, one entry per block, for any voxel size).
+    - Each block's STL records, area and volume at one voxel size. The records are not
+      copied: the run's full STL is hard-linked into the folder (no extra disk while
+      that STL exists; copied where a link cannot be made) beside a table of where
+      each block's records start in it. A re-run writes an unchanged block's records
+      as they are, without computing normals or measures again.
+
+    Parameters
+    ----------
+    folder : path
+        The cache (created): block entries ``block_meshes/*.npz``, ``last.stl`` and
+        ``last_stl.table``. Another step's cache may share it (the volume step's
+        entries are named apart).
+    voxel_size_nm : (float, float, float)
+        The STL records and measures kept and reused are those of this voxel size.
+    """
+
+    def __init__(self, folder: str | os.PathLike, voxel_size_nm: tuple[float, float, float]):
+        self.folder = Path(folder)
+        # Entries are in voxel units, so they hold for any voxel size.
+        self.cubes = ArrayCache(self.folder / "block_meshes", context="mesh")
+        self._stl_path = self.folder / "last.stl"
+        self._table_path = self.folder / "last_stl.table"
+        self._voxel_size_nm = np.asarray(voxel_size_nm, dtype=np.float64)
+        self._last_faces = 0  # in the kept STL, where its table is valid
+        self._last_rows: dict[str, tuple[int, int, float, float]] = {}
+        self._rows: dict[str, tuple[int, int, float, float]] = {}
+        try:
+            with np.load(self._table_path) as table:
+                stat = os.stat(self._stl_path)
+                # The table belongs to this very file (a run killed between linking the
+                # STL and writing the table leaves them apart) and this voxel size.
+                if table["stl"].tolist() == [stat.st_ino, stat.st_size] and np.array_equal(
+                    table["voxel_size_nm"], self._voxel_size_nm
+                ):
+                    self._last_faces = stl_face_count(self._stl_path)
+                    rows = zip(table["first"].tolist(), table["count"].tolist(), table["area"].tolist(), table["volume"].tolist())
+                    self._last_rows = dict(zip(table["keys"].tolist(), rows))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # no STL kept yet, or from an older layout: records are made afresh
+
+    def with_kept_records(self, block_meshes) -> Iterator[BlockMesh]:
+        """Pass block meshes through, giving those kept from the last run their STL records, area and volume."""
+        for block in block_meshes:
+            row = self._last_rows.get(block.key)
+            if row is not None and row[1] == len(block.faces) and row[0] + row[1] <= self._last_faces:
+                first, count, block.area_nm2, block.volume_nm3 = row
+                block.stl_records = KeptRecords(self._stl_path, first, count)
+            yield block
+
+    def written(self, block: BlockMesh, first_face: int) -> None:
+        """Note where a measured block's records start in the STL being written (for :func:`write_stl_blocks`)."""
+        self._rows[block.key] = (first_face, len(block.faces), block.area_nm2, block.volume_nm3)
+
+    def keep(self, stl_path: str | os.PathLike | None) -> None:
+        """Keep the STL just written (the full mesh) for the next run; drop the last run's
+        and the block entries this run did not use."""
+        self._last_faces = 0
+        self._table_path.unlink(missing_ok=True)
+        if stl_path is None:
+            self._stl_path.unlink(missing_ok=True)
+        else:
+            linked = self.folder / ".last.stl.part"
+            linked.unlink(missing_ok=True)
+            link_or_copy(stl_path, linked)
+            os.replace(linked, self._stl_path)
+            stat = os.stat(self._stl_path)
+            keys = list(self._rows)
+            columns = list(zip(*self._rows.values())) or [(), (), (), ()]
+
+            def save(temporary: str) -> None:
+                with open(temporary, "wb") as table:
+                    np.savez(
+                        table, stl=np.array([stat.st_ino, stat.st_size]), voxel_size_nm=self._voxel_size_nm,
+                        keys=np.array(keys, dtype=str), first=np.array(columns[0], dtype=np.int64),
+                        count=np.array(columns[1], dtype=np.int64), area=np.array(columns[2], dtype=np.float64),
+                        volume=np.array(columns[3], dtype=np.float64),
+                    )
+
+            write_atomically(self._table_path, save)
+        self.cubes.prune()
+
+
+def write_mesh_blockwise(
+    cleaned: CleanedVolume,
+    voxel_size_nm: tuple[float, float, float],
+    stl_path: str | os.PathLike,
+    block_size=DEFAULT_BLOCK_SIZE,
+    smoothing_sigma: float = 0.75,
+    max_faces: int = 0,
+    cache: BlockMeshCache | None = None,
+    workers: int = 1,
+) -> dict[str, float | int]:
+    """Mesh a cleaned volume block by block into an STL; measure the mesh on the way.
+
+    Parameters
+    ----------
+    cleaned : CleanedVolume
+        From :func:`vem3d.volume.clean_blockwise`.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`volume_to_mesh`.
+    stl_path : path
+        STL written (not when the mesh is empty).
+    block_size : int or (int, int, int)
+        Block side in voxels, or sides along z, y, x.
+    max_faces : int
+        Simplify the STL to at most this many faces: the full mesh is written to a
+        scratch STL beside ``stl_path`` and simplified from there a chunk of faces at a
+        time (:func:`read_stl_simplified`); 0 writes the full mesh block by block.
+    cache : BlockMeshCache, optional
+        Reuse the marching cubes (:func:`mesh_blocks`), STL records and measures of
+        unchanged blocks; left holding this mesh's.
+    workers : int
+        Processes that march blocks (:func:`mesh_blocks`).
+
+    Returns
+    -------
+    dict
+        ``objects``, ``foreground_voxels``, ``voxel_volume_um3`` (voxel count times
+        voxel volume), ``mesh_volume_um3``, ``surface_area_um2``, ``vertices`` and
+        ``faces``, all of the full (not simplified) mesh.
+    """
+    started = time.monotonic()
+    totals = MeshMeasurements()
+    block_meshes = mesh_blocks(
+        cleaned.volume, voxel_size_nm, block_size, smoothing_sigma, cache=cache and cache.cubes, workers=workers
+    )
+    if cache:
+        block_meshes = cache.with_kept_records(block_meshes)
+    block_meshes = totals.measure(block_meshes)
+    on_block = cache.written if cache else None
+    if max_faces:
+        # The full mesh goes to a scratch STL block by block, then is simplified from
+        # there a chunk of faces at a time: memory never holds the full mesh.
+        handle, full_path = tempfile.mkstemp(dir=Path(stl_path).parent, prefix=".full-", suffix=".stl")
+        os.close(handle)
+        try:
+            faces = np.zeros((0, 3), np.int64)
+            written = write_stl_blocks(full_path, block_meshes, on_block)
+            if written:
+                vertices, faces = read_stl_simplified(full_path, max_faces)
+                write_stl(stl_path, vertices, faces)
+            if cache:
+                cache.keep(full_path if written else None)
+        finally:
+            Path(full_path).unlink(missing_ok=True)
+        log.info("simplified the mesh from %d to %d faces", totals.faces, len(faces))
+    else:
+        written = write_stl_blocks(stl_path, block_meshes, on_block)
+        if cache:
+            cache.keep(stl_path if written else None)
+    log.info(
+        "meshed %d voxels in blocks of %s in %.1f s: %d faces",
+        math.prod(cleaned.volume.shape),
+        block_size,
+        time.monotonic() - started,
+        totals.faces,
+    )
+    voxel_volume_nm3 = float(np.prod(voxel_size_nm))
+    return {
+        "objects": cleaned.objects,
+        "foreground_voxels": cleaned.foreground_voxels,
+        "voxel_volume_um3": cleaned.foreground_voxels * voxel_volume_nm3 / NM3_PER_UM3,
+        "mesh_volume_um3": totals.volume_nm3 / NM3_PER_UM3,
+        "surface_area_um2": totals.area_nm2 / NM2_PER_UM2,
+        "vertices": totals.vertices,
+        "faces": totals.faces,
+    }

@@ -3,7 +3,8 @@
 Objects are the 26-connected components of the foreground (:func:`vem3d.volume.label_objects`),
 of the cleaned volume that :func:`vem3d.volume.write_volumes` writes. Coordinates are in the frame of the STL
 meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of voxel
-(0, 0, 0), but listed in array order (z, y, x).
+(0, 0, 0), but listed in array order (z, y, x). Volumes larger than memory are
+measured block by block (:func:`object_statistics_blockwise`), with the same table.
 """
 
 from __future__ import annotations
@@ -11,21 +12,33 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import zarr
 from scipy import ndimage
 
 from vem3d.atomic import write_text_atomically
+from vem3d.blockwise import DEFAULT_BLOCK_SIZE, block_source, blocks, in_raster_order, read_whole_where_it_fits
 from vem3d.cache import TableCache, mask_key
-from vem3d.mesh import NM2_PER_UM2, NM3_PER_UM3, SURFACE_LEVEL, area_and_volume, marching_level, volume_to_mesh
-from vem3d.threads import finished, ordered_results, run_now
-from vem3d.volume import AXES, label_objects, open_volumes
+from vem3d.mesh import (
+    NM2_PER_UM2,
+    NM3_PER_UM3,
+    SURFACE_LEVEL,
+    MeshMeasurements,
+    area_and_volume,
+    marching_level,
+    mesh_blocks,
+    volume_to_mesh,
+)
+from vem3d.threads import finished, ordered_results, process_pool, run_now
+from vem3d.volume import AXES, BlockComponents, empty_volume_like, label_block, label_objects, open_volumes, outer_layers
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +147,7 @@ def object_statistics(
 ) -> pd.DataFrame:
     """Measure every 26-connected object of a binary volume.
 
-    The objects are numbered by :func:`label_objects` and measured by
+    The objects are numbered by :func:`vem3d.volume.label_objects` and measured by
     :func:`measure_objects`. Each object is meshed on its own (marching cubes after
     Gaussian smoothing, as :func:`vem3d.mesh.volume_to_mesh`), so touching
     neighbours do not share surface.
@@ -154,7 +167,7 @@ def object_statistics(
     -------
     pandas.DataFrame
         One row per object, columns :data:`OBJECT_COLUMNS`: ``object`` (id, as numbered
-        by :func:`label_objects`), ``voxels``, ``volume_um3`` (voxel count times voxel
+        by :func:`vem3d.volume.label_objects`), ``voxels``, ``volume_um3`` (voxel count times voxel
         volume), ``mesh_volume_um3`` (enclosed by the smoothed mesh),
         ``surface_area_um2`` (of the mesh), ``sphericity`` (from the mesh volume and
         area), ``centroid_{z,y,x}_nm`` (mean voxel centre) and
@@ -269,7 +282,7 @@ def statistics_from_volumes(
 
     The volumes are those the meshes are made from (:func:`vem3d.volume.write_volumes`).
     Objects are labelled and measured block by block
-    (:func:`vem3d.blockwise.object_statistics_blockwise`), with the result of
+    (:func:`object_statistics_blockwise`), with the result of
     :func:`object_statistics`; like :func:`vem3d.mesh.mesh_volumes`, a volume that
     fits in memory is read whole first, a larger one a block at a time. Labelling the
     whole 256 x 1024 x 1024 volume of ``benchmarks/pipeline.py --size 1024`` at once
@@ -304,7 +317,6 @@ def statistics_from_volumes(
     pandas.DataFrame
         The summary rows.
     """
-    from vem3d import blockwise  # builds on this module
 
     volumes = open_volumes(volume_path)
     voxel_size_nm = volumes.voxel_size_nm
@@ -315,9 +327,9 @@ def statistics_from_volumes(
             cache = TableCache(Path(cache_dir) / f"{class_name}.npz", columns=2, context="object mesh measures")
         # Block by block either way: labels for a block at a time, not 4 bytes per voxel
         # of the volume (see the docstring).
-        tables[class_name] = blockwise.object_statistics_blockwise(
-            blockwise.read_whole_where_it_fits(cleaned.volume, block_size, memory_gib), voxel_size_nm,
-            Path(objects_path).parent, smoothing_sigma, block_size or blockwise.DEFAULT_BLOCK_SIZE, cache, workers,
+        tables[class_name] = object_statistics_blockwise(
+            read_whole_where_it_fits(cleaned.volume, block_size, memory_gib), voxel_size_nm,
+            Path(objects_path).parent, smoothing_sigma, block_size or DEFAULT_BLOCK_SIZE, cache, workers,
         )
         if cache is not None:
             log.info("%s: mesh measures of %d objects reused, %d computed", class_name, cache.hits, cache.misses)
@@ -360,3 +372,244 @@ def study_table(summary_paths, sample_names, out_path: str | os.PathLike) -> pd.
     table = table[["sample", *(column for column in table if column != "sample")]]
     _write_tsv(out_path, table)
     return table
+
+
+# Block by block: volumes larger than memory.
+
+
+class _ObjectMask:
+    """One object of a block-labelled volume, read lazily as a bool volume over its bounding box.
+
+    The label volume holds each block's local labels; ``offsets`` (one per block, as an
+    array over the block grid) turn them into the global labels that ``object_of`` maps.
+    """
+
+    def __init__(self, labels: zarr.Array, offsets: np.ndarray, block_size: int, object_of: np.ndarray,
+                 component: int, box: Sequence[tuple[int, int]]):
+        self._labels, self._offsets, self._block_size = labels, offsets, block_size
+        self._object_of, self._component = object_of, component
+        self._origin = [lo for lo, _ in box]
+        self.shape = tuple(hi - lo for lo, hi in box)
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        shifted = tuple(slice(part.start + lo, part.stop + lo) for part, lo in zip(region, self._origin))
+        local = np.asarray(self._labels[shifted]).astype(np.int64)
+        block_of = np.ix_(*(np.arange(part.start, part.stop) // self._block_size for part in shifted))
+        return self._object_of[np.where(local > 0, local + self._offsets[block_of], 0)] == self._component
+
+
+def _measure_pieces(labels, region, shape, block_rows, crosses, whole) -> Iterator[np.ndarray]:
+    """Measure each labelled piece of a block into ``block_rows`` (all but the mesh
+    measures) and ``crosses`` (whether it touches a border with another block); yield
+    the masks of the pieces that are whole objects, their numbers appended to ``whole``."""
+    origin = np.array([part.start for part in region])
+    inner_border = [(part.start > 0, part.stop < n) for part, n in zip(region, shape)]
+    for k, window in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[window] == k
+        coordinates = np.nonzero(inside)
+        start = np.array([part.start for part in window]) + origin
+        crosses[k] = any(
+            (low and part.start == 0) or (high and part.stop == n)
+            for part, n, (low, high) in zip(window, labels.shape, inner_border)
+        )
+        block_rows[k - 1, :11] = [
+            len(coordinates[0]),
+            *(c.sum() + len(c) * s for c, s in zip(coordinates, start)),
+            *start,
+            *(np.array([part.stop for part in window]) + origin),
+            np.ravel_multi_index(tuple(np.array([c[0] for c in coordinates]) + start), shape),
+        ]
+        if not crosses[k]:
+            whole.append(k)
+            yield inside
+
+
+def _pieces_of_block(array, region, block, shape):
+    """Statistics pass for one block (``block`` of the volume, of ``shape``): label its
+    pieces and measure them but for the mesh measures (:func:`_measure_pieces`).
+
+    Returns (count, outer layers, the pieces' rows, numbers of the whole pieces, their masks).
+    """
+    labels, count = label_block(np.asarray(array[region]) != 0, 26)
+    crosses = np.zeros(count + 1, bool)
+    block_rows = np.full((count, 13), np.nan)
+    whole = []
+    insides = list(_measure_pieces(labels, block, shape, block_rows, crosses, whole))
+    return count, outer_layers(labels), block_rows, whole, insides
+
+
+def _object_in_box(array, box: Sequence[tuple[int, int]], first_voxel: Sequence[int]) -> np.ndarray:
+    """The mask of the object with ``first_voxel`` over its bounding ``box`` ([start, stop) per axis).
+
+    All of an object lies in its box, so there it is the one 26-connected component
+    that holds its first voxel; other objects' parts in the box are separate from it.
+    """
+    labels, _ = label_block(np.asarray(array[tuple(slice(lo, hi) for lo, hi in box)]) != 0, 26)
+    return labels == labels[tuple(int(v) - lo for v, (lo, _) in zip(first_voxel, box))]
+
+
+def _label_pieces(array, region, pieces: np.ndarray) -> np.ndarray:
+    """One block's local labels (as the statistics pass numbered them) of the ``pieces``
+    marked (bool per local label), 0 elsewhere, as uint32."""
+    labels, _ = label_block(np.asarray(array[region]) != 0, 26)
+    return np.where(pieces[labels], labels, 0).astype(np.uint32)
+
+
+def _measure_large_objects(
+    volume, pieces, object_of, order, large, boxes, scratch_dir, voxel_size_nm, smoothing_sigma, block_size, workers
+) -> np.ndarray:
+    """Mesh measures (volume nm³, area nm²) of the objects ``large`` (numbers), whose boxes
+    exceed a block, each meshed block by block (:func:`vem3d.mesh.mesh_blocks`).
+
+    The blocks holding their pieces are labelled again into a label volume (zarr under
+    ``scratch_dir``, each block's local labels) that the objects are read from; the other
+    arguments as :func:`object_statistics_blockwise` has them.
+    """
+    large_components = order[np.asarray(large) - 1]
+    components = set(large_components.tolist())
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".objects-") as scratch:
+        labels = empty_volume_like(Path(scratch) / "labels.zarr", volume, block_size, np.uint32)
+        offsets = np.zeros([math.ceil(n / block_size) for n in volume.shape], np.int64)
+        for index, region in blocks(volume.shape, block_size):
+            offset, count = pieces.offsets[index], pieces.counts[index]
+            offsets[index] = offset
+            marked = np.zeros(count + 1, bool)
+            marked[1:] = [component in components for component in object_of[offset + 1 : offset + count + 1].tolist()]
+            if marked.any():
+                labels[region] = _label_pieces(volume, region, marked)
+        measured = []
+        for object_number, component in zip(large, large_components):
+            mask = _ObjectMask(labels, offsets, block_size, object_of, component, boxes[object_number])
+            totals = MeshMeasurements()
+            for _ in totals.measure(mesh_blocks(mask, voxel_size_nm, block_size, smoothing_sigma, task="", workers=workers)):
+                pass
+            measured.append((totals.volume_nm3, totals.area_nm2))
+    return np.array(measured, np.float64)
+
+
+def object_statistics_blockwise(
+    volume,
+    voxel_size_nm: tuple[float, float, float],
+    scratch_dir: str | os.PathLike,
+    smoothing_sigma: float = 0.75,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    cache: TableCache | None = None,
+    workers: int = 1,
+) -> pd.DataFrame:
+    """:func:`object_statistics`, block by block: the same table.
+
+    Objects inside one block are measured from it at once. Pieces that touch a border
+    with another block are joined across blocks; each such object is meshed from its
+    bounding box: in memory when that is at most a block (the box read from the
+    volume and labelled again), otherwise block by block (:func:`vem3d.mesh.mesh_blocks`, from a
+    label volume of the blocks that hold it).
+
+    Parameters
+    ----------
+    volume : zarr.Array or ndarray, shape (slices, rows, columns)
+        Foreground where non-zero.
+    voxel_size_nm, smoothing_sigma
+        As for :func:`object_statistics`.
+    scratch_dir : path
+        Folder for the label volume of objects larger than a block (removed afterwards).
+    block_size : int
+        Block side in voxels.
+    cache : vem3d.cache.TableCache, optional
+        As for :func:`object_statistics`.
+    workers : int
+        Processes that label and measure the blocks, and mesh the objects
+        (:func:`mesh_measures`): those inside one block, those across
+        blocks, and the blocks of objects larger than a block.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`object_statistics`, objects numbered in raster order of
+        their first voxel.
+    """
+    started = time.monotonic()
+    shape = volume.shape
+    spacing = np.asarray(voxel_size_nm, dtype=np.float64)
+    pieces = BlockComponents(26)
+    # Per piece (one block's part of an object; row 0 stands for label 0): voxel count,
+    # coordinate sums, box start and stop, raster index of its first voxel, and
+    # (mesh volume, area) where the piece is known to be a whole object, else NaN.
+    rows: list[np.ndarray] = [np.array([[0, 0, 0, 0, *([np.iinfo(np.int64).max] * 3), 0, 0, 0, -1, 0, 0]], np.float64)]
+    with process_pool(workers) as submit:
+        owners = deque()  # (block rows, piece number) of each whole piece handed to mesh_measures, in order
+
+        def whole_pieces() -> Iterator[np.ndarray]:
+            # Pulled by mesh_measures as it hands pieces to the workers, which label
+            # the next blocks meanwhile; the pieces are joined here, in raster order.
+            for index, region, (count, layers, block_rows, whole, insides) in in_raster_order(
+                shape,
+                block_size,
+                "objects measured",
+                lambda index, region: submit(_pieces_of_block, *block_source(volume, region), region, shape),
+                2 * workers,
+            ):
+                pieces.add(index, layers, count)
+                if count == 0:
+                    continue
+                rows.append(block_rows)
+                for number, inside in zip(whole, insides):
+                    owners.append((block_rows, number))
+                    yield inside
+
+        for measures in mesh_measures(whole_pieces(), voxel_size_nm, smoothing_sigma, cache, submit):
+            block_rows, number = owners.popleft()
+            block_rows[number - 1, 11:] = measures
+        rows = np.concatenate(rows)
+        object_of, n_objects = pieces.components()
+        # Objects numbered in raster order of their first voxel, as label_objects numbers them.
+        first = np.full(object_of.max() + 1, np.inf)
+        np.minimum.at(first, object_of[1:], rows[1:, 10])
+        order = np.argsort(first)[:n_objects]
+        number = np.zeros(object_of.max() + 1, np.int64)
+        number[order] = np.arange(1, n_objects + 1)
+        of_piece = number[object_of]
+        totals = np.stack([np.bincount(of_piece, weights=rows[:, c], minlength=n_objects + 1) for c in range(4)], 1)
+        lows = np.full((n_objects + 1, 3), np.inf)
+        highs = np.zeros((n_objects + 1, 3))
+        np.minimum.at(lows, of_piece, rows[:, 4:7])
+        np.maximum.at(highs, of_piece, rows[:, 7:10])
+        measures = np.full((n_objects + 1, 2), np.nan)
+        whole = ~np.isnan(rows[:, 11])
+        measures[of_piece[whole]] = rows[whole, 11:13]
+        # Objects across block borders: those within a block's size meshed whole in the
+        # worker processes, each taken from its box of the volume; larger ones block by block.
+        boxes = {
+            object_number: [(int(lo), int(hi)) for lo, hi in zip(lows[object_number], highs[object_number])]
+            for object_number in np.unique(of_piece[~whole])
+        }
+        small = [object_number for object_number, box in boxes.items() if math.prod(hi - lo for lo, hi in box) <= block_size**3]
+        insides = (
+            _object_in_box(volume, boxes[object_number], np.unravel_index(int(first[order[object_number - 1]]), shape))
+            for object_number in small
+        )
+        for object_number, object_measures in zip(
+            small, mesh_measures(insides, voxel_size_nm, smoothing_sigma, cache, submit)
+        ):
+            measures[object_number] = object_measures
+        large = sorted(boxes.keys() - set(small))
+        if large:
+            measures[large] = _measure_large_objects(
+                volume, pieces, object_of, order, large, boxes, scratch_dir, voxel_size_nm, smoothing_sigma, block_size,
+                workers,
+            )
+    log.info("measured %d objects block by block in %.1f s", n_objects, time.monotonic() - started)
+    object_voxels = totals[1:, 0]
+    volume_um3, area_um2 = measures[1:, 0] / NM3_PER_UM3, measures[1:, 1] / NM2_PER_UM2
+    columns = {
+        "object": np.arange(1, n_objects + 1),
+        "voxels": object_voxels.astype(np.int64),
+        "volume_um3": object_voxels * spacing.prod() / NM3_PER_UM3,
+        "mesh_volume_um3": volume_um3,
+        "surface_area_um2": area_um2,
+        "sphericity": [sphericity(v, a) for v, a in zip(volume_um3, area_um2)],
+    }
+    for a, axis in enumerate(AXES):
+        columns[f"centroid_{axis}_nm"] = totals[1:, 1 + a] / object_voxels * spacing[a]
+        columns[f"bbox_{axis}_min_nm"] = (lows[1:, a] - 0.5) * spacing[a]
+        columns[f"bbox_{axis}_max_nm"] = (highs[1:, a] - 0.5) * spacing[a]
+    return pd.DataFrame(columns)[OBJECT_COLUMNS]
