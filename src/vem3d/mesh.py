@@ -70,6 +70,31 @@ def marching_level(level: float) -> float:
     return level - 1e-6
 
 
+# Smoothed values closer than this to the marching level are moved out to it (on
+# their side of the level): a value within about 1e-5 of the level put the vertices of
+# all the edges from its grid point within float32 rounding of that point, so the STL
+# (whose vertices are their float32 positions) got faces with two corners at one point
+# and edges of four faces: 10 of the 2.7 M faces of the Lucchi++ mitochondria. Vertices
+# now keep 0.01 voxel from grid points, apart in float32 in volumes under about 40 000
+# voxels a side; they move by at most 0.01 voxel divided by the difference of the
+# values at the edge's ends.
+LEVEL_CLEARANCE = 1e-2
+
+
+def clear_of_level(field: np.ndarray, level: float) -> np.ndarray:
+    """Move the values of ``field`` within :data:`LEVEL_CLEARANCE` of ``level`` out to that
+    distance, on the side of ``level`` they are on (in place); returns ``field``.
+
+    Marching cubes at ``level`` then gives the same faces (every value stays on its
+    side) with no vertex within float32 rounding of a grid point.
+    """
+    near = (field > level - LEVEL_CLEARANCE) & (field < level + LEVEL_CLEARANCE)
+    if near.any():
+        values = field[near]
+        field[near] = np.where(values >= level, level + LEVEL_CLEARANCE, level - LEVEL_CLEARANCE)
+    return field
+
+
 def volume_to_mesh(
     volume: np.ndarray,
     voxel_size_nm: tuple[float, float, float],
@@ -113,7 +138,7 @@ def volume_to_mesh(
     padding = 1 + int(np.ceil(3 * smoothing_sigma))
     padded = np.pad(volume.astype(np.float32), padding)
     if smoothing_sigma > 0:
-        padded = ndimage.gaussian_filter(padded, smoothing_sigma)
+        padded = clear_of_level(ndimage.gaussian_filter(padded, smoothing_sigma), marching_level(level))
     if padded.max() <= marching_level(level):
         # Objects of a voxel or two blur below the level: nothing to triangulate.
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
@@ -487,12 +512,17 @@ def is_watertight(faces: np.ndarray) -> bool:
     """Whether every edge of the mesh is shared by exactly two faces, in opposite directions."""
     if len(faces) == 0:
         return False
+    faces = np.asarray(faces, dtype=np.int64)
+    n_vertices = int(faces.max()) + 1
+    # Each directed edge as one number: present once, and its reverse present too.
     edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    directed, counts = np.unique(edges, axis=0, return_counts=True)
-    if (counts != 1).any():
+    directed = edges[:, 0] * n_vertices + edges[:, 1]
+    directed.sort()
+    if (directed[1:] == directed[:-1]).any():
         return False
-    reversed_edges = {tuple(edge) for edge in directed[:, ::-1]}
-    return all(tuple(edge) in reversed_edges for edge in directed)
+    reverse = edges[:, 1] * n_vertices + edges[:, 0]
+    found = np.searchsorted(directed, reverse)
+    return bool((found < len(directed)).all() and (directed[np.minimum(found, len(directed) - 1)] == reverse).all())
 
 
 def mesh_volumes(
@@ -545,7 +575,6 @@ def mesh_volumes(
     pandas.DataFrame
         The summary rows.
     """
-
     volumes = open_volumes(volume_path)
     Path(mesh_dir).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -730,9 +759,11 @@ def _march_blocks(
     """
     reaches_border = any(lo < 0 or hi > n for (lo, hi), n in zip(wanted, shape))
     data = _smoothing_input(voxels, wanted, shape, padding) if reaches_border else voxels.astype(np.float32)
+    level = marching_level(level)
     field = _smoothed_field(data, radius, smoothing_sigma)
     del data
-    level = marching_level(level)
+    if smoothing_sigma > 0:  # raw 0/1 voxels are never near the level
+        clear_of_level(field, level)
     grid_z = wanted[0][0] + radius  # the grid plane of field[0]
     marched = []
     for first, stop in block_cubes:
@@ -827,7 +858,10 @@ def mesh_blocks(
                 if voxels.all() and not any(lo < 0 or hi > n for (lo, hi), n in zip(block_wanted, shape)):
                     continue
                 key = (
-                    mask_key(cache.context, voxels, block_wanted, shape, smoothing_sigma, marching_level(level))
+                    mask_key(
+                        cache.context, voxels, block_wanted, shape, smoothing_sigma, marching_level(level),
+                        LEVEL_CLEARANCE,
+                    )
                     if cache else None
                 )
                 stored = cache.get(key) if cache else None

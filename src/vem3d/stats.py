@@ -28,6 +28,7 @@ from vem3d.atomic import write_text_atomically
 from vem3d.blockwise import DEFAULT_BLOCK_SIZE, block_source, blocks, in_raster_order, read_whole_where_it_fits
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import (
+    LEVEL_CLEARANCE,
     NM2_PER_UM2,
     NM3_PER_UM3,
     SURFACE_LEVEL,
@@ -107,12 +108,12 @@ def mesh_measures(
 
     def submitted() -> Iterator[Future]:
         for inside in insides:
-            # With the level the meshes are marched at: measures an older version marched
-            # at another are not reused.
+            # With the level the meshes are marched at and its clearance: measures an
+            # older version marched otherwise are not reused.
             key = (
                 mask_key(
                     cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma,
-                    marching_level(SURFACE_LEVEL),
+                    marching_level(SURFACE_LEVEL), LEVEL_CLEARANCE,
                 )
                 if cache
                 else None
@@ -317,7 +318,6 @@ def statistics_from_volumes(
     pandas.DataFrame
         The summary rows.
     """
-
     volumes = open_volumes(volume_path)
     voxel_size_nm = volumes.voxel_size_nm
     tables = {}

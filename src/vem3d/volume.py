@@ -493,7 +493,6 @@ def write_volumes(
         For z-smoothing of a volume that goes block by block (it needs whole
         probability volumes), or masks that do not make one volume (naming the file).
     """
-
     inputs = [folder for folders in (*mask_dirs.values(), *(probability_dirs or {}).values()) for folder in folders]
     refuse_to_write_into(inputs, path, cache_dir)
     started = time.monotonic()
@@ -578,7 +577,6 @@ def open_volumes(path: str | os.PathLike) -> SampleVolumes:
     ValueError
         If ``path`` is not such a zarr group (naming it and what is missing).
     """
-
     try:
         group = zarr.open_group(path, mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
