@@ -39,10 +39,10 @@ import numpy as np
 import zarr
 from scipy.spatial import cKDTree
 
-from vem3d.blockwise import DEFAULT_BLOCK_SIZE, IN_MEMORY_BYTES_PER_VOXEL
+from vem3d.blockwise import DEFAULT_BLOCK_SIZE
 from vem3d.mesh import mesh_blockwise, volume_to_mesh, write_mesh_blockwise
 from vem3d.stats import object_statistics_blockwise
-from vem3d.volume import CHUNK_EDGE, clean_blockwise
+from vem3d.volume import CHUNK_EDGE, IN_MEMORY_BYTES_PER_VOXEL, clean_blockwise
 
 VOXEL_NM = (30.0, 8.0, 8.0)
 MIN_OBJECT_VOXELS = 64

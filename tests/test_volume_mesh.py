@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import skimage.measure
 from scipy import ndimage
 from stl import mesh as stl_mesh
 
@@ -168,6 +169,19 @@ def test_clear_of_level_moves_only_values_near_the_level_and_keeps_their_side():
     moved = mesh_module.clear_of_level(field.copy(), level)
     np.testing.assert_array_equal(
         moved,
-        np.array([0.0, level - clearance, level - clearance, level + clearance, level + clearance, level + clearance,
+        # The level itself is outside, as marching cubes counts it.
+        np.array([0.0, level - clearance, level - clearance, level - clearance, level + clearance, level + clearance,
                   0.7], np.float32),
     )
+
+
+def test_a_float32_value_just_at_the_level_stays_outside_as_marching_cubes_sees_it():
+    # float32(0.499999) is 1.3e-8 below the float64 level: marching cubes counts it outside.
+    level = mesh_module.marching_level(mesh_module.SURFACE_LEVEL)
+    field = np.zeros((3, 3, 4), np.float32)
+    field[1, 1, 1] = 1.0
+    field[1, 1, 2] = np.float32(level)
+    faces_before = len(skimage.measure.marching_cubes(field, level=level)[1])
+    cleared = mesh_module.clear_of_level(field.copy(), level)
+    assert cleared[1, 1, 2] < level
+    assert len(skimage.measure.marching_cubes(cleared, level=level)[1]) == faces_before

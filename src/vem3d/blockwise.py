@@ -1,12 +1,13 @@
-"""Working on volumes larger than memory block by block: the blocks, and when to use them.
+"""Working on volumes block by block: the blocks, and when to read a volume whole.
 
-The volume, mesh and statistics steps each work on a chunked on-disk volume (zarr) one
-block (a box of voxels) at a time where the volume does not fit in memory, and give
-the results of their in-memory functions (:func:`vem3d.volume.clean_blockwise`,
-:func:`vem3d.mesh.write_mesh_blockwise`, :func:`vem3d.stats.object_statistics_blockwise`).
-This module holds what they share: the blocks of a volume in raster order, progress
-while going through them, and the decision whether a volume is read whole or block by
-block.
+The volume, mesh and statistics steps work on a volume one block (a box of voxels) at a
+time, reading a chunked on-disk volume (zarr) a block at a time where it does not fit in
+memory: :func:`vem3d.volume.clean_blockwise`, :func:`vem3d.mesh.write_mesh_blockwise`
+and :func:`vem3d.stats.object_statistics_blockwise` give the results of the in-memory
+:func:`vem3d.volume.clean_volume`, :func:`vem3d.mesh.volume_to_mesh` and
+:func:`vem3d.stats.object_statistics`. This module holds what they share: the blocks of
+a volume in raster order, progress while going through them, and the decision whether a
+volume is read whole or block by block.
 """
 
 from __future__ import annotations
@@ -26,27 +27,18 @@ from vem3d.threads import ordered_results
 log = logging.getLogger(__name__)
 
 DEFAULT_BLOCK_SIZE = 256  # voxels per block side: ~17 M voxels, a few hundred MB of work arrays
-# Memory per voxel of a volume worked on in memory. The clean-up holds the masks (a
-# copy while reading stacks them) and, in one process, the whole volume's labels and
-# their scratch; 16 leaves room (11-12 bytes were measured over the mask in an older
-# version whose step also smoothed and meshed the volume whole: an upper bound now).
-IN_MEMORY_BYTES_PER_VOXEL = 16
 # Mesh and statistics read the cleaned volume whole (1 byte a voxel) where it fits and
 # work on it block by block: their peak measured 1.24 and 1.42 GB on the 1.07 G voxels
 # of benchmarks/pipeline.py --size 2048.
 READ_WHOLE_BYTES_PER_VOXEL = 2
 
 
-def fits_in_memory(
-    shape: Sequence[int], memory_gib: float, bytes_per_voxel: float = IN_MEMORY_BYTES_PER_VOXEL
-) -> bool:
+def fits_in_memory(shape: Sequence[int], memory_gib: float, bytes_per_voxel: float) -> bool:
     """Whether work on a volume of ``shape`` in memory, ``bytes_per_voxel`` of it, stays within ``memory_gib``."""
     return math.prod(shape) * bytes_per_voxel <= memory_gib * 2**30
 
 
-def goes_blockwise(
-    shape: Sequence[int], block_size: int, memory_gib: float, bytes_per_voxel: float = IN_MEMORY_BYTES_PER_VOXEL
-) -> bool:
+def goes_blockwise(shape: Sequence[int], block_size: int, memory_gib: float, bytes_per_voxel: float) -> bool:
     """Whether a volume of ``shape`` (slices, rows, columns) is read block by block, not whole.
 
     Parameters
@@ -57,8 +49,9 @@ def goes_blockwise(
     memory_gib : float
         Otherwise block by block only when the volume does not fit (:func:`fits_in_memory`).
     bytes_per_voxel : float
-        What the step needs in memory per voxel of the volume: :data:`IN_MEMORY_BYTES_PER_VOXEL`
-        for the clean-up, :data:`READ_WHOLE_BYTES_PER_VOXEL` for mesh and statistics.
+        What the step needs in memory per voxel of the volume:
+        :data:`vem3d.volume.IN_MEMORY_BYTES_PER_VOXEL` for the clean-up,
+        :data:`READ_WHOLE_BYTES_PER_VOXEL` for mesh and statistics.
     """
     return bool(block_size) or not fits_in_memory(shape, memory_gib, bytes_per_voxel)
 

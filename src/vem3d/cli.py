@@ -197,8 +197,8 @@ def _add_volume_options(parser: argparse.ArgumentParser) -> None:
         parser,
         write_volumes,
         "clean up blocks",
-        blocks="the whole volume in memory where it fits --memory-gib, else blocks of 64 x 256 x 256 "
-        "(always with --cache-dir)",
+        blocks="the whole volume in memory where it fits --memory-gib, else blocks of 256 a side; with "
+        "--cache-dir always blocks of 64 x 256 x 256",
         memory="memory the whole-volume clean-up may use (16 bytes a voxel) before it goes block by block",
     )
     parser.add_argument(
@@ -464,7 +464,7 @@ def run(args: argparse.Namespace) -> None:
 
         labels = args.labels * len(args.preprocessed) if len(args.labels) == 1 else args.labels
         if len(labels) != len(args.preprocessed):
-            raise SystemExit(f"vem3d train: {len(args.preprocessed)} preprocessed folders but {len(labels)} label folders")
+            raise ValueError(f"{len(args.preprocessed)} preprocessed folders but {len(labels)} label folders")
         train_from_folders(
             args.preprocessed,
             labels,

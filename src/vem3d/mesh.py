@@ -1,12 +1,14 @@
 """Surface meshes of segmented volumes: marching cubes, STL output, mesh measurements.
 
-In memory (:func:`volume_to_mesh`), or for volumes larger than memory block by block
-(:func:`mesh_blocks`): each block is meshed from its voxels plus a halo (the Gaussian
-kernel's radius and one voxel), so the smoothed values it meshes are bit for bit those
-of the whole volume; every marching cube belongs to exactly one block, and the vertices
-on the planes between blocks are computed identically by both neighbours and welded by
-position, so the merged mesh has no duplicate or missing faces at the seams. The STL is
-written block by block; memory holds the mesh only when it is simplified.
+:func:`volume_to_mesh` meshes a volume in memory at once (and single objects for
+:mod:`vem3d.stats`); the mesh step marches every volume block by block
+(:func:`mesh_blocks`), reading one larger than memory a block at a time, with the same
+mesh: each block is meshed from its voxels plus a halo (the Gaussian kernel's radius and
+one voxel), so the smoothed values it meshes are bit for bit those of the whole volume;
+every marching cube belongs to exactly one block, and the vertices on the planes between
+blocks are computed identically by both neighbours and welded by position, so the merged
+mesh has no duplicate or missing faces at the seams. The STL is written block by block;
+memory holds at most the simplified mesh.
 """
 
 from __future__ import annotations
@@ -54,8 +56,6 @@ SURFACE_LEVEL = 0.5  # iso-value on 0/1 masks: the surface halfway between foreg
 DEFAULT_MESH_BLOCK = (16, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 
 GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default: kernel radius int(4 sigma + 0.5)
-# Errors of os.copy_file_range that mean "not here" (file system, kernel): copy through memory.
-_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def marching_level(level: float) -> float:
@@ -86,13 +86,20 @@ def clear_of_level(field: np.ndarray, level: float) -> np.ndarray:
     distance, on the side of ``level`` they are on (in place); returns ``field``.
 
     Marching cubes at ``level`` then gives the same faces (every value stays on its
-    side) with no vertex within float32 rounding of a grid point.
+    side) with no vertex within float32 rounding of a grid point. Sides are those of
+    scikit-image's marching cubes: above ``level``, compared in float64, is inside (a
+    float32 value has no float32 ``level`` to compare with: 0.499999 is 1.3e-8 below).
     """
     near = (field > level - LEVEL_CLEARANCE) & (field < level + LEVEL_CLEARANCE)
     if near.any():
-        values = field[near]
-        field[near] = np.where(values >= level, level + LEVEL_CLEARANCE, level - LEVEL_CLEARANCE)
+        inside = field[near].astype(np.float64) > level
+        field[near] = np.where(inside, level + LEVEL_CLEARANCE, level - LEVEL_CLEARANCE)
     return field
+
+
+def _padding(smoothing_sigma: float) -> int:
+    """Background voxels around a volume before smoothing, so that objects at its border close."""
+    return 1 + int(np.ceil(3 * smoothing_sigma))
 
 
 def volume_to_mesh(
@@ -135,10 +142,12 @@ def volume_to_mesh(
         raise ValueError(f"voxel sizes must be > 0 nm, got {voxel_size_nm}")
     if not volume.any():
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
-    padding = 1 + int(np.ceil(3 * smoothing_sigma))
+    padding = _padding(smoothing_sigma)
     padded = np.pad(volume.astype(np.float32), padding)
     if smoothing_sigma > 0:
-        padded = clear_of_level(ndimage.gaussian_filter(padded, smoothing_sigma), marching_level(level))
+        padded = clear_of_level(
+            ndimage.gaussian_filter(padded, smoothing_sigma, truncate=GAUSSIAN_TRUNCATE), marching_level(level)
+        )
     if padded.max() <= marching_level(level):
         # Objects of a voxel or two blur below the level: nothing to triangulate.
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
@@ -540,8 +549,8 @@ def mesh_volumes(
 
     The marching cubes run block by block and the STL is written a block at a time,
     so that a cache can keep each block's part; a volume that fits in memory is read
-    whole first, a larger one a block at a time (:mod:`vem3d.blockwise`), with the
-    same mesh.
+    whole first, a larger one a block at a time (:func:`mesh_blocks`, as
+    :func:`vem3d.blockwise.read_whole_where_it_fits` decides), with the same mesh.
 
     Parameters
     ----------
@@ -603,7 +612,8 @@ def mesh_volumes(
     return summary
 
 
-# Block by block: volumes larger than memory.
+# Block by block: the mesh step's path for every volume (one larger than memory is read
+# a block at a time).
 
 
 @dataclass
@@ -632,6 +642,10 @@ class KeptRecords:
                 target.write(source.read(length - copied))
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(source.fileno(), start, length, os.POSIX_FADV_DONTNEED)
+
+
+# Errors of os.copy_file_range that mean "not here" (file system, kernel): copy through memory.
+_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def _copy_file_range(source: int, target: int, start: int, length: int) -> int:
@@ -827,7 +841,7 @@ def mesh_blocks(
     shape = volume.shape
     spacing = np.asarray(voxel_size_nm, dtype=np.float64)
     radius = int(GAUSSIAN_TRUNCATE * smoothing_sigma + 0.5) if smoothing_sigma > 0 else 0
-    padding = 1 + int(np.ceil(3 * smoothing_sigma))  # as volume_to_mesh pads
+    padding = _padding(smoothing_sigma)  # as volume_to_mesh pads
     sides = block_shape(block_size)
     ranges = [_cube_ranges(n, side) for n, side in zip(shape, sides)]
     read_depth = max(sides[0], volume.chunks[0]) if isinstance(volume, zarr.Array) else sides[0]
@@ -1055,7 +1069,7 @@ class MeshMeasurements:
 class BlockMeshCache:
     """What the mesh step keeps of a run for the next: each block's mesh, found by its content.
 
-    - The marching cubes of each block, in voxel units (:attr:`cubes`, an
+    - The marching cubes of each block, in voxel units (``cubes``, an
       :class:`vem3d.cache.ArrayCache`, one entry per block, for any voxel size).
     - Each block's STL records, area and volume at one voxel size. The records are not
       copied: the run's full STL is hard-linked into the folder (no extra disk while
@@ -1154,7 +1168,8 @@ def write_mesh_blockwise(
     Parameters
     ----------
     cleaned : CleanedVolume
-        From :func:`vem3d.volume.clean_blockwise`.
+        As :func:`vem3d.volume.open_volumes` gives it (its ``volume`` a zarr array, or an
+        array read whole) or :func:`vem3d.volume.clean_blockwise` returns it.
     voxel_size_nm, smoothing_sigma
         As for :func:`volume_to_mesh`.
     stl_path : path
@@ -1210,7 +1225,7 @@ def write_mesh_blockwise(
     log.info(
         "meshed %d voxels in blocks of %s in %.1f s: %d faces",
         math.prod(cleaned.volume.shape),
-        block_size,
+        " x ".join(map(str, block_shape(block_size))),
         time.monotonic() - started,
         totals.faces,
     )

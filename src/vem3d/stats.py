@@ -3,8 +3,9 @@
 Objects are the 26-connected components of the foreground (:func:`vem3d.volume.label_objects`),
 of the cleaned volume that :func:`vem3d.volume.write_volumes` writes. Coordinates are in the frame of the STL
 meshes (:func:`vem3d.mesh.volume_to_mesh`): nanometres, origin at the centre of voxel
-(0, 0, 0), but listed in array order (z, y, x). Volumes larger than memory are
-measured block by block (:func:`object_statistics_blockwise`), with the same table.
+(0, 0, 0), but listed in array order (z, y, x). The statistics step measures every
+volume block by block (:func:`object_statistics_blockwise`, reading one larger than
+memory a block at a time), with the table of :func:`object_statistics`.
 """
 
 from __future__ import annotations
@@ -374,7 +375,8 @@ def study_table(summary_paths, sample_names, out_path: str | os.PathLike) -> pd.
     return table
 
 
-# Block by block: volumes larger than memory.
+# Block by block: the statistics step's path for every volume (one larger than memory
+# is read a block at a time).
 
 
 class _ObjectMask:

@@ -1,12 +1,16 @@
 """Assembling per-slice masks into a 3D volume and cleaning it up.
 
-In memory (:func:`clean_volume`), or for volumes larger than memory block by block
-(:func:`clean_blockwise`): the masks are assembled slice by slice into a chunked
-on-disk volume (zarr), and connected components are labelled per block and merged
-across block borders with a union-find over the block-local labels, so that object
-sizes, small-object removal and the enclosed cavities are those of the whole volume.
-Memory then holds a few blocks, the outer voxel layers of two layers of blocks and a
-few numbers per object piece.
+:func:`write_volumes` writes the cleaned volumes that the mesh, statistics and
+evaluation steps read (``volume.zarr``, OME-Zarr; :func:`open_volumes` opens it). The
+clean-up runs in memory (:func:`clean_objects`), or block by block
+(:func:`clean_blockwise`) for volumes larger than memory and for the workflow's re-runs:
+the masks are assembled slice by slice into a chunked on-disk volume (zarr; kept between
+runs by :class:`MaskStore`, the cleaned blocks by :class:`CleanupCache`), and connected
+components are labelled per block (:func:`label_block`) and merged across block borders
+with a union-find over the block-local labels (:class:`BlockComponents`, which
+:mod:`vem3d.stats` uses too), so that object sizes, small-object removal and the
+enclosed cavities are those of the whole volume. Memory then holds a few blocks, the
+outer voxel layers of two layers of blocks and a few numbers per object piece.
 """
 
 from __future__ import annotations
@@ -59,6 +63,11 @@ CHUNK_EDGE = 64  # voxels per zarr chunk side: small enough that a block's halo 
 # one chunk deep, so that a changed slice reaches the blocks of one 64-slice slab.
 DEFAULT_CLEAN_BLOCK = (CHUNK_EDGE, DEFAULT_BLOCK_SIZE, DEFAULT_BLOCK_SIZE)
 
+# Memory per voxel of a volume cleaned in memory. The clean-up holds the masks (a
+# copy while reading stacks them) and, in one process, the whole volume's labels and
+# their scratch; 16 leaves room (11-12 bytes were measured over the mask in an older
+# version whose step also smoothed and meshed the volume whole: an upper bound now).
+IN_MEMORY_BYTES_PER_VOXEL = 16
 # Block side for cleaning a volume in memory in worker processes: 2 processes cleaned
 # the 256 x 1024 x 1024 masks of benchmarks/pipeline.py --size 1024 in 6.6 s in blocks
 # of 128 and 9.1 s in blocks of 256 (one process, whole: 8.0 s).
@@ -399,6 +408,23 @@ def class_masks(
 
 
 @dataclass
+class CleanedVolume:
+    """A cleaned volume (on disk, or in memory when it fits) and what the clean-up counted.
+
+    Attributes
+    ----------
+    volume : zarr.Array or ndarray of bool, shape (slices, rows, columns)
+    objects : int
+        26-connected objects of the cleaned volume.
+    foreground_voxels : int
+    """
+
+    volume: zarr.Array | np.ndarray
+    objects: int
+    foreground_voxels: int
+
+
+@dataclass
 class SampleVolumes:
     """The cleaned volumes of a sample's classes, as :func:`write_volumes` wrote them.
 
@@ -500,7 +526,7 @@ def write_volumes(
     slice_names = [slice_path.stem for folder in first_class for slice_path in list_slices(folder)]
     shape = mask_volume_shape(first_class)
     incremental = cache_dir is not None and not z_smoothing_sigma
-    by_block = incremental or goes_blockwise(shape, block_size, memory_gib)
+    by_block = incremental or goes_blockwise(shape, block_size, memory_gib, IN_MEMORY_BYTES_PER_VOXEL)
     if by_block and z_smoothing_sigma:
         raise ValueError(
             "mesh.z_smoothing_sigma needs the whole volume in memory, but this one goes block by block "
@@ -595,9 +621,6 @@ def open_volumes(path: str | os.PathLike) -> SampleVolumes:
     return SampleVolumes(classes, tuple(group.attrs["voxel_size_nm"]), list(group.attrs["slice_names"]))
 
 
-# Block by block: volumes larger than memory.
-
-
 def _mask_files(mask_dirs) -> list[Path]:
     """The mask files of the folders, in z order."""
     files = [path for folder in mask_dirs for path in list_slices(folder)]
@@ -610,6 +633,10 @@ def mask_volume_shape(mask_dirs) -> tuple[int, int, int]:
     """Shape (slices, rows, columns) of the volume the masks of ``mask_dirs`` make (reads one slice)."""
     files = _mask_files(mask_dirs)
     return (len(files), *read_slice(files[0]).shape)
+
+
+# Block by block: volumes larger than memory, the workflow's re-runs (whose cache keeps
+# blocks), and volumes in memory cleaned in worker processes.
 
 
 def assemble_mask_zarr(
@@ -914,23 +941,6 @@ def _touches_border(labels: np.ndarray, region: tuple[slice, ...], shape: Sequen
     return np.unique(np.concatenate(found))
 
 
-@dataclass
-class CleanedVolume:
-    """A cleaned volume (on disk, or in memory when it fits) and what the clean-up counted.
-
-    Attributes
-    ----------
-    volume : zarr.Array or ndarray of bool, shape (slices, rows, columns)
-    objects : int
-        26-connected objects of the cleaned volume.
-    foreground_voxels : int
-    """
-
-    volume: zarr.Array
-    objects: int
-    foreground_voxels: int
-
-
 def _first_voxels(labels: np.ndarray, count: int) -> np.ndarray:
     """Flat index (C order) of the first voxel of each label 1..count of a block.
 
@@ -950,13 +960,13 @@ def _first_voxels(labels: np.ndarray, count: int) -> np.ndarray:
     return first[values > 0].astype(np.int64)
 
 
-def _objects_in_block(array, read, region, shape) -> tuple[int, BlockLayers, np.ndarray, np.ndarray]:
-    """Clean-up pass 1 for one block (``array[read]``, the ``region`` of the volume of
+def _objects_in_block(array, region, block, shape) -> tuple[int, BlockLayers, np.ndarray, np.ndarray]:
+    """Clean-up pass 1 for one block (``array[region]``, the ``block`` of the volume of
     ``shape``): its 26-connected pieces (count, outer layers, voxels of each, and the
     raster index in the volume of each one's first voxel)."""
-    labels, count = label_block(np.asarray(array[read]) != 0, 26)
+    labels, count = label_block(np.asarray(array[region]) != 0, 26)
     local = np.unravel_index(_first_voxels(labels, count), labels.shape)
-    first = np.ravel_multi_index(tuple(part.start + k for part, k in zip(region, local)), shape)
+    first = np.ravel_multi_index(tuple(part.start + k for part, k in zip(block, local)), shape)
     return count, outer_layers(labels), np.bincount(labels.ravel(), minlength=count + 1)[1:], first
 
 
