@@ -76,8 +76,8 @@ def marching_level(level: float) -> float:
 # (whose vertices are their float32 positions) got faces with two corners at one point
 # and edges of four faces: 10 of the 2.7 M faces of the Lucchi++ mitochondria. Vertices
 # now keep 0.01 voxel from grid points, apart in float32 in volumes under about 40 000
-# voxels a side; they move by at most 0.01 voxel divided by the difference of the
-# values at the edge's ends.
+# voxels a side; they move along their edge by at most 0.02 voxel divided by the
+# difference of the values at its ends.
 LEVEL_CLEARANCE = 1e-2
 
 
@@ -85,8 +85,11 @@ def clear_of_level(field: np.ndarray, level: float) -> np.ndarray:
     """Move the values of ``field`` within :data:`LEVEL_CLEARANCE` of ``level`` out to that
     distance, on the side of ``level`` they are on (in place); returns ``field``.
 
-    Marching cubes at ``level`` then gives the same faces (every value stays on its
-    side) with no vertex within float32 rounding of a grid point. Sides are those of
+    Every value stays on its side, so marching cubes at ``level`` sees the same corners
+    inside and outside, and puts no vertex within float32 rounding of a grid point. Its
+    faces are the same but where it splits a cube by the values at its corners (faces
+    or cubes whose split is ambiguous): 727 948 faces against 727 952 on a random
+    64 x 128 x 128 volume, closed either way. Sides are those of
     scikit-image's marching cubes: above ``level``, compared in float64, is inside (a
     float32 value has no float32 ``level`` to compare with: 0.499999 is 1.3e-8 below).
     """
