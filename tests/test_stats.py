@@ -92,6 +92,26 @@ def test_masks_give_object_table_summary_and_study_table(tmp_path, volume_of):
         study_table([tmp_path / "summary.tsv"] * 2, ["a"], tmp_path / "study.tsv")
 
 
+def test_objects_the_stack_cuts_are_flagged_and_counted(tmp_path, volume_of):
+    voxel_size_nm = (10, 10, 10)
+    volume = balls_volume((40, 80, 120), voxel_size_nm)
+    volume[10:20, 40:50, 110:120] = True  # a box on the stack's last x face
+    volume[39, 70:75, 5:10] = True  # a plate on its last slice
+    objects = object_statistics(volume, voxel_size_nm)
+    assert len(objects) == 5
+    cut = objects[objects["touches_border"]]
+    assert sorted(cut["voxels"]) == [25, 1000]
+    assert not objects.loc[~objects["touches_border"], "voxels"].isin([25, 1000]).any()  # the balls
+    masks = tmp_path / "masks"
+    for z, plane in enumerate(volume):
+        write_image(masks / f"slice{z}.png", plane.astype(np.uint8) * 255)
+    summary = statistics_from_volumes(
+        volume_of({"ball": [masks]}, voxel_size_nm), tmp_path / "objects.tsv", tmp_path / "summary.tsv", block_size=16
+    ).iloc[0]
+    assert summary["objects"] == 5 and summary["objects_touching_border"] == 2
+    assert pd.read_csv(tmp_path / "objects.tsv", sep="\t")["touches_border"].sum() == 2
+
+
 def test_sphericity_of_a_ball_is_one():
     radius = 2.0
     assert sphericity(4 / 3 * np.pi * radius**3, 4 * np.pi * radius**2) == pytest.approx(1.0)

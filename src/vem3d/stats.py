@@ -58,6 +58,8 @@ OBJECT_COLUMNS = [
     *(f"centroid_{axis}_nm" for axis in AXES),
     *(f"bbox_{axis}_min_nm" for axis in AXES),
     *(f"bbox_{axis}_max_nm" for axis in AXES),
+    # Cut by a face of the stack: its volume, area and shape are those of the part imaged.
+    "touches_border",
 ]
 
 
@@ -173,7 +175,9 @@ def object_statistics(
         volume), ``mesh_volume_um3`` (enclosed by the smoothed mesh),
         ``surface_area_um2`` (of the mesh), ``sphericity`` (from the mesh volume and
         area), ``centroid_{z,y,x}_nm`` (mean voxel centre) and
-        ``bbox_{z,y,x}_{min,max}_nm`` (outer faces of the extreme voxels). Empty,
+        ``bbox_{z,y,x}_{min,max}_nm`` (outer faces of the extreme voxels) and
+        ``touches_border`` (whether the object reaches a face of the volume, so that
+        the stack cuts it: leave these out of size and shape distributions). Empty,
         with these columns, when there is no foreground.
     """
     return measure_objects(*label_objects(volume), voxel_size_nm, smoothing_sigma, cache)
@@ -209,6 +213,7 @@ def measure_objects(
         for index, window in enumerate(ndimage.find_objects(labels), start=1):
             inside = labels[window] == index
             offset = np.array([axis.start for axis in window])
+            stop = np.array([axis.stop for axis in window])
             voxels = int(np.count_nonzero(inside))
             voxel_rows.append(
                 (
@@ -216,7 +221,8 @@ def measure_objects(
                     voxels * spacing.prod() / NM3_PER_UM3,
                     (np.argwhere(inside).mean(axis=0) + offset) * spacing,
                     (offset - 0.5) * spacing,
-                    (np.array([axis.stop for axis in window]) - 0.5) * spacing,
+                    (stop - 0.5) * spacing,
+                    bool((offset == 0).any() or (stop == labels.shape).any()),
                 )
             )
             yield inside
@@ -225,18 +231,20 @@ def measure_objects(
     started = time.monotonic()
     measured = mesh_measures(insides(), voxel_size_nm, smoothing_sigma, cache)
     for index, (mesh_volume_nm3, area_nm2) in enumerate(measured, start=1):
-        voxels, volume_um3, centroid, first, last = voxel_rows[index - 1]
+        voxels, volume_um3, centroid, first, last, touches_border = voxel_rows[index - 1]
         area_um2 = area_nm2 / NM2_PER_UM2
         mesh_volume_um3 = mesh_volume_nm3 / NM3_PER_UM3
         rows.append(
             [index, voxels, volume_um3, mesh_volume_um3, area_um2, sphericity(mesh_volume_um3, area_um2),
-             *centroid, *first, *last]
+             *centroid, *first, *last, touches_border]
         )
         if index % PROGRESS_EVERY == 0:
             elapsed = time.monotonic() - started
             log.info("measured %d of %d objects in %.1f s (%.1f objects/s)", index, n_objects, elapsed, index / elapsed)
     log.info("measured %d objects", n_objects)
-    return pd.DataFrame(rows, columns=OBJECT_COLUMNS).astype({"object": np.int64, "voxels": np.int64})
+    return pd.DataFrame(rows, columns=OBJECT_COLUMNS).astype(
+        {"object": np.int64, "voxels": np.int64, "touches_border": bool}
+    )
 
 
 def summarise_objects(objects: pd.DataFrame, n_voxels: int) -> dict[str, float | int]:
@@ -254,7 +262,8 @@ def summarise_objects(objects: pd.DataFrame, n_voxels: int) -> dict[str, float |
     dict
         ``objects`` (count), ``total_volume_um3``, ``median_volume_um3`` (NaN without
         objects), ``volume_fraction`` (foreground voxels / all voxels),
-        ``total_surface_area_um2`` and ``median_sphericity`` (NaN without objects).
+        ``total_surface_area_um2``, ``median_sphericity`` (NaN without objects) and
+        ``objects_touching_border`` (count of those the stack cuts).
     """
     return {
         "objects": len(objects),
@@ -263,6 +272,7 @@ def summarise_objects(objects: pd.DataFrame, n_voxels: int) -> dict[str, float |
         "volume_fraction": float(objects["voxels"].sum() / n_voxels),
         "total_surface_area_um2": float(objects["surface_area_um2"].sum()),
         "median_sphericity": float(objects["sphericity"].median()),
+        "objects_touching_border": int(objects["touches_border"].sum()),
     }
 
 
@@ -614,4 +624,5 @@ def object_statistics_blockwise(
         columns[f"centroid_{axis}_nm"] = totals[1:, 1 + a] / object_voxels * spacing[a]
         columns[f"bbox_{axis}_min_nm"] = (lows[1:, a] - 0.5) * spacing[a]
         columns[f"bbox_{axis}_max_nm"] = (highs[1:, a] - 0.5) * spacing[a]
+    columns["touches_border"] = (lows[1:] == 0).any(axis=1) | (highs[1:] == np.array(shape)).any(axis=1)
     return pd.DataFrame(columns)[OBJECT_COLUMNS]
