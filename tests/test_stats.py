@@ -62,7 +62,7 @@ def test_empty_volume_gives_an_empty_table_and_a_zero_summary(tmp_path, volume_o
     volume = volume_of({"foreground": [masks]}, (20, 10, 10))
     summary = statistics_from_volumes(volume, tmp_path / "objects.tsv", tmp_path / "summary.tsv").iloc[0]
     assert summary["objects"] == 0 and summary["total_volume_um3"] == 0 and summary["volume_fraction"] == 0
-    assert np.isnan(summary["median_volume_um3"])
+    assert np.isnan(summary["median_volume_um3"]) and np.isnan(summary["median_volume_uncut_um3"])
     assert pd.read_csv(tmp_path / "objects.tsv", sep="\t").empty
     assert (tmp_path / "summary.tsv").read_text().splitlines()[1].split("\t")[6] == "NA"
 
@@ -109,6 +109,7 @@ def test_objects_the_stack_cuts_are_flagged_and_counted(tmp_path, volume_of):
         volume_of({"ball": [masks]}, voxel_size_nm), tmp_path / "objects.tsv", tmp_path / "summary.tsv", block_size=16
     ).iloc[0]
     assert summary["objects"] == 5 and summary["objects_touching_border"] == 2
+    assert summary["median_volume_uncut_um3"] == pytest.approx(4 / 3 * np.pi * 120**3 / 1e9, rel=0.03)  # the balls
     assert pd.read_csv(tmp_path / "objects.tsv", sep="\t")["touches_border"].sum() == 2
 
 

@@ -262,8 +262,10 @@ def summarise_objects(objects: pd.DataFrame, n_voxels: int) -> dict[str, float |
     dict
         ``objects`` (count), ``total_volume_um3``, ``median_volume_um3`` (NaN without
         objects), ``volume_fraction`` (foreground voxels / all voxels),
-        ``total_surface_area_um2``, ``median_sphericity`` (NaN without objects) and
-        ``objects_touching_border`` (count of those the stack cuts).
+        ``total_surface_area_um2``, ``median_sphericity`` (NaN without objects),
+        ``objects_touching_border`` (count of those the stack cuts) and
+        ``median_volume_uncut_um3`` (over the others, whose volume is whole; NaN
+        without any).
     """
     return {
         "objects": len(objects),
@@ -273,6 +275,7 @@ def summarise_objects(objects: pd.DataFrame, n_voxels: int) -> dict[str, float |
         "total_surface_area_um2": float(objects["surface_area_um2"].sum()),
         "median_sphericity": float(objects["sphericity"].median()),
         "objects_touching_border": int(objects["touches_border"].sum()),
+        "median_volume_uncut_um3": float(objects.loc[~objects["touches_border"], "volume_um3"].median()),
     }
 
 
