@@ -107,6 +107,14 @@ def clear_of_level(field: np.ndarray, level: float) -> np.ndarray:
     return field
 
 
+def marching_settings(level: float) -> tuple[float, float]:
+    """What a marched mesh depends on besides its voxels and smoothing: the level marched at
+    (:func:`marching_level`) and its clearance (:func:`clear_of_level`). Part of the cache
+    keys of block meshes and object measures, so that results marched otherwise by an
+    older version are not reused."""
+    return marching_level(level), LEVEL_CLEARANCE
+
+
 def _padding(smoothing_sigma: float) -> int:
     """Background voxels around a volume before smoothing, so that objects at its border close."""
     return 1 + int(np.ceil(3 * smoothing_sigma))
@@ -154,15 +162,14 @@ def volume_to_mesh(
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     padding = _padding(smoothing_sigma)
     padded = np.pad(volume.astype(np.float32), padding)
+    level = marching_level(level)
     if smoothing_sigma > 0:
-        padded = clear_of_level(
-            ndimage.gaussian_filter(padded, smoothing_sigma, truncate=GAUSSIAN_TRUNCATE), marching_level(level)
-        )
-    if padded.max() <= marching_level(level):
+        padded = clear_of_level(ndimage.gaussian_filter(padded, smoothing_sigma, truncate=GAUSSIAN_TRUNCATE), level)
+    if padded.max() <= level:
         # Objects of a voxel or two blur below the level: nothing to triangulate.
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64)
     vertices_zyx, faces, _, _ = skimage.measure.marching_cubes(
-        padded, level=marching_level(level), spacing=tuple(float(size) for size in voxel_size_nm)
+        padded, level=level, spacing=tuple(float(size) for size in voxel_size_nm)
     )
     vertices_zyx -= padding * np.asarray(voxel_size_nm, dtype=vertices_zyx.dtype)
     # scikit-image winds faces clockwise seen from outside in (z, y, x); reversing the
@@ -883,8 +890,7 @@ def mesh_blocks(
                     continue
                 key = (
                     mask_key(
-                        cache.context, voxels, block_wanted, shape, smoothing_sigma, marching_level(level),
-                        LEVEL_CLEARANCE,
+                        cache.context, voxels, block_wanted, shape, smoothing_sigma, *marching_settings(level),
                     )
                     if cache else None
                 )

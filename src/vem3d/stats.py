@@ -29,13 +29,12 @@ from vem3d.atomic import write_text_atomically
 from vem3d.blockwise import DEFAULT_BLOCK_SIZE, block_source, blocks, in_raster_order, read_whole_where_it_fits
 from vem3d.cache import TableCache, mask_key
 from vem3d.mesh import (
-    LEVEL_CLEARANCE,
     NM2_PER_UM2,
     NM3_PER_UM3,
     SURFACE_LEVEL,
     MeshMeasurements,
     area_and_volume,
-    marching_level,
+    marching_settings,
     mesh_blocks,
     volume_to_mesh,
 )
@@ -111,12 +110,10 @@ def mesh_measures(
 
     def submitted() -> Iterator[Future]:
         for inside in insides:
-            # With the level the meshes are marched at and its clearance: measures an
-            # older version marched otherwise are not reused.
             key = (
                 mask_key(
                     cache.context, inside, tuple(map(float, voxel_size_nm)), smoothing_sigma,
-                    marching_level(SURFACE_LEVEL), LEVEL_CLEARANCE,
+                    *marching_settings(SURFACE_LEVEL),
                 )
                 if cache
                 else None
