@@ -1,6 +1,6 @@
 import numpy as np
 
-from vem3d.augment import augment_pair, dihedral, elastic_deform, undo_dihedral
+from vem3d.augment import augment_pair, dihedral, elastic_deform, section_defect, undo_dihedral
 
 
 def test_the_eight_symmetries_are_distinct_and_invertible():
@@ -56,3 +56,12 @@ def test_undo_dihedral_maps_each_symmetry_back_on_any_two_axes():
     for index in range(8):
         np.testing.assert_array_equal(undo_dihedral(dihedral(batch, index, axes=(1, 2)), index, axes=(1, 2)), batch)
         np.testing.assert_array_equal(dihedral(square, index, axes=(1, 2))[0], dihedral(square[0], index))
+
+
+def test_every_section_defect_darkens_a_stripe_of_the_patch():
+    # A defect whose line missed the patch would leave it as it was: fewer defects than asked for.
+    rng = np.random.default_rng(0)
+    patch = np.ones((64, 96), np.float32)
+    for _ in range(300):
+        damaged = section_defect(patch, rng)
+        assert (damaged < 1).any() and (damaged == 1).mean() > 0.8

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from vem3d import cache as cache_module
 from vem3d.cache import ArrayCache, TableCache, mask_key
 
 
@@ -31,8 +32,18 @@ def test_a_damaged_cache_counts_as_empty_and_is_rewritten(tmp_path):
     arrays = ArrayCache(tmp_path / "blocks")
     (arrays.folder / "b.npz").write_bytes(b"truncated")
     assert arrays.get("b") is None
+    (arrays.folder / "b.npz").write_bytes(b"")
+    assert arrays.get("b") is None
     arrays.put("b", faces=np.arange(6).reshape(2, 3))
     assert ArrayCache(tmp_path / "blocks").get("b")["faces"].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_results_kept_by_other_code_are_not_found(tmp_path, monkeypatch):
+    # The package version stays the same from commit to commit; its source does not.
+    contexts = [ArrayCache(tmp_path / "blocks", "mesh").context, TableCache(tmp_path / "t.npz", 2, "mesh").context]
+    monkeypatch.setattr(cache_module, "code_version", lambda: "other source")
+    assert ArrayCache(tmp_path / "blocks", "mesh").context != contexts[0]
+    assert TableCache(tmp_path / "t.npz", 2, "mesh").context != contexts[1]
 
 
 def test_caches_keep_only_the_entries_used_since_they_were_opened(tmp_path):

@@ -3,8 +3,10 @@ import json
 import os
 
 import numpy as np
+import pytest
 
-from vem3d.provenance import file_sha256, package_versions, step_times, write_provenance
+from vem3d.cache import code_version
+from vem3d.provenance import check_weights_settings, file_sha256, package_versions, step_times, write_provenance
 
 
 def test_sha256_matches_hashlib_across_blocks(tmp_path):
@@ -16,6 +18,21 @@ def test_sha256_matches_hashlib_across_blocks(tmp_path):
 def test_versions_of_installed_and_missing_packages():
     versions = package_versions(["numpy", "no-such-package-vem3d"])
     assert versions["numpy"] == np.__version__ and versions["no-such-package-vem3d"] is None
+
+
+def test_weights_are_checked_against_the_classes_they_were_trained_for(tmp_path):
+    weights = tmp_path / "unet.weights.h5"
+    weights.write_bytes(b"")
+    record = {"classes": ["membrane", "mitochondrion"], "settings": {"unet": {"n_classes": 3}}}
+    (tmp_path / "unet.weights.h5.json").write_text(json.dumps(record))
+    check_weights_settings(weights, {"n_classes": 3}, ["membrane", "mitochondrion"])
+    check_weights_settings(weights, {"n_classes": 3})  # fine-tuning: the classes may change
+    with pytest.raises(ValueError, match=r"trained for the classes \['membrane', 'mitochondrion'\], in that order"):
+        check_weights_settings(weights, {"n_classes": 3}, ["mitochondrion", "membrane"])
+    # One class: the network's one output is the class, whatever either run called it.
+    record = {"classes": ["foreground"], "settings": {"unet": {"n_classes": 1}}}
+    (tmp_path / "unet.weights.h5.json").write_text(json.dumps(record))
+    check_weights_settings(weights, {"n_classes": 1}, ["mitochondrion"])
 
 
 def test_step_times_come_from_benchmarks(tmp_path):
@@ -47,4 +64,5 @@ def test_record_names_inputs_weights_settings_and_times(tmp_path):
     assert written["weights"]["made_by"] == {"best_score": 0.9}
     assert written["config"]["segment"]["threshold"] == 0.5
     assert written["packages"]["numpy"] == np.__version__
+    assert written["vem3d_source"] == code_version()  # the version number alone names no commit
     assert written["started"] <= written["finished"] == record["finished"]

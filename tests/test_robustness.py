@@ -1,5 +1,6 @@
 """Bad input and faults: each case handled as documented, or stopped with a clear message."""
 
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ from test_workflow import (
     TINY_CONFIG,
     make_project,
     own_stack,
+    planned_jobs,
     row,
     snakemake,
 )
@@ -176,6 +178,20 @@ def test_weights_trained_for_another_network_are_refused_before_any_work(tmp_pat
     assert not (project / "results").exists()
 
 
+def test_weights_trained_for_the_classes_in_another_order_are_refused_before_any_work(tmp_path):
+    weights = tmp_path / "two.weights.h5"
+    weights.write_bytes(b"not read: the record beside it already disagrees")
+    (tmp_path / "two.weights.h5.json").write_text(
+        '{"classes": ["membrane", "mitochondrion"], "settings": {"unet": {"depth": 2}}}'
+    )
+    model = {**TINY_CONFIG["model"], "weights": str(weights), "classes": ["mitochondrion", "membrane"]}
+    project = make_project(tmp_path, train={"enabled": False}, model=model)
+    result = snakemake(project, "-n")
+    assert result.returncode != 0
+    assert "trained for the classes ['membrane', 'mitochondrion'], in that order" in result.stdout + result.stderr
+    assert not (project / "results").exists()
+
+
 @pytest.fixture(scope="module")
 def untrained_weights(tmp_path_factory):
     """Weights of TINY_CONFIG's network, untrained: for runs that segment without training."""
@@ -288,3 +304,23 @@ def test_a_segment_chunk_killed_mid_way_is_redone_and_finished_chunks_are_not(tm
     assert reused + (int(segmented.group(1)) if segmented else 0) == 2
     masks = sorted(path.stem for path in (project / "results/own/masks/mitochondrion").glob("chunk*/*.png"))
     assert masks == [f"img{z}" for z in range(4)]
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_given_weights_and_again_when_they_change(tmp_path, untrained_weights):
+    start = tmp_path / "start.weights.h5"
+    shutil.copyfile(untrained_weights, start)
+    project = make_project(tmp_path, train={**TINY_CONFIG["train"], "initial_weights": str(start)})
+    model = "results/model/unet.weights.h5"
+    first = snakemake(project, model)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert json.loads((project / f"{model}.json").read_text())["initial_weights"] == str(start)
+    # Other weights under the same name: training runs again, from them, not resumed
+    # from the run that started from the first ones.
+    shutil.copyfile(project / model, start)
+    assert planned_jobs(project)["train"] == 1
+    again = snakemake(project, model)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (project / "logs/train.log").read_text()
+    assert "fine-tuning from" in log and "resuming" not in log
+    assert len(list((project / "results/model/checkpoints").iterdir())) == 2

@@ -93,6 +93,46 @@ def test_other_settings_or_other_labels_start_afresh(tmp_path):
     assert len(list((tmp_path / "ck").iterdir())) == 3
 
 
+def test_fine_tuning_does_not_resume_a_run_from_other_starting_weights(tmp_path):
+    images, masks = _blobs(2)
+    short = TrainingConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32)
+    from_scratch, _ = train_unet(images, masks, TINY, short, tmp_path / "ck")
+    initial = tmp_path / "initial.weights.h5"
+    save_weights(build_unet(TINY), initial)
+    _, fine_tuned = train_unet(images, masks, TINY, short, tmp_path / "ck", initial_weights=initial)
+    assert [row["epoch"] for row in fine_tuned["history"]] == [1]  # trained, not the finished run read back
+    save_weights(from_scratch, initial)  # other weights under the same name
+    train_unet(images, masks, TINY, short, tmp_path / "ck", initial_weights=initial)
+    assert len(list((tmp_path / "ck").iterdir())) == 3
+
+
+def test_a_resumed_run_keeps_the_best_weights_its_checkpoint_names(tmp_path, monkeypatch):
+    images, masks = _blobs(4)
+    # Epoch 1 is best at the checkpoint of epoch 2; epoch 3 beats it, and is lost with its run.
+    scores = iter([0.5, 0.1, 0.9, 0.1, 0.1])
+    monkeypatch.setattr(
+        train_module, "validate", lambda *args: {"val_loss": 1.0, "val_dice": 0.0, "val_iou": next(scores)}
+    )
+    original = train_module._finish_epoch
+
+    def stop_after_third_epoch(model, state, row, directory, config):
+        original(model, state, row, directory, config)
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_finish_epoch", stop_after_third_epoch)
+    config = TrainingConfig(epochs=4, steps_per_epoch=2, batch_size=2, patch_size=32, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_unet(images, masks, TINY, config, tmp_path / "ck")
+    (run,) = (tmp_path / "ck").iterdir()
+    epoch_1 = (run / "checkpoint.best.weights.h5").read_bytes()
+    assert (run / "best.weights.h5").read_bytes() != epoch_1  # epoch 3's
+    monkeypatch.setattr(train_module, "_finish_epoch", original)
+    _, state = train_unet(images, masks, TINY, config, tmp_path / "ck")
+    assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
+    assert state["best_epoch"] == 1 and (run / "best.weights.h5").read_bytes() == epoch_1
+
+
 def test_training_stops_early_when_validation_stops_improving(tmp_path, monkeypatch):
     images, masks = _blobs(3)
     scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])

@@ -81,8 +81,9 @@ def section_defect(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Draw a fold-like dark stripe across the image, as serial sections often show."""
     rows, columns = np.mgrid[: image.shape[0], : image.shape[1]]
     angle = rng.uniform(0, np.pi)
-    offset = rng.uniform(0, max(image.shape))
-    distance = np.abs(rows * np.cos(angle) + columns * np.sin(angle) - offset)
+    along = rows * np.cos(angle) + columns * np.sin(angle)
+    offset = rng.uniform(along.min(), along.max())  # the stripe's line crosses the image
+    distance = np.abs(along - offset)
     stripe = distance < rng.uniform(1, 4)
     damaged = image.copy()
     damaged[stripe] *= rng.uniform(0.1, 0.5)

@@ -9,6 +9,7 @@ of the inputs' bytes and of every setting the result depends on, never timestamp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -17,10 +18,31 @@ from pathlib import Path
 
 import numpy as np
 
-import vem3d
 from vem3d.atomic import write_atomically
 
 log = logging.getLogger(__name__)
+
+
+# What reading a kept file raises where it is missing, damaged or of an older layout
+# (EOFError: an empty file); the caches count such a file as absent.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+@functools.cache
+def code_version() -> str:
+    """A hash of vem3d's own source files, which every kept result depends on.
+
+    The package version stays the same from commit to commit, so a kept result
+    computed by older code (a re-run forced after an update) would otherwise be
+    read back beside results of the new code. Any change to the package's source
+    makes the caches start afresh.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    package = Path(__file__).parent
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def content_key(*parts) -> str:
@@ -51,7 +73,7 @@ class ArrayCache:
         Where the entries live (created).
     context
         What every entry depends on besides its key's parts (settings, ``repr``-able);
-        the vem3d version is added.
+        vem3d's source (:func:`code_version`) is added.
 
     Notes
     -----
@@ -63,7 +85,7 @@ class ArrayCache:
     def __init__(self, folder: str | os.PathLike, context=()):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.context = content_key(context, vem3d.__version__)
+        self.context = content_key(context, code_version())
         self.hits = 0
         self.misses = 0
         self._used: set[str] = set()
@@ -74,7 +96,7 @@ class ArrayCache:
         try:
             with np.load(path) as entry:
                 arrays = {name: entry[name] for name in entry.files}
-        except (OSError, ValueError, zipfile.BadZipFile):
+        except UNREADABLE:
             self.misses += 1
             return None
         self._used.add(key)
@@ -115,7 +137,7 @@ class TableCache:
     def __init__(self, path: str | os.PathLike, columns: int, context=()):
         self.path = Path(path)
         self.columns = columns
-        self.context = content_key(context, vem3d.__version__)
+        self.context = content_key(context, code_version())
         self.hits = 0
         self.misses = 0
         self._stored: dict[str, np.ndarray] = {}
@@ -124,7 +146,7 @@ class TableCache:
             with np.load(self.path) as table:
                 if table["values"].shape[1:] == (columns,):
                     self._stored = dict(zip(table["keys"].tolist(), table["values"]))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        except UNREADABLE:
             pass  # no table yet, or one from an older layout: start empty
 
     def get(self, key: str) -> np.ndarray | None:

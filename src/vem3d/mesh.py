@@ -21,7 +21,6 @@ import os
 import struct
 import tempfile
 import time
-import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -38,7 +37,7 @@ from stl import stl as stl_format
 
 from vem3d.atomic import link_or_copy, write_atomically, write_text_atomically
 from vem3d.blockwise import DEFAULT_BLOCK_SIZE, block_shape, logged_blocks, read_whole_where_it_fits
-from vem3d.cache import ArrayCache, mask_key
+from vem3d.cache import UNREADABLE, ArrayCache, mask_key
 from vem3d.threads import finished, ordered_results, process_pool
 from vem3d.volume import CleanedVolume, open_volumes
 
@@ -1124,7 +1123,7 @@ class BlockMeshCache:
                     self._last_faces = stl_face_count(self._stl_path)
                     rows = zip(table["first"].tolist(), table["count"].tolist(), table["area"].tolist(), table["volume"].tolist())
                     self._last_rows = dict(zip(table["keys"].tolist(), rows))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        except UNREADABLE:
             pass  # no STL kept yet, or from an older layout: records are made afresh
 
     def with_kept_records(self, block_meshes) -> Iterator[BlockMesh]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from vem3d.atomic import write_text_atomically
+from vem3d.cache import code_version
 
 PACKAGES = (
     "vem3d",
@@ -126,7 +127,9 @@ def write_provenance(
     -------
     dict
         The record: ``sample``, ``written``, ``python``, ``packages`` (versions in
-        the environment of the job that wrote the record), ``config``, ``sample_sheet``,
+        the environment of the job that wrote the record), ``vem3d_source`` (a hash
+        of vem3d's source files, :func:`vem3d.cache.code_version`: the version
+        number stays the same between commits), ``config``, ``sample_sheet``,
         ``inputs``, ``weights`` (path, SHA-256, how they were made), ``steps``,
         ``started`` and ``finished`` (first start and last end of the steps).
     """
@@ -137,6 +140,7 @@ def write_provenance(
         "written": _timestamp(datetime.datetime.now(datetime.timezone.utc).timestamp()),
         "python": platform.python_version(),
         "packages": package_versions(),
+        "vem3d_source": code_version(),
         "config": config,
         "sample_sheet": sample_row,
         "inputs": {
@@ -156,18 +160,20 @@ def write_provenance(
     return record
 
 
-def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict) -> None:
+def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict, classes=None) -> None:
     """Check, before any work, that weights were trained for the configured network.
 
     vem3d writes ``{weights}.json`` beside the weights it trains, recording the U-Net
-    settings; this compares them with ``unet_settings`` (the config's ``model``
-    keys). Weights without that record are checked only when they are loaded.
+    settings and the classes of the network's outputs; this compares them with
+    ``unet_settings`` (the config's ``model`` keys) and, where given and more than
+    one, with ``classes`` (in order: the outputs are the classes in the order they
+    were trained). Weights without that record are checked only when they are loaded.
 
     Raises
     ------
     ValueError
         If the weights file is missing, or its record names other settings (each
-        differing key with both values).
+        differing key with both values) or other classes.
     """
     weights_path = Path(weights_path)
     if not weights_path.is_file():
@@ -175,10 +181,17 @@ def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict)
     record = Path(f"{weights_path}.json")
     if not record.is_file():
         return
-    trained = json.loads(record.read_text()).get("settings", {}).get("unet", {})
+    made = json.loads(record.read_text())
+    trained = made.get("settings", {}).get("unet", {})
     differing = {
         key: (trained[key], value) for key, value in unet_settings.items() if key in trained and trained[key] != value
     }
     if differing:
         details = ", ".join(f"{key}: trained with {old!r}, configured {new!r}" for key, (old, new) in differing.items())
         raise ValueError(f"{weights_path}: weights do not match the configured model ({details})")
+    # A one-class network's output is the class whatever its name; several are told apart by order.
+    if classes is not None and len(classes) > 1 and made.get("classes", classes) != list(classes):
+        raise ValueError(
+            f"{weights_path}: weights were trained for the classes {made['classes']}, in that order, "
+            f"but model.classes is {list(classes)}: set model.classes to the trained classes"
+        )

@@ -24,9 +24,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-import vem3d
 from vem3d.atomic import link_or_copy, refuse_to_write_into, write_directory_atomically
 from vem3d.augment import dihedral, undo_dihedral
+from vem3d.cache import code_version
 from vem3d.devices import visible_gpus, xla_speeds_up_inference
 from vem3d.preprocess import preprocessed_files, read_preprocessed, resize
 from vem3d.slices import write_image
@@ -540,7 +540,7 @@ class SliceCache:
     chunk's outputs first. The cache keeps a hard link to each slice's output files
     (no extra disk space while the outputs exist) under a key made of the preprocessed
     slice's bytes and everything else its result depends on (weights, network,
-    segmentation settings, Keras backend, vem3d version); a slice whose key is there
+    segmentation settings, Keras backend, vem3d's source); a slice whose key is there
     gets its files linked back instead. Each slice keeps one entry, its newest.
 
     Parameters
@@ -556,7 +556,7 @@ class SliceCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256(Path(weights_path).read_bytes())
-        context = {**settings, "backend": keras.backend.backend(), "vem3d": vem3d.__version__}
+        context = {**settings, "backend": keras.backend.backend(), "vem3d": code_version()}
         digest.update(json.dumps(context, sort_keys=True).encode())
         self._settings_digest = digest.digest()
 
@@ -642,7 +642,10 @@ def segment_folder(
     """
     n_channels = unet_config.n_classes
     if len(masks_dirs) != max(n_channels - 1, 1) or len(probabilities_dirs) != len(masks_dirs):
-        raise ValueError(f"{len(masks_dirs)} mask folders for a network of {n_channels} output channel(s)")
+        raise ValueError(
+            f"{len(masks_dirs)} mask folders and {len(probabilities_dirs)} probability folders for a network "
+            f"of {n_channels} output channel(s): one of each per class"
+        )
     check_input_side(tile_size, unet_config, "tile_size")
     batch_size = batch_size or automatic_batch_size(unet_config, tile_size)
 

@@ -21,11 +21,13 @@ import keras
 import numpy as np
 import pandas as pd
 
-from vem3d.atomic import refuse_to_write_into, write_atomically, write_text_atomically
+from vem3d.atomic import link_or_copy, refuse_to_write_into, write_atomically, write_text_atomically
+from vem3d.cache import code_version
 from vem3d.augment import augment_pair
 from vem3d.labels import class_values, label_slices, one_hot, output_channels, read_class_labels, resize_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
+from vem3d.provenance import file_sha256
 from vem3d.segment import tile_starts
 from vem3d.threads import cpu_threads, map_ahead
 from vem3d.unet import LOSSES, UNetConfig, build_unet, check_input_side, hard_dice, load_weights
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.keras"
 BEST_WEIGHTS_NAME = "best.weights.h5"
+CHECKPOINT_BEST_NAME = "checkpoint.best.weights.h5"
 STATE_NAME = "state.json"
 
 
@@ -162,7 +165,11 @@ class PatchSampler:
 
 
 def validation_patches(images, masks, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut validation slices into non-overlapping patches covering each slice.
+    """Cut validation slices into patches covering each slice.
+
+    Patches are side by side, except the last along each side, which ends flush with
+    the slice's edge and so overlaps its neighbour where the side is not a multiple of
+    ``patch_size``: those pixels count twice in the validation scores.
 
     Returns
     -------
@@ -242,9 +249,12 @@ def _finish_epoch(model: keras.Model, state: dict, row: dict, directory: Path, c
     )
     if config.patience and row["epoch"] - state["best_epoch"] >= config.patience:
         state["stopped_early"] = True
-        log.info("stopping early: validation IoU has not improved for %d epochs", config.patience)
+        measure = "validation IoU" if "val_iou" in row else "training Dice"
+        log.info("stopping early: %s has not improved for %d epochs", measure, config.patience)
     if row["epoch"] % config.checkpoint_every == 0 or row["epoch"] == config.epochs or state["stopped_early"]:
         write_atomically(directory / CHECKPOINT_NAME, model.save)
+        if (directory / BEST_WEIGHTS_NAME).is_file():  # kept apart from later improvements, as the state names them
+            link_or_copy(directory / BEST_WEIGHTS_NAME, directory / CHECKPOINT_BEST_NAME)
         state["epoch"] = row["epoch"]
         write_text_atomically(directory / STATE_NAME, json.dumps(state, indent=1))
 
@@ -318,9 +328,12 @@ def train_unet(
         "n_train": len(train_index),
         "n_validation": len(validation_index),
     }
-    # One checkpoint folder per (settings, data): a run resumes only what the same
-    # settings on the same labelled data started; anything else starts afresh.
+    # One checkpoint folder per (settings, starting weights, data, code): a run resumes
+    # only what the same settings on the same labelled data started from the same
+    # weights; anything else starts afresh.
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    digest.update(code_version().encode())
+    digest.update(file_sha256(initial_weights).encode() if initial_weights is not None else b"from scratch")
     for array in (*images, *masks):
         digest.update(np.ascontiguousarray(array).tobytes())
     checkpoint_dir = checkpoint_dir / digest.hexdigest()[:16]
@@ -329,6 +342,9 @@ def train_unet(
     if state_path.is_file() and checkpoint_path.is_file():
         state = json.loads(state_path.read_text())
         model = keras.saving.load_model(checkpoint_path, safe_mode=True)
+        if (checkpoint_dir / CHECKPOINT_BEST_NAME).is_file():
+            # The best weights as of the checkpoint: a later improvement is lost with its epoch.
+            link_or_copy(checkpoint_dir / CHECKPOINT_BEST_NAME, checkpoint_dir / BEST_WEIGHTS_NAME)
         log.info("resuming from %s after epoch %d", checkpoint_path, state["epoch"])
     else:
         model = build_unet(unet_config)

@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import time
-import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +44,7 @@ from vem3d.blockwise import (
     goes_blockwise,
     in_raster_order,
 )
-from vem3d.cache import ArrayCache, content_key
+from vem3d.cache import UNREADABLE, ArrayCache, content_key
 from vem3d.provenance import file_sha256
 from vem3d.slices import list_slices, read_slice
 from vem3d.threads import finished, map_ahead, ordered_results, process_pool
@@ -750,7 +749,7 @@ class MaskStore:
             with np.load(self._keys_path) as table:
                 keys, shape = table["keys"].tolist(), tuple(table["shape"].tolist())
             volume = zarr.open_array(self._volume_path, mode="r+")
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, zarr.errors.BaseZarrError):
+        except (*UNREADABLE, zarr.errors.BaseZarrError):
             return [], None
         return (keys, volume) if volume.shape == shape and len(keys) == shape[0] else ([], None)
 
@@ -1095,7 +1094,7 @@ class CleanupCache:
                 # The table belongs to this very folder (a run killed while replacing it leaves them apart).
                 if str(table["token"]) == (self._cleaned / "token").read_text():
                     self._kept = set(table["keys"].tolist())
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        except UNREADABLE:
             pass  # nothing kept yet: every block is written afresh
 
     def block_key(self, region: tuple[slice, ...], shape: Sequence[int]) -> str:

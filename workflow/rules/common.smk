@@ -293,14 +293,16 @@ if not config["train"]["enabled"] and not WEIGHTS:
     raise ValueError(
         "train.enabled is false, so model.weights must name a weights file"
     )
-# Weights named in the config must exist and fit the configured network, before any work.
-for key, path in (
-    ("model.weights", "" if config["train"]["enabled"] else WEIGHTS),
-    ("train.initial_weights", config["train"]["initial_weights"]),
+# Weights named in the config must exist and fit the configured network, before any work;
+# those segmented with must also have been trained for the configured classes, in order
+# (weights to fine-tune may come from other structures).
+for key, path, classes in (
+    ("model.weights", "" if config["train"]["enabled"] else WEIGHTS, CLASSES),
+    ("train.initial_weights", config["train"]["initial_weights"], None),
 ):
     if path:
         try:
-            check_weights_settings(path, unet_settings())
+            check_weights_settings(path, unet_settings(), classes)
         except ValueError as error:
             raise ValueError(f"{key}: {error}") from error
 

@@ -5,6 +5,8 @@ rule train:
             for sample, chunk in TRAINING_CHUNKS
         ],
         labels=[path for sample in TRAINING_SAMPLES for path in label_files(sample)],
+        # An input, not a parameter: new weights at the same path train again.
+        initial_weights=config["train"]["initial_weights"] or [],
     output:
         weights="results/model/unet.weights.h5",
         provenance="results/model/unet.weights.h5.json",
@@ -28,7 +30,6 @@ rule train:
     params:
         label_dirs=[samples.loc[sample, "labels"] for sample, _ in TRAINING_CHUNKS],
         checkpoint_dir="results/model/checkpoints",
-        initial_weights=config["train"]["initial_weights"] or None,
         unet=unet_settings(),
         classes=CLASSES,
         label_values=config["model"]["label_values"],

@@ -21,7 +21,7 @@ with workflow_job(snakemake.log[0]):
         checkpoint_dir=snakemake.params.checkpoint_dir,
         unet_config=UNetConfig(**snakemake.params.unet),
         config=TrainingConfig(**snakemake.params.training),
-        initial_weights=snakemake.params.initial_weights,
+        initial_weights=snakemake.input.initial_weights or None,
         classes=snakemake.params.classes,
         label_values=snakemake.params.label_values,
     )
