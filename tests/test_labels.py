@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from PIL import Image
 
 from vem3d.labels import class_values, decode_label_map, label_slices, one_hot, read_class_labels, resize_labels
 from vem3d.metrics import evaluate_volumes
@@ -30,6 +31,23 @@ def test_label_map_values_go_to_their_class_and_the_rest_is_background():
     np.testing.assert_array_equal(decode_label_map(np.array([0, 3, 255]), class_values(["a"])), [0, 1, 1])
     # 16-bit values beyond every class's value are background, not an index error.
     np.testing.assert_array_equal(decode_label_map(np.array([2, 40000], np.uint16), class_values(["a", "b"])), [2, 0])
+
+
+def test_palette_float_and_signed_label_maps_give_their_values(tmp_path):
+    values = class_values(["a", "b"])
+    indices = np.array([[0, 1], [2, 1]], np.uint8)
+    # Fiji's 8-bit label images with a lookup table: the indices count, not the colours.
+    palette = Image.fromarray(indices, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 3 * 253)
+    palette.save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(read_class_labels([tmp_path / "palette.png"], values), indices)
+    tifffile.imwrite(tmp_path / "float.tif", indices.astype(np.float32))
+    np.testing.assert_array_equal(read_class_labels([tmp_path / "float.tif"], values), indices)
+    tifffile.imwrite(tmp_path / "fraction.tif", indices.astype(np.float32) / 2)
+    with pytest.raises(SliceError, match="fraction.tif: label map holds values that are not whole numbers"):
+        read_class_labels([tmp_path / "fraction.tif"], values)
+    # A negative value is no class's, not the highest one's (numpy's negative indexing).
+    np.testing.assert_array_equal(decode_label_map(np.array([-1, 1, 2], np.int16), values), [0, 1, 2])
 
 
 def test_label_values_naming_an_unknown_class_or_sharing_a_value_are_refused():

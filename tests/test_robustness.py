@@ -99,8 +99,14 @@ def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path, volume_of):
         ({"segment": {"tile_size": "big"}}, "tile_size"),
         ({"segment": {"tile_size": 30}}, "segment.tile_size is 30, but model.depth 2 needs a multiple of 4"),
         ({"mesh": {"z_smoothing_sigma": 1.0, "block_size": 64}}, "mesh.z_smoothing_sigma needs the whole volume"),
+        (
+            {"preprocess": {"low_percentile": 99.0, "high_percentile": 1.0}},
+            "preprocess.low_percentile (99.0) must be below preprocess.high_percentile (1.0)",
+        ),
     ],
-    ids=["misspelt-key", "out-of-range", "wrong-type", "tile-not-a-multiple", "z-smoothing-in-blocks"],
+    ids=[
+        "misspelt-key", "out-of-range", "wrong-type", "tile-not-a-multiple", "z-smoothing-in-blocks", "percentiles-swapped"
+    ],
 )
 def test_bad_configuration_stops_before_any_work(tmp_path, config_override, message):
     project = make_project(tmp_path, **config_override)

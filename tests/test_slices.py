@@ -23,6 +23,8 @@ def test_natural_order_puts_2_before_10(tmp_path):
         iio.imwrite(tmp_path / name, np.zeros((4, 4), np.uint8))
     assert [path.name for path in list_slices(tmp_path)] == ["1.png", "2.png", "10.png"]
     assert sorted(["s10", "s9", "S1"], key=natural_key) == ["S1", "s9", "s10"]
+    for listed in (["s2", "s02", "S2", "s1x", "s1x2"], ["s1x2", "S2", "s02", "s1x", "s2"]):
+        assert sorted(listed, key=natural_key) == ["s1x", "s1x2", "S2", "s02", "s2"]
 
 
 def test_hidden_files_and_thumbs_db_are_skipped(tmp_path):
@@ -88,6 +90,43 @@ def test_multipage_tiff_stack_reads_page_by_page(tmp_path):
     pages = list(read_stack_slices(tmp_path / "stack.tif", ["z0002", "z0000"]))
     np.testing.assert_array_equal(pages[0], stack[2])
     np.testing.assert_array_equal(pages[1], stack[0])
+
+
+def test_imagej_stacks_over_4_gib_are_read_image_by_image(tmp_path):
+    # ImageJ describes every image of such a stack in its first page: one page, 6 images.
+    stack = np.arange(6 * 4 * 5, dtype=np.uint8).reshape(6, 4, 5)
+    tifffile.imwrite(tmp_path / "big.tif", stack, imagej=True, truncate=True)
+    assert stack_slice_names(tmp_path / "big.tif") == [f"z{z:04d}" for z in range(6)]
+    pages = list(read_stack_slices(tmp_path / "big.tif", ["z0005", "z0001"]))
+    np.testing.assert_array_equal(pages[0], stack[5])
+    np.testing.assert_array_equal(pages[1], stack[1])
+
+
+def test_tiff_stacks_of_channels_or_of_pages_not_grey_2d_are_refused_naming_them(tmp_path):
+    tifffile.imwrite(tmp_path / "channels.tif", np.zeros((3, 2, 4, 5), np.uint8), imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(SliceError, match="channels.tif: a TIFF of axes ZCYX .*not channels or time points"):
+        stack_slice_names(tmp_path / "channels.tif")
+    tifffile.imwrite(tmp_path / "alpha.tif", np.zeros((2, 4, 5, 2), np.uint8), extrasamples=["unassalpha"])
+    with pytest.raises(SliceError, match=r"alpha.tif, page z0001: expected one 2D grey slice, found .* \(4, 5, 2\)"):
+        list(read_stack_slices(tmp_path / "alpha.tif", ["z0001"]))
+
+
+def test_imod_byte_stacks_are_read_unsigned_as_imod_writes_them(tmp_path):
+    stack = np.array([0, 100, 200, 255], np.uint8).reshape(1, 2, 2)
+
+    def written(imod_flags):
+        path = tmp_path / f"bytes{imod_flags}.st"
+        with mrcfile.new(path) as mrc:
+            mrc.set_data(stack.view(np.int8))  # mode 0, signed by the MRC2014 standard
+            if imod_flags is not None:  # IMOD's stamp and flags: header bytes 152-159
+                extra = bytearray(mrc.header.extra2.tobytes())
+                extra[40:48] = np.array([1146047817, imod_flags], np.int32).tobytes()
+                mrc.header.extra2 = np.frombuffer(bytes(extra), mrc.header.extra2.dtype).reshape(())
+        return next(read_stack_slices(path, ["z0000"]))
+
+    np.testing.assert_array_equal(written(0), stack[0])  # IMOD: unsigned unless flagged
+    np.testing.assert_array_equal(written(1), stack[0].view(np.int8))  # IMOD, flagged signed
+    np.testing.assert_array_equal(written(None), stack[0].view(np.int8))  # no IMOD header: the standard's
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.uint16, np.float32])

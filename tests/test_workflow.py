@@ -217,8 +217,15 @@ def test_snakefmt_is_clean():
         (row("s1", "{stack}") + row("s1", "{stack}"), "duplicate sample name"),
         (row("s1", "{empty}"), "no slice files found"),
         (row("s1", "{not_mrc}"), "not.mrc: cannot be read as an MRC stack"),
+        (
+            row("s1", "{stack}").replace("\t\t\t", "\tno/labels\t\t"),
+            "sample 's1', column 'labels': [Errno 2] No such file or directory: 'no/labels'",
+        ),
     ],
-    ids=["missing-path", "zero-voxel", "negative-voxel", "path-in-name", "duplicate-name", "empty-folder", "not-mrc"],
+    ids=[
+        "missing-path", "zero-voxel", "negative-voxel", "path-in-name", "duplicate-name", "empty-folder", "not-mrc",
+        "missing-labels",
+    ],
 )
 def test_bad_sample_sheet_stops_before_any_work(tmp_path, sample_row, message):
     stack = own_stack(tmp_path)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from vem3d.preprocess import resize
 from vem3d.slices import SliceError, list_slices, read_slice
@@ -63,6 +64,7 @@ def decode_label_map(label_map: np.ndarray, values: Sequence[Sequence[int]]) -> 
     Parameters
     ----------
     label_map : ndarray of int, shape (rows, columns)
+        Floats are taken where they are whole numbers.
     values : sequence of sequence of int
         Pixel values per class, as from :func:`class_values`.
 
@@ -70,14 +72,23 @@ def decode_label_map(label_map: np.ndarray, values: Sequence[Sequence[int]]) -> 
     -------
     ndarray of uint8, shape (rows, columns)
         0 where a pixel's value belongs to no class, else the class's 1-based index.
+
+    Raises
+    ------
+    ValueError
+        For a float label map with fractional values.
     """
     if len(values) == 1 and not values[0]:
         return (label_map > 0).astype(np.uint8)
+    if label_map.dtype.kind == "f":
+        if not np.array_equal(label_map, np.round(label_map)):
+            raise ValueError("label map holds values that are not whole numbers; a label map's values name classes")
+        label_map = label_map.astype(np.int64)
     highest = max((value for class_pixel_values in values for value in class_pixel_values), default=0)
     lookup = np.zeros(highest + 1, dtype=np.uint8)
     for index, class_pixel_values in enumerate(values, 1):
         lookup[list(class_pixel_values)] = index
-    inside = label_map <= highest
+    inside = (label_map >= 0) & (label_map <= highest)
     return np.where(inside, lookup[np.where(inside, label_map, 0)], 0).astype(np.uint8)
 
 
@@ -123,6 +134,22 @@ def label_slices(folder: str | os.PathLike, classes: Sequence[str]) -> dict[str,
     return {slice_name: [listings[name][slice_name] for name in classes] for slice_name in names}
 
 
+def read_label_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image's pixel values, as :func:`vem3d.slices.read_slice` reads a slice,
+    except that an indexed-colour (palette) image gives its indices, not their colours.
+
+    Fiji saves 8-bit label images with a lookup table that way: read as colours, then
+    as grey, classes 1 and 2 in red and green would come out as 76 and 150.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                return np.asarray(image)
+    except (OSError, UnidentifiedImageError):
+        pass  # not an image Pillow reads: read_slice says what is wrong with it
+    return read_slice(path)
+
+
 def read_class_labels(
     files: Sequence[str | os.PathLike], values: Sequence[Sequence[int]], slice_shape: tuple[int, int] | None = None
 ) -> np.ndarray:
@@ -149,11 +176,14 @@ def read_class_labels(
         (labels of another stack, or of the slice after resampling).
     """
     if len(files) == 1:
-        labels = decode_label_map(read_slice(files[0]), values)
+        try:
+            labels = decode_label_map(read_label_image(files[0]), values)
+        except ValueError as error:
+            raise SliceError(f"{files[0]}: {error}") from error
     else:
-        labels = np.zeros(read_slice(files[0]).shape, dtype=np.uint8)
+        labels = np.zeros(read_label_image(files[0]).shape, dtype=np.uint8)
         for index, path in enumerate(files, 1):
-            mask = read_slice(path) > 0
+            mask = read_label_image(path) > 0
             if mask.shape != labels.shape:
                 raise SliceError(f"{path}: shape {mask.shape} differs from {files[0]}'s {labels.shape}")
             labels[mask] = index

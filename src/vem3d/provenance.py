@@ -21,6 +21,7 @@ PACKAGES = (
     "scipy",
     "scikit-image",
     "imageio",
+    "pillow",
     "tifffile",
     "mrcfile",
     "zarr",

@@ -33,9 +33,13 @@ class SliceError(ValueError):
     """A slice file or stack that cannot be used, with the file named in the message."""
 
 
-def natural_key(name: str) -> list:
-    """Sort key that orders embedded numbers by value (``2`` before ``10``)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+def natural_key(name: str) -> tuple[list, str]:
+    """Sort key that orders embedded numbers by value (``2`` before ``10``).
+
+    Names equal but for case or leading zeros (``s2``, ``s02``, ``S2``) go by the name
+    itself, so that their order never depends on how a folder lists them.
+    """
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)], name
 
 
 def is_slice_file(path: Path) -> bool:
@@ -112,12 +116,17 @@ def read_slice(path: str | os.PathLike) -> np.ndarray:
         image = np.asarray(iio.imread(path))
     except Exception as error:  # imageio raises many types for corrupt data
         raise SliceError(f"{path}: cannot be read as an image ({error})") from error
+    return _grey_2d(image, str(path))
+
+
+def _grey_2d(image: np.ndarray, where: str) -> np.ndarray:
+    """A read slice as one grey 2D image (RGB(A) to grey), or a SliceError naming ``where``."""
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         image = rgb_to_grey(image)
     if image.ndim != 2:
-        raise SliceError(f"{path}: expected one 2D slice, found an array of shape {image.shape}")
+        raise SliceError(f"{where}: expected one 2D grey slice, found an array of shape {image.shape}")
     if image.size == 0:
-        raise SliceError(f"{path}: slice has no pixels")
+        raise SliceError(f"{where}: slice has no pixels")
     return image
 
 
@@ -140,12 +149,35 @@ def _is_mrc(source: Path) -> bool:
     return source.suffix.lower() in MRC_SUFFIXES
 
 
+IMOD_STAMP = 1146047817  # IMOD's mark in an MRC header (bytes 152-155): its flags follow
+IMOD_SIGNED_BYTES = 1  # a flag of IMOD's (bytes 156-159): mode 0 bytes are signed
+
+
+def _imod_flags(header) -> int | None:
+    """IMOD's flags of an MRC header, or None where IMOD did not write them.
+
+    ``mrcfile`` keeps header bytes 112-195 as one field, ``extra2``; IMOD's stamp
+    and flags are its bytes 40-47, in the header's byte order.
+    """
+    stamp, flags = np.frombuffer(header.extra2.tobytes()[40:48], dtype=header.dtype["nx"])
+    return int(flags) if stamp == IMOD_STAMP else None
+
+
 def _mrc_sections(mrc, source: Path) -> np.ndarray:
-    """The sections of an open MRC file as (z, rows, columns), memory-mapped (read where indexed)."""
+    """The sections of an open MRC file as (z, rows, columns), memory-mapped (read where indexed).
+
+    Bytes (mode 0) are signed by the MRC2014 standard, as ``mrcfile`` reads them, but
+    IMOD writes them unsigned and says so by leaving a flag of its header unset:
+    those are read unsigned, or values 128-255 would come out as -128 to -1.
+    """
     data = mrc.data
     if data is None or data.ndim not in (2, 3) or data.dtype.kind not in "iuf":
         shape, dtype = (None, None) if data is None else (data.shape, data.dtype)
         raise SliceError(f"{source}: expected an MRC stack of grey 2D sections, found data of shape {shape}, {dtype}")
+    if data.dtype == np.int8:
+        imod_flags = _imod_flags(mrc.header)
+        if imod_flags is not None and not imod_flags & IMOD_SIGNED_BYTES:
+            data = data.view(np.uint8)
     return data[np.newaxis] if data.ndim == 2 else data
 
 
@@ -157,16 +189,35 @@ def _open_mrc(source: Path):
         raise SliceError(f"{source}: cannot be read as an MRC stack ({error})") from error
 
 
+def _open_tiff(source: Path) -> tifffile.TiffFile:
+    """``tifffile.TiffFile`` of ``source``, or a SliceError naming it."""
+    try:
+        return tifffile.TiffFile(source)
+    except Exception as error:  # tifffile raises many types for corrupt data
+        raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+
+
+def _tiff_depth(tiff: tifffile.TiffFile, source: Path) -> int:
+    """The 2D images of a TIFF stack: those of its first series (not thumbnails or
+    pyramid levels), which may outnumber its pages (ImageJ's stacks over 4 GiB
+    describe every image in their first page)."""
+    series = tiff.series[0]
+    planes = [length for axis, length in zip(series.axes, series.shape) if axis not in "YXS"]
+    if sum(length > 1 for length in planes) > 1:
+        raise SliceError(
+            f"{source}: a TIFF of axes {series.axes} (shape {series.shape}): expected one stack of "
+            "grey 2D slices, not channels or time points beside z; save one channel as its own stack"
+        )
+    return int(np.prod(planes))
+
+
 def _stack_depth(source: Path) -> int:
-    """Sections of an MRC file or pages of a multi-page TIFF."""
+    """Sections of an MRC file or images of a multi-page TIFF."""
     if _is_mrc(source):
         with _open_mrc(source) as mrc:
             return len(_mrc_sections(mrc, source))
-    try:
-        with tifffile.TiffFile(source) as tiff:
-            return len(tiff.pages)
-    except Exception as error:
-        raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+    with _open_tiff(source) as tiff:
+        return _tiff_depth(tiff, source)
 
 
 def stack_pixel_size_nm(source: str | os.PathLike) -> tuple[float, float] | None:
@@ -260,14 +311,24 @@ def read_stack_slices(source: str | os.PathLike, names: list[str]):
                 section = sections[index_of[name]]
                 yield section.astype(section.dtype.newbyteorder("="))  # a copy, in memory
         return
-    for name in names:
-        try:
-            page = tifffile.imread(source, key=index_of[name])
-        except Exception as error:
-            raise SliceError(f"{source}: page {name} cannot be read ({error})") from error
-        if page.ndim == 3 and page.shape[-1] in (3, 4):
-            page = rgb_to_grey(page)
-        yield page
+    with _open_tiff(source) as tiff:
+        series = tiff.series[0]
+        depth = _tiff_depth(tiff, source)
+        images = None
+        if len(series.pages) != depth:
+            # ImageJ's one-page layout: the images lie one after the other, uncompressed;
+            # mapped, and read where indexed.
+            plane_shape = [length for axis, length in zip(series.axes, series.shape) if axis in "YXS"]
+            try:
+                images = tifffile.memmap(source, series=0, mode="r").reshape(depth, *plane_shape)
+            except Exception as error:
+                raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+        for name in names:
+            try:
+                page = series.asarray(key=index_of[name]) if images is None else np.array(images[index_of[name]])
+            except Exception as error:
+                raise SliceError(f"{source}: page {name} cannot be read ({error})") from error
+            yield _grey_2d(page, f"{source}, page {name}")
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

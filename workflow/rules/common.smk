@@ -93,7 +93,7 @@ DEMO_FOLDERS = {
 
 wildcard_constraints:
     sample="|".join(map(re.escape, samples.index)),
-    chunk=r"chunk\d{4}",
+    chunk=r"chunk\d\d\d\d+",  # chunk0000 to chunk9999, then chunk10000 on
     class_name="|".join(map(re.escape, config["model"]["classes"])),
 
 
@@ -112,7 +112,8 @@ def naming_sample(sample, column):
     error naming the sample-sheet cell."""
     try:
         yield
-    except ValueError as error:  # vem3d.slices.SliceError among them
+    # SliceError among the ValueErrors; OSError: a missing folder, or a file for one.
+    except (ValueError, OSError) as error:
         raise ValueError(f"sample {sample!r}, column {column!r}: {error}") from error
 
 
@@ -280,6 +281,12 @@ for key, side in (
             f"{key} is {side}, but model.depth {config['model']['depth']} needs a multiple "
             f"of {2 ** config['model']['depth']}"
         )
+
+if config["preprocess"]["low_percentile"] >= config["preprocess"]["high_percentile"]:
+    raise ValueError(
+        f"preprocess.low_percentile ({config['preprocess']['low_percentile']}) must be "
+        f"below preprocess.high_percentile ({config['preprocess']['high_percentile']})"
+    )
 
 # z-smoothing needs whole volumes (vem3d.volume.write_volumes stops otherwise, but
 # only after segmentation).
