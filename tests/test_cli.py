@@ -137,6 +137,16 @@ def test_train_needs_one_label_folder_or_one_per_preprocessed_folder(tmp_path, c
     assert "vem3d train: 2 preprocessed folders but 3 label folders" in capsys.readouterr().err
 
 
+def test_segment_refuses_weights_trained_for_the_classes_in_another_order(tmp_path, capsys):
+    weights = tmp_path / "unet.weights.h5"
+    weights.write_bytes(b"not read: the record beside it already disagrees")
+    Path(f"{weights}.json").write_text('{"classes": ["membrane", "mitochondrion"], "settings": {"unet": {}}}')
+    arguments = ["segment", str(tmp_path), "--weights", str(weights), "--out-dir", str(tmp_path / "out")]
+    assert main([*arguments, "--classes", "mitochondrion", "membrane"]) == 2
+    assert "trained for the classes ['membrane', 'mitochondrion'], in that order" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("batch_size", ["0", "-2", "many"])
 def test_segment_batch_size_is_a_positive_number_or_auto(batch_size, tmp_path, capsys):
     with pytest.raises(SystemExit):

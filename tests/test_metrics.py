@@ -1,7 +1,9 @@
+import imageio.v3 as iio
 import numpy as np
+import pandas as pd
 import pytest
 
-from vem3d.metrics import object_scores, score_masks, score_slices
+from vem3d.metrics import evaluate_volumes, object_scores, score_masks, score_slices
 
 
 def test_scores_match_hand_computed_values():
@@ -41,3 +43,22 @@ def test_object_f1_counts_objects_matched_at_iou_one_half():
     scores = object_scores(predicted, truth)
     assert (scores["true_objects"], scores["predicted_objects"], scores["matched"]) == (3, 3, 1)
     assert scores["object_f1"] == pytest.approx(1 / 3)
+
+
+def test_objects_are_scored_within_runs_of_consecutive_slices_with_ground_truth(tmp_path, volume_of):
+    # A tube through 12 slices, its ground truth on slices 0-1 and 10-11: two pieces of
+    # it, not one object joined across the 8 unlabelled slices between them.
+    tube = np.zeros((12, 8, 8), bool)
+    tube[:, 2:6, 2:6] = True
+    folder = tmp_path / "masks" / "chunk0000"
+    folder.mkdir(parents=True)
+    (tmp_path / "truth").mkdir()
+    for z, plane in enumerate(tube):
+        iio.imwrite(folder / f"s{z:02d}.png", plane.astype(np.uint8) * 255)
+        if z in (0, 1, 10, 11):
+            iio.imwrite(tmp_path / "truth" / f"s{z:02d}.png", plane.astype(np.uint8))
+    evaluate_volumes(
+        volume_of({"tube": [folder]}), tmp_path / "truth", tmp_path / "scores.tsv", tmp_path / "objects.tsv"
+    )
+    objects = pd.read_csv(tmp_path / "objects.tsv", sep="\t").iloc[0]
+    assert (objects["true_objects"], objects["predicted_objects"], objects["matched"]) == (2, 2, 2)

@@ -1,5 +1,6 @@
 """Bad input and faults: each case handled as documented, or stopped with a clear message."""
 
+import hashlib
 import json
 import os
 import re
@@ -99,13 +100,15 @@ def test_empty_segmentation_gives_zero_objects_and_no_stl(tmp_path, volume_of):
         ({"segment": {"tile_size": "big"}}, "tile_size"),
         ({"segment": {"tile_size": 30}}, "segment.tile_size is 30, but model.depth 2 needs a multiple of 4"),
         ({"mesh": {"z_smoothing_sigma": 1.0, "block_size": 64}}, "mesh.z_smoothing_sigma needs the whole volume"),
+        ({"segment": {"tile_size": 32, "overlap": 32}}, "segment.overlap (32) must be below segment.tile_size (32)"),
         (
             {"preprocess": {"low_percentile": 99.0, "high_percentile": 1.0}},
             "preprocess.low_percentile (99.0) must be below preprocess.high_percentile (1.0)",
         ),
     ],
     ids=[
-        "misspelt-key", "out-of-range", "wrong-type", "tile-not-a-multiple", "z-smoothing-in-blocks", "percentiles-swapped"
+        "misspelt-key", "out-of-range", "wrong-type", "tile-not-a-multiple", "z-smoothing-in-blocks",
+        "overlap-not-below-tile", "percentiles-swapped",
     ],
 )
 def test_bad_configuration_stops_before_any_work(tmp_path, config_override, message):
@@ -320,7 +323,9 @@ def test_fine_tuning_starts_from_the_given_weights_and_again_when_they_change(tm
     model = "results/model/unet.weights.h5"
     first = snakemake(project, model)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert json.loads((project / f"{model}.json").read_text())["initial_weights"] == str(start)
+    made_by = json.loads((project / f"{model}.json").read_text())
+    assert made_by["initial_weights"] == str(start)
+    assert made_by["initial_weights_sha256"] == hashlib.sha256(start.read_bytes()).hexdigest()
     # Other weights under the same name: training runs again, from them, not resumed
     # from the run that started from the first ones.
     shutil.copyfile(project / model, start)

@@ -188,19 +188,23 @@ def slurm():
             (SLURM_CONFIG_DIR / name).unlink(missing_ok=True)
 
 
-def slurm_jobs(project):
-    """Slurm's record of the jobs that ran in a project folder, as (rule, state, allocated gres).
+def slurm_job_fields(project):
+    """Slurm's record of each job that ran in a project folder (scontrol's fields).
 
     Finished jobs stay in slurmctld's memory for MinJobAge seconds.
     """
     listing = subprocess.run(["scontrol", "show", "job", "--details", "--oneliner"], capture_output=True, text=True, check=True)
+    records = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in listing.stdout.splitlines()]
+    return [fields for fields in records if fields.get("WorkDir") == str(project)]
+
+
+def slurm_jobs(project):
+    """The jobs that ran in a project folder, as (rule, state, allocated gres)."""
     jobs = []
-    for line in listing.stdout.splitlines():
-        fields = dict(re.findall(r"(\w+)=(\S*)", line))
-        if fields.get("WorkDir") == str(project):
-            # The executor plugin names the rule in the comment: rule_NAME[_wildcards_...].
-            rule = fields["Comment"].removeprefix("rule_").split("_wildcards_")[0]
-            jobs.append((rule, fields["JobState"], fields["JOB_GRES"]))
+    for fields in slurm_job_fields(project):
+        # The executor plugin names the rule in the comment: rule_NAME[_wildcards_...].
+        rule = fields["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+        jobs.append((rule, fields["JobState"], fields["JOB_GRES"]))
     return sorted(jobs)
 
 
@@ -231,6 +235,9 @@ def test_failing_job_is_retried_then_reported_failed(slurm, tmp_path):
     assert result.returncode != 0
     # The profile's one retry: two attempts, both failed in Slurm.
     assert [(rule, job_state) for rule, job_state, _ in slurm_jobs(project)] == [("preprocess", "FAILED")] * 2
+    # The retry asks for twice the memory and time: a job killed for either would fail again.
+    limits = sorted((int(fields["JobId"]), fields["MinMemoryNode"], fields["TimeLimit"]) for fields in slurm_job_fields(project))
+    assert [limit[1:] for limit in limits] == [("4000M", "01:00:00"), ("8000M", "02:00:00")]
     output = result.stdout + result.stderr
     assert "Trying to restart job" in output and "Error in rule preprocess" in output
     assert "img2.png: slice file is empty" in (project / "logs/own/preprocess/chunk0000.log").read_text()

@@ -22,6 +22,7 @@ from vem3d.logs import exit_cleanly_on_terminate, log_to
 from vem3d.mesh import mesh_volumes
 from vem3d.metrics import evaluate_volumes
 from vem3d.preprocess import preprocess_stack
+from vem3d.provenance import check_weights_settings
 from vem3d.slices import stack_slice_names
 from vem3d.stats import statistics_from_volumes, study_table
 from vem3d.synth import write_demo_stack
@@ -481,6 +482,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "segment":
         from vem3d.segment import segment_folder
 
+        check_weights_settings(args.weights, _unet_settings(args).to_dict(), args.classes)
         segment_folder(
             args.preprocessed_dir,
             args.weights,

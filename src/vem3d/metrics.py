@@ -94,8 +94,9 @@ def evaluate_volumes(
     scores_path : path
         TSV with, per class, the rows of :func:`score_slices` (a ``class`` column first).
     objects_path : path
-        TSV with one row per class: the 3D object scores of :func:`object_scores`
-        over the scored slices stacked in order.
+        TSV with one row per class: the 3D object scores of :func:`object_scores`,
+        objects counted within each run of consecutive scored slices (ground truth
+        on slices 0-9 and 20-29: two runs, whose objects are not joined).
     label_values : mapping, optional
         Label-map pixel values per class (:func:`vem3d.labels.class_values`).
 
@@ -113,6 +114,7 @@ def evaluate_volumes(
         raise ValueError(f"{truth_dir}: no ground-truth slice matches a segmented slice by name")
     values = class_values(classes, label_values)
     truth = np.stack([read_class_labels(truth_files[names[index]], values, volumes.shape[1:]) for index in scored])
+    runs = [slice(run[0], run[-1] + 1) for run in np.split(np.arange(len(scored)), np.flatnonzero(np.diff(scored) != 1) + 1)]
     score_tables, object_rows = [], []
     for class_index, (class_name, cleaned) in enumerate(volumes.classes.items(), 1):
         # One read of the chunks the scored slices lie in, not one per slice.
@@ -120,7 +122,11 @@ def evaluate_volumes(
         true = truth == class_index
         scores = score_slices(zip((names[index] for index in scored), predicted, true))
         score_tables.append(scores.assign(**{"class": class_name})[["class", *scores.columns]])
-        objects = object_scores(predicted, true)
+        # Objects within each run of consecutive scored slices: slices between runs,
+        # without ground truth, would otherwise be skipped over and join objects apart.
+        objects = object_scores_from_counts(
+            *np.sum([object_matches(predicted[run], true[run]) for run in runs], axis=0).tolist()
+        )
         object_rows.append({"class": class_name, **objects})
         overall = scores.iloc[-1]
         log.info(
@@ -141,12 +147,40 @@ def evaluate_volumes(
     return scores
 
 
-def object_scores(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Object-level detection scores of two label volumes of 3D objects.
+def object_matches(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> tuple[int, int, int]:
+    """Objects of two masks of 3D objects, and those matched.
 
     Objects are 26-connected components. A predicted object matches a true one when
     their IoU is at least ``iou_threshold``; with a threshold >= 0.5 a match is
-    necessarily one-to-one.
+    necessarily one-to-one. Only overlapping pairs are counted (memory for the
+    voxels in both, not for every pair of objects).
+
+    Parameters
+    ----------
+    predicted, truth : ndarray of bool, shape (slices, rows, columns)
+    iou_threshold : float
+
+    Returns
+    -------
+    true_objects, predicted_objects, matched : int
+    """
+    if predicted.shape != truth.shape:
+        raise ValueError(f"prediction shape {predicted.shape} differs from truth shape {truth.shape}")
+    predicted_labels, n_predicted = label_objects(predicted)
+    true_labels, n_true = label_objects(truth)
+    predicted_sizes = np.bincount(predicted_labels.ravel(), minlength=n_predicted + 1)
+    true_sizes = np.bincount(true_labels.ravel(), minlength=n_true + 1)
+    both = (predicted_labels != 0) & (true_labels != 0)
+    pairs, intersection = np.unique(
+        predicted_labels[both].astype(np.int64) * (n_true + 1) + true_labels[both], return_counts=True
+    )
+    predicted_of, true_of = np.divmod(pairs, n_true + 1)
+    union = predicted_sizes[predicted_of] + true_sizes[true_of] - intersection
+    return n_true, n_predicted, int(np.count_nonzero(intersection / union >= iou_threshold))
+
+
+def object_scores(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Object-level detection scores of two masks of 3D objects (see :func:`object_matches`).
 
     Parameters
     ----------
@@ -159,17 +193,11 @@ def object_scores(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float
         ``true_objects``, ``predicted_objects``, ``matched``, ``object_precision``,
         ``object_recall``, ``object_f1``.
     """
-    if predicted.shape != truth.shape:
-        raise ValueError(f"prediction shape {predicted.shape} differs from truth shape {truth.shape}")
-    predicted_labels, n_predicted = label_objects(predicted)
-    true_labels, n_true = label_objects(truth)
-    # Overlap of every (predicted, true) pair from one pass of bincount.
-    pairs = predicted_labels.astype(np.int64) * (n_true + 1) + true_labels
-    overlap = np.bincount(pairs.ravel(), minlength=(n_predicted + 1) * (n_true + 1)).reshape(n_predicted + 1, n_true + 1)
-    predicted_sizes, true_sizes = overlap.sum(1), overlap.sum(0)
-    intersection = overlap[1:, 1:]
-    union = predicted_sizes[1:, None] + true_sizes[None, 1:] - intersection
-    matched = int(np.count_nonzero((intersection / np.maximum(union, 1)) >= iou_threshold))
+    return object_scores_from_counts(*object_matches(predicted, truth, iou_threshold))
+
+
+def object_scores_from_counts(n_true: int, n_predicted: int, matched: int) -> dict[str, float]:
+    """Object precision, recall and F1 from counts of objects (each 1 when there are none)."""
     precision = matched / n_predicted if n_predicted else 1.0
     recall = matched / n_true if n_true else 1.0
     return {

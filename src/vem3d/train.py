@@ -520,6 +520,7 @@ def train_from_folders(
         "classes": list(classes),
         "labelled_slices": names,
         "initial_weights": str(initial_weights) if initial_weights else None,
+        "initial_weights_sha256": file_sha256(initial_weights) if initial_weights else None,
         **{key: state[key] for key in ("settings", "best_epoch", "best_score", "n_train", "n_validation")},
     }
     write_text_atomically(f"{weights_path}.json", json.dumps(provenance, indent=1))

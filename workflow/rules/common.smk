@@ -282,6 +282,12 @@ for key, side in (
             f"of {2 ** config['model']['depth']}"
         )
 
+if config["segment"]["overlap"] >= config["segment"]["tile_size"]:
+    raise ValueError(
+        f"segment.overlap ({config['segment']['overlap']}) must be below "
+        f"segment.tile_size ({config['segment']['tile_size']})"
+    )
+
 if config["preprocess"]["low_percentile"] >= config["preprocess"]["high_percentile"]:
     raise ValueError(
         f"preprocess.low_percentile ({config['preprocess']['low_percentile']}) must be "

@@ -62,7 +62,8 @@ onerror:
         print(
             f"vem3d: no results yet for sample(s) {', '.join(unfinished)} (see logs/). "
             "results/study_objects.tsv covers every sample in the sheet and waits for "
-            "them. With --keep-going the other samples carry on to their results; to "
+            "them. With --keep-going the other samples carry on to their results (unless "
+            "training failed, which every sample waits for); to "
             "tabulate those, fix the samples above or comment out their rows in the "
             "sample sheet with '#' and run again (README: 'Many samples').",
             file=sys.stderr,
