@@ -29,8 +29,13 @@ NM_PER_UM = 1000.0
 MESH_COLOUR = np.array([0.85, 0.45, 0.25])
 OBLIQUE_VIEW = (30, -60)  # elevation and azimuth of the preview's 3D camera, degrees
 # The preview's two flat views: (title, horizontal axis, vertical axis, axis looked
-# along, +1 when looking down it from its high end, -1 from its low end).
-PREVIEW_PROJECTIONS = (("top (along z)", 0, 1, 2, 1), ("side (along y)", 0, 2, 1, -1))
+# along, +1 when looking down it from its high end, -1 from its low end, whether the
+# vertical axis grows downwards). The top view shows the stack as its slices and the
+# montage do (x to the right, y down), which is the view from the first slice.
+PREVIEW_PROJECTIONS = (
+    ("top (along z, as the slices)", 0, 1, 2, -1, True),
+    ("side (along y)", 0, 2, 1, -1, False),
+)
 MASK_COLOUR = (1.0, 0.15, 0.1)
 REFERENCE_COLOUR = "yellow"
 
@@ -122,14 +127,14 @@ def render_mesh_views(
     axis.set_title("oblique")
     # Flat views are drawn in 2D, the far faces first: matplotlib's 3D axes seen
     # end-on ran their labels into each other.
-    for column, (view, across, up, along, looking_down) in enumerate(PREVIEW_PROJECTIONS, start=2):
+    for column, (view, across, up, along, looking_down, downwards) in enumerate(PREVIEW_PROJECTIONS, start=2):
         axis = figure.add_subplot(1, 3, column)
         order = np.argsort(looking_down * triangles[:, :, along].mean(axis=1), kind="stable")
         axis.add_collection(
             PolyCollection(triangles[order][:, :, [across, up]], facecolors=colours[order], edgecolors="none")
         )
         axis.set_xlim(low[across], high[across])
-        axis.set_ylim(low[up], high[up])
+        axis.set_ylim(*((high[up], low[up]) if downwards else (low[up], high[up])))
         axis.set_aspect("equal")
         axis.set_xlabel(f"{'xyz'[across]} (um)")
         axis.set_ylabel(f"{'xyz'[up]} (um)")
