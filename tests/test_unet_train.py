@@ -62,21 +62,27 @@ def test_training_lowers_the_loss_and_keeps_the_best_weights(tmp_path):
     assert 1 <= state["best_epoch"] <= 3
 
 
-def test_interrupted_training_resumes_after_its_last_checkpoint(tmp_path, monkeypatch):
-    images, masks = _blobs(1)
+def interrupt_after_epoch(monkeypatch, last_epoch):
+    """Make training stop (as if killed) once epoch ``last_epoch`` is recorded; returns the undo."""
     original = train_module._finish_epoch
 
-    def stop_after_second_epoch(model, state, row, directory, config):
+    def finish_then_stop(model, state, row, directory, config):
         original(model, state, row, directory, config)
-        if row["epoch"] == 2:
+        if row["epoch"] == last_epoch:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "_finish_epoch", stop_after_second_epoch)
+    monkeypatch.setattr(train_module, "_finish_epoch", finish_then_stop)
+    return lambda: monkeypatch.setattr(train_module, "_finish_epoch", original)
+
+
+def test_interrupted_training_resumes_after_its_last_checkpoint(tmp_path, monkeypatch):
+    images, masks = _blobs(1)
+    resume = interrupt_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
     (state_file,) = (tmp_path / "ck").glob("*/state.json")
     assert json.loads(state_file.read_text())["epoch"] == 2
-    monkeypatch.setattr(train_module, "_finish_epoch", original)
+    resume()
     _, state = train_unet(images, masks, TINY, SHORT, tmp_path / "ck")
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3]
 
@@ -113,21 +119,14 @@ def test_a_resumed_run_keeps_the_best_weights_its_checkpoint_names(tmp_path, mon
     monkeypatch.setattr(
         train_module, "validate", lambda *args: {"val_loss": 1.0, "val_dice": 0.0, "val_iou": next(scores)}
     )
-    original = train_module._finish_epoch
-
-    def stop_after_third_epoch(model, state, row, directory, config):
-        original(model, state, row, directory, config)
-        if row["epoch"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "_finish_epoch", stop_after_third_epoch)
+    resume = interrupt_after_epoch(monkeypatch, 3)
     config = TrainingConfig(epochs=4, steps_per_epoch=2, batch_size=2, patch_size=32, checkpoint_every=2)
     with pytest.raises(KeyboardInterrupt):
         train_unet(images, masks, TINY, config, tmp_path / "ck")
     (run,) = (tmp_path / "ck").iterdir()
     epoch_1 = (run / "checkpoint.best.weights.h5").read_bytes()
     assert (run / "best.weights.h5").read_bytes() != epoch_1  # epoch 3's
-    monkeypatch.setattr(train_module, "_finish_epoch", original)
+    resume()
     _, state = train_unet(images, masks, TINY, config, tmp_path / "ck")
     assert [row["epoch"] for row in state["history"]] == [1, 2, 3, 4]
     assert state["best_epoch"] == 1 and (run / "best.weights.h5").read_bytes() == epoch_1

@@ -180,12 +180,9 @@ def object_matches(predicted: np.ndarray, truth: np.ndarray, iou_threshold: floa
 
 
 def object_scores(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Object-level detection scores of two masks of 3D objects (see :func:`object_matches`).
+    """Object-level detection scores of two masks of 3D objects.
 
-    Parameters
-    ----------
-    predicted, truth : ndarray of bool, shape (slices, rows, columns)
-    iou_threshold : float
+    Objects and matches as :func:`object_matches` counts them, from the same parameters.
 
     Returns
     -------
