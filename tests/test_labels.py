@@ -46,6 +46,10 @@ def test_palette_float_and_signed_label_maps_give_their_values(tmp_path):
     tifffile.imwrite(tmp_path / "fraction.tif", indices.astype(np.float32) / 2)
     with pytest.raises(SliceError, match="fraction.tif: label map holds values that are not whole numbers"):
         read_class_labels([tmp_path / "fraction.tif"], values)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(SliceError, match="empty.png: slice file is empty") as refused:
+        read_class_labels([tmp_path / "empty.png"], values)
+    assert str(refused.value).count("empty.png") == 1  # named once
     # A negative value is no class's, not the highest one's (numpy's negative indexing).
     np.testing.assert_array_equal(decode_label_map(np.array([-1, 1, 2], np.int16), values), [0, 1, 2])
 

@@ -92,14 +92,27 @@ def test_multipage_tiff_stack_reads_page_by_page(tmp_path):
     np.testing.assert_array_equal(pages[1], stack[0])
 
 
-def test_imagej_stacks_over_4_gib_are_read_image_by_image(tmp_path):
+@pytest.mark.parametrize("byte_order", ["<", ">"])
+def test_imagej_stacks_over_4_gib_are_read_image_by_image(tmp_path, byte_order):
     # ImageJ describes every image of such a stack in its first page: one page, 6 images.
-    stack = np.arange(6 * 4 * 5, dtype=np.uint8).reshape(6, 4, 5)
-    tifffile.imwrite(tmp_path / "big.tif", stack, imagej=True, truncate=True)
+    stack = np.arange(6 * 4 * 5, dtype=np.uint16).reshape(6, 4, 5)
+    tifffile.imwrite(tmp_path / "big.tif", stack, imagej=True, truncate=True, byteorder=byte_order)
     assert stack_slice_names(tmp_path / "big.tif") == [f"z{z:04d}" for z in range(6)]
     pages = list(read_stack_slices(tmp_path / "big.tif", ["z0005", "z0001"]))
-    np.testing.assert_array_equal(pages[0], stack[5])
-    np.testing.assert_array_equal(pages[1], stack[1])
+    for page, expected in zip(pages, (stack[5], stack[1])):
+        assert page.dtype == np.uint16 and page.dtype.isnative
+        np.testing.assert_array_equal(page, expected)
+
+
+def test_a_tiff_stack_written_a_page_at_a_time_is_read_page_by_page(tmp_path):
+    # Each page its own series, as tifffile's append writes them; a thumbnail is no slice.
+    stack = np.arange(4 * 6 * 8, dtype=np.uint8).reshape(4, 6, 8)
+    for plane in stack:
+        tifffile.imwrite(tmp_path / "pages.tif", plane, append=True)
+    tifffile.imwrite(tmp_path / "pages.tif", stack[0, ::2, ::2], append=True, subfiletype=1)
+    assert stack_slice_names(tmp_path / "pages.tif") == ["z0000", "z0001", "z0002", "z0003"]
+    pages = list(read_stack_slices(tmp_path / "pages.tif", ["z0000", "z0001", "z0002", "z0003"]))
+    np.testing.assert_array_equal(np.stack(pages), stack)
 
 
 def test_tiff_stacks_of_channels_or_of_pages_not_grey_2d_are_refused_naming_them(tmp_path):

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vem3d.preprocess import resize
-from vem3d.slices import SliceError, list_slices, read_slice
+from vem3d.slices import TIFF_SUFFIXES, SliceError, list_slices, read_slice
 
 
 def class_values(classes: Sequence[str], label_values: Mapping[str, Sequence[int]] | None = None) -> list[list[int]]:
@@ -141,12 +141,13 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     Fiji saves 8-bit label images with a lookup table that way: read as colours, then
     as grey, classes 1 and 2 in red and green would come out as 76 and 150.
     """
-    try:
-        with Image.open(path) as image:
-            if image.mode == "P":
-                return np.asarray(image)
-    except (OSError, UnidentifiedImageError):
-        pass  # not an image Pillow reads: read_slice says what is wrong with it
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:  # tifffile gives a TIFF's indices already
+        try:
+            with Image.open(path) as image:
+                if image.mode == "P":
+                    return np.asarray(image)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError):
+            pass  # not an image Pillow reads (whole): read_slice says what is wrong with it
     return read_slice(path)
 
 
@@ -176,8 +177,9 @@ def read_class_labels(
         (labels of another stack, or of the slice after resampling).
     """
     if len(files) == 1:
+        label_map = read_label_image(files[0])
         try:
-            labels = decode_label_map(read_label_image(files[0]), values)
+            labels = decode_label_map(label_map, values)
         except ValueError as error:
             raise SliceError(f"{files[0]}: {error}") from error
     else:

@@ -191,8 +191,9 @@ def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict,
         details = ", ".join(f"{key}: trained with {old!r}, configured {new!r}" for key, (old, new) in differing.items())
         raise ValueError(f"{weights_path}: weights do not match the configured model ({details})")
     # A one-class network's output is the class whatever its name; several are told apart by order.
-    if classes is not None and len(classes) > 1 and made.get("classes", classes) != list(classes):
+    trained_classes = made.get("classes")
+    if classes is not None and len(classes) > 1 and trained_classes is not None and trained_classes != list(classes):
         raise ValueError(
-            f"{weights_path}: weights were trained for the classes {made['classes']}, in that order, "
+            f"{weights_path}: weights were trained for the classes {trained_classes}, in that order, "
             f"but model.classes is {list(classes)}: set model.classes to the trained classes"
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -197,10 +198,19 @@ def _open_tiff(source: Path) -> tifffile.TiffFile:
         raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
 
 
-def _tiff_depth(tiff: tifffile.TiffFile, source: Path) -> int:
-    """The 2D images of a TIFF stack: those of its first series (not thumbnails or
-    pyramid levels), which may outnumber its pages (ImageJ's stacks over 4 GiB
-    describe every image in their first page)."""
+def _tiff_images(tiff: tifffile.TiffFile, source: Path) -> tuple[int, Callable[[int], np.ndarray]]:
+    """The 2D images of an open TIFF stack: how many, and a function reading one by index.
+
+    - A file of one series (a stack written at once, as ImageJ and OME write them):
+      its images, refusing channels or time points beside z. They may outnumber the
+      pages: ImageJ's stacks over 4 GiB describe every image in their first page, and
+      lie uncompressed one after the other; those are mapped and read where indexed.
+    - A file of several series (a stack written a page at a time, as
+      ``tifffile.imwrite(..., append=True)`` does): its pages, thumbnails left out.
+    """
+    if len(tiff.series) > 1:
+        pages = [page for page in tiff.pages if not page.is_reduced]
+        return len(pages), lambda index: pages[index].asarray()
     series = tiff.series[0]
     planes = [length for axis, length in zip(series.axes, series.shape) if axis not in "YXS"]
     if sum(length > 1 for length in planes) > 1:
@@ -208,7 +218,15 @@ def _tiff_depth(tiff: tifffile.TiffFile, source: Path) -> int:
             f"{source}: a TIFF of axes {series.axes} (shape {series.shape}): expected one stack of "
             "grey 2D slices, not channels or time points beside z; save one channel as its own stack"
         )
-    return int(np.prod(planes))
+    depth = int(np.prod(planes))
+    if len(series.pages) == depth:
+        return depth, lambda index: series.asarray(key=index)
+    plane_shape = [length for axis, length in zip(series.axes, series.shape) if axis in "YXS"]
+    try:
+        images = tifffile.memmap(source, series=0, mode="r").reshape(depth, *plane_shape)
+    except Exception as error:
+        raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+    return depth, lambda index: images[index].astype(images.dtype.newbyteorder("="))  # a copy, in memory
 
 
 def _stack_depth(source: Path) -> int:
@@ -217,7 +235,7 @@ def _stack_depth(source: Path) -> int:
         with _open_mrc(source) as mrc:
             return len(_mrc_sections(mrc, source))
     with _open_tiff(source) as tiff:
-        return _tiff_depth(tiff, source)
+        return _tiff_images(tiff, source)[0]
 
 
 def stack_pixel_size_nm(source: str | os.PathLike) -> tuple[float, float] | None:
@@ -248,7 +266,7 @@ def stack_slice_names(source: str | os.PathLike) -> list[str]:
     """Names of the slices of a stack, in z order.
 
     For a folder these are the slice file stems; for a stack file (multi-page TIFF or
-    MRC) they are ``z0000``, ``z0001``, ... one per page or section.
+    MRC) they are ``z0000``, ``z0001``, ... one per 2D image or section.
 
     Raises
     ------
@@ -312,20 +330,10 @@ def read_stack_slices(source: str | os.PathLike, names: list[str]):
                 yield section.astype(section.dtype.newbyteorder("="))  # a copy, in memory
         return
     with _open_tiff(source) as tiff:
-        series = tiff.series[0]
-        depth = _tiff_depth(tiff, source)
-        images = None
-        if len(series.pages) != depth:
-            # ImageJ's one-page layout: the images lie one after the other, uncompressed;
-            # mapped, and read where indexed.
-            plane_shape = [length for axis, length in zip(series.axes, series.shape) if axis in "YXS"]
-            try:
-                images = tifffile.memmap(source, series=0, mode="r").reshape(depth, *plane_shape)
-            except Exception as error:
-                raise SliceError(f"{source}: cannot be read as a TIFF stack ({error})") from error
+        _, read_image = _tiff_images(tiff, source)
         for name in names:
             try:
-                page = series.asarray(key=index_of[name]) if images is None else np.array(images[index_of[name]])
+                page = read_image(index_of[name])
             except Exception as error:
                 raise SliceError(f"{source}: page {name} cannot be read ({error})") from error
             yield _grey_2d(page, f"{source}, page {name}")
