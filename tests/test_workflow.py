@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -181,24 +180,6 @@ def own_stack(tmp_path, n_slices=4, shape=(32, 32)):
 
 def row(name, slices, voxel="20\t10\t10"):
     return f"{name}\t{slices}\t\t\t{voxel}\n"
-
-
-def test_jobs_run_the_package_of_the_checkout_whose_snakefile_runs_them(tmp_path):
-    # Another vem3d first on the path, as another checkout's editable install is in a
-    # conda environment that two checkouts share.
-    decoy = tmp_path / "other_checkout" / "vem3d"
-    decoy.mkdir(parents=True)
-    (decoy / "__init__.py").write_text('raise ImportError("the other checkout\'s vem3d")\n')
-    project = make_project(tmp_path / "project")
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(project),
-         "--cores", "2", "results/demo/preprocessed/chunk0000"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(decoy.parent)},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(path.name for path in (project / "results/demo/preprocessed/chunk0000").glob("*.tif"))[:1] == [
-        "slice_0000.tif"
-    ]
 
 
 def test_dry_run_of_the_default_config_succeeds():

@@ -1,6 +1,5 @@
 import contextlib
 import io
-import os
 import re
 import sys
 from pathlib import Path
@@ -8,16 +7,9 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-# Parsing the workflow and every job use the package of this checkout, whatever is
-# installed where they run: a conda environment that several checkouts share (one
-# --conda-prefix) holds the editable install of the checkout that built it. Jobs get
-# it through PYTHONPATH, which this sets (a cluster job's Snakemake parses this file
-# too), so no envvars directive asks the user for it.
-SOURCE = str(Path(workflow.basedir).parent / "src")
-sys.path.insert(0, SOURCE)
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [SOURCE, os.environ.get("PYTHONPATH")]))
-)
+# Parsing the workflow needs the package of this checkout, installed or not; the
+# jobs' environments install it (pip install -e ., or envs/*.post-deploy.sh).
+sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))
 
 from vem3d.atomic import refuse_to_write_into
 from vem3d.labels import class_values, label_slices, output_channels
