@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from vem3d.atomic import link_or_copy, refuse_to_write_into, write_atomically, write_text_atomically
-from vem3d.cache import code_version
 from vem3d.augment import augment_pair
+from vem3d.cache import code_version
 from vem3d.labels import class_values, label_slices, one_hot, output_channels, read_class_labels, resize_labels
 from vem3d.metrics import score_masks
 from vem3d.preprocess import read_preprocessed
@@ -296,8 +296,9 @@ def train_unet(
         Training settings.
     checkpoint_dir : path
         Folder for resumable checkpoints: each run keeps its checkpoint, best
-        weights and state in a subfolder named by a hash of its settings and data,
-        and a run finding its subfolder there continues from it.
+        weights and state in a subfolder named by a hash of its settings (the
+        starting weights' SHA-256 among them), data and vem3d's source, and a run
+        finding its subfolder there continues from it.
     initial_weights : path, optional
         Weights to start from (fine-tuning); ignored when resuming.
 
@@ -317,7 +318,12 @@ def train_unet(
     keras.utils.set_random_seed(config.seed)
     train_index, validation_index = split_labelled(len(images), config.validation_fraction, config.seed)
     checkpoint_dir = Path(checkpoint_dir)
-    settings = {"unet": unet_config.to_dict(), "training": config.to_dict(), "n_labelled": len(images)}
+    settings = {
+        "unet": unet_config.to_dict(),
+        "training": config.to_dict(),
+        "n_labelled": len(images),
+        "initial_weights_sha256": file_sha256(initial_weights) if initial_weights is not None else None,
+    }
     state = {
         "settings": settings,
         "epoch": 0,
@@ -333,7 +339,6 @@ def train_unet(
     # weights; anything else starts afresh.
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     digest.update(code_version().encode())
-    digest.update(file_sha256(initial_weights).encode() if initial_weights is not None else b"from scratch")
     for array in (*images, *masks):
         digest.update(np.ascontiguousarray(array).tobytes())
     checkpoint_dir = checkpoint_dir / digest.hexdigest()[:16]
@@ -520,7 +525,7 @@ def train_from_folders(
         "classes": list(classes),
         "labelled_slices": names,
         "initial_weights": str(initial_weights) if initial_weights else None,
-        "initial_weights_sha256": file_sha256(initial_weights) if initial_weights else None,
+        "initial_weights_sha256": state["settings"]["initial_weights_sha256"],
         **{key: state[key] for key in ("settings", "best_epoch", "best_score", "n_train", "n_validation")},
     }
     write_text_atomically(f"{weights_path}.json", json.dumps(provenance, indent=1))
