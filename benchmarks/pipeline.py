@@ -20,7 +20,14 @@ and prints
   this alone makes "not the network", all other steps being free: the floor that
   loading the network once per chunk sets.
 
-    python benchmarks/pipeline.py                        # 256 slices of 512 x 512, chunk_size 32
+The targets are for slices of 2048 x 2048, the default: real tumour samples have
+slices of several thousand pixels a side, and 2048 is the smallest such size, where
+the fixed costs weigh most. Those costs are per job and per run (a segment job
+spends 3 to 5 s importing TensorFlow and building the model before its first slice;
+the whole-volume steps start after the last slice), so on smaller slices they are a
+larger share: about a third at 1024 x 1024 (benchmarks/RESULTS.md).
+
+    python benchmarks/pipeline.py                        # 256 slices of 2048 x 2048, chunk_size 32 (about 11 min on 2 cores)
     python benchmarks/pipeline.py --slices 64 --size 256 # quicker
     python benchmarks/pipeline.py --weights /tmp/unet.weights.h5  # trains once, then reuses them
     python benchmarks/pipeline.py --stack-dir /tmp/vem3d-stacks  # writes the stack once, then copies it
@@ -196,7 +203,7 @@ def change_one_slice(folder: Path, index: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=256)
-    parser.add_argument("--size", type=int, default=512, help="slice side in pixels")
+    parser.add_argument("--size", type=int, default=2048, help="slice side in pixels (the targets are for 2048)")
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--workdir", type=Path, help="keep the project here (default: a temporary folder)")

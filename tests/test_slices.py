@@ -124,6 +124,15 @@ def test_tiff_stacks_of_channels_or_of_pages_not_grey_2d_are_refused_naming_them
         list(read_stack_slices(tmp_path / "alpha.tif", ["z0001"]))
 
 
+def test_imagej_stacks_of_one_axis_are_read_as_sections_whatever_its_letter(tmp_path):
+    # tifffile.imwrite(..., imagej=True) of a 3D array labels its planes channels.
+    stack = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    for axes in ("TYX", None):
+        tifffile.imwrite(tmp_path / "planes.tif", stack, imagej=True, metadata={"axes": axes} if axes else {})
+        assert stack_slice_names(tmp_path / "planes.tif") == ["z0000", "z0001", "z0002"]
+        np.testing.assert_array_equal(next(read_stack_slices(tmp_path / "planes.tif", ["z0002"])), stack[2])
+
+
 def test_imod_byte_stacks_are_read_unsigned_as_imod_writes_them(tmp_path):
     stack = np.array([0, 100, 200, 255], np.uint8).reshape(1, 2, 2)
 

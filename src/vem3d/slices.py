@@ -212,6 +212,8 @@ def _tiff_images(tiff: tifffile.TiffFile, source: Path) -> tuple[int, Callable[[
         pages = [page for page in tiff.pages if not page.is_reduced]
         return len(pages), lambda index: pages[index].asarray()
     series = tiff.series[0]
+    # One axis besides the plane's is z, whatever its letter: tifffile writes a 3D array
+    # with imagej=True as channels, and acquisition software often labels sections frames.
     planes = [length for axis, length in zip(series.axes, series.shape) if axis not in "YXS"]
     if sum(length > 1 for length in planes) > 1:
         raise SliceError(
