@@ -57,8 +57,9 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     )
     assert (tmp_path / "model/unet.weights.h5").is_file()
     assert len(pd.read_csv(tmp_path / "model/training_history.tsv", sep="\t")) == 1
+    # The model's settings and classes come from the weights' record: no --depth here.
     segment = ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
-               "--out-dir", str(tmp_path / "sample"), *TINY_MODEL, "--tile-size", "32", "--overlap", "8",
+               "--out-dir", str(tmp_path / "sample"), "--tile-size", "32", "--overlap", "8",
                "--precision", "mixed_bfloat16", "--cache-dir", str(tmp_path / "cache")]
     main(segment)
     masks = sorted((tmp_path / "sample/masks/foreground").glob("*.png"))
@@ -100,6 +101,8 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     scores = pd.read_csv(tmp_path / "sample/evaluation/scores.tsv", sep="\t")
     assert scores["iou"].iloc[-1] == pytest.approx(1.0)
     assert (tmp_path / "sample/evaluation/object_scores.tsv").is_file()
+    assert main(["pictures", f"{sample}/meshes/mitp.stl", "--out-dir", sample]) == 2  # a typo: no such file
+    assert not (tmp_path / "sample/mesh_preview").exists()
     main(["pictures", f"{sample}/meshes/mito.stl", "--out-dir", sample, "--preview-max-faces", "500"])
     assert iio.imread(tmp_path / "sample/mesh_preview/mito.png").ndim == 3
     assert "<html" in (tmp_path / "sample/mesh_viewer/mito.html").read_text()[:1000].lower()
@@ -113,7 +116,7 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     assert study["sample"].tolist() == ["sample"] and study["objects"].iloc[0] == summary["objects"]
 
 
-def test_volume_of_several_classes_in_one_call(tmp_path):
+def test_volume_of_several_classes_in_one_call(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "demo"), "--slices", "8", "--size", "64", "--seed", "0"]) == 0
     truth = str(tmp_path / "demo/ground_truth")
     main(["volume", "--class-masks", "mito", truth, "--class-masks", "copy", truth,
@@ -128,6 +131,10 @@ def test_volume_of_several_classes_in_one_call(tmp_path):
     smoothed = zarr.open_array(tmp_path / "smoothed/volume.zarr/mito/0", mode="r")[:]
     assert smoothed.shape == group["mito/0"].shape and smoothed.any()
     assert not np.array_equal(smoothed, group["mito/0"][:])  # smoothing across slices changed it
+    arguments = ["volume", "--class-masks", "mito", truth, "--class-probabilities", "mitochondrion", truth,
+                 "--z-smoothing-sigma", "1", "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "misnamed")]
+    assert main(arguments) == 2
+    assert "probability folders of every class: none given for ['mito']" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one class's folders, or --class-masks: not both
         main(["volume", truth, "--class-masks", "mito", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path)])
 
@@ -145,6 +152,15 @@ def test_segment_refuses_weights_trained_for_the_classes_in_another_order(tmp_pa
     assert main([*arguments, "--classes", "mitochondrion", "membrane"]) == 2
     assert "trained for the classes ['membrane', 'mitochondrion'], in that order" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_segment_options_given_override_the_weights_record_and_are_checked_against_it(tmp_path, capsys):
+    weights = tmp_path / "unet.weights.h5"
+    weights.write_bytes(b"not read: the record beside it already disagrees")
+    Path(f"{weights}.json").write_text('{"classes": ["mito"], "settings": {"unet": {"depth": 2, "base_filters": 4}}}')
+    arguments = ["segment", str(tmp_path), "--weights", str(weights), "--out-dir", str(tmp_path / "out")]
+    assert main([*arguments, "--depth", "3"]) == 2
+    assert "depth: trained with 2, configured 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("batch_size", ["0", "-2", "many"])

@@ -22,13 +22,14 @@ from vem3d.logs import exit_cleanly_on_terminate, log_to
 from vem3d.mesh import mesh_volumes
 from vem3d.metrics import evaluate_volumes
 from vem3d.preprocess import preprocess_stack
-from vem3d.provenance import check_weights_settings
+from vem3d.provenance import check_weights_settings, read_weights_record
 from vem3d.slices import stack_slice_names
 from vem3d.stats import statistics_from_volumes, study_table
 from vem3d.synth import write_demo_stack
 from vem3d.volume import write_volumes
 
 NETWORK_COMMANDS = ("train", "segment")
+DEFAULT_CLASSES = ("foreground",)
 PICTURE_COMMANDS = ("pictures", "montage")
 
 
@@ -40,19 +41,22 @@ def _attribute_help(cls) -> dict[str, str]:
     return {name: " ".join(text.split()).replace("``", "").replace("%", "%%") for name, text in entries}
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
-    """One ``--option`` per field of a settings dataclass, defaulting to the field's default."""
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=(), trained=False) -> None:
+    """One ``--option`` per field of a settings dataclass, defaulting to the field's default;
+    with ``trained``, to None (not given), for the weights' record to fill in (:func:`_unet_settings`)."""
     group = parser.add_argument_group(title)
     helps = _attribute_help(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
-        text = f"{helps.get(field.name, '')} (default: %(default)s)"
+        default = None if trained else field.default
+        shown = f"as the weights were trained, else {field.default}" if trained else "%(default)s"
+        text = f"{helps.get(field.name, '')} (default: {shown})"
         if isinstance(field.default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default, help=text)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            group.add_argument(flag, type=type(field.default), default=field.default, help=text)
+            group.add_argument(flag, type=type(field.default), default=default, help=text)
 
 
 def _settings(args: argparse.Namespace, cls, skip=()):
@@ -60,12 +64,19 @@ def _settings(args: argparse.Namespace, cls, skip=()):
     return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if field.name not in skip})
 
 
-def _unet_settings(args: argparse.Namespace):
-    """The U-Net of ``train`` and ``segment``: its options, with one output channel per class plus background."""
+def _unet_settings(args: argparse.Namespace, trained: dict | None = None):
+    """The U-Net of ``train`` and ``segment``: its options, with one output channel per class
+    plus background; options not given (None) take the ``trained`` settings (the weights'
+    record, :func:`vem3d.provenance.read_weights_record`), else their defaults."""
     from vem3d.unet import UNetConfig
 
-    unet = _settings(args, UNetConfig, skip=("n_classes",))
-    return dataclasses.replace(unet, n_classes=output_channels(args.classes))
+    trained = trained or {}
+    settings = {
+        field.name: trained.get(field.name, field.default) if getattr(args, field.name) is None else getattr(args, field.name)
+        for field in dataclasses.fields(UNetConfig)
+        if field.name != "n_classes"
+    }
+    return UNetConfig(**settings, n_classes=output_channels(args.classes))
 
 
 def _class_values(text: str) -> tuple[str, list[int]]:
@@ -343,16 +354,21 @@ def build_parser(network_options: bool = True, picture_options: bool = True) -> 
             default=_default(segment_folder, "test_time_augmentation"),
             help="average predictions over the 8 flips and rotations of each tile, 8 times slower (default: %(default)s)",
         )
-        for command in (train, segment):
+        # segment takes the model and its classes from the weights' record where not given.
+        for command, trained in ((train, False), (segment, True)):
             command.add_argument(
                 "--classes",
                 nargs="+",
-                default=["foreground"],
+                default=None if trained else list(DEFAULT_CLASSES),
                 metavar="CLASS",
                 help="structures to segment, background excluded; one gives a binary network, several a softmax "
-                "(the same for train and segment; sets the model's n_classes) (default: %(default)s)",
+                "(the same for train and segment; sets the model's n_classes) (default: "
+                + ("as the weights were trained, else " + " ".join(DEFAULT_CLASSES) if trained else "%(default)s")
+                + ")",
             )
-            _add_dataclass_options(command, UNetConfig, "model (the same for train and segment)", skip=("n_classes",))
+            _add_dataclass_options(
+                command, UNetConfig, "model (the same for train and segment)", skip=("n_classes",), trained=trained
+            )
         _add_dataclass_options(train, TrainingConfig, "training")
 
     volume = commands.add_parser(
@@ -482,13 +498,16 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "segment":
         from vem3d.segment import segment_folder
 
-        check_weights_settings(args.weights, _unet_settings(args).to_dict(), args.classes)
+        made = read_weights_record(args.weights)
+        args.classes = args.classes or made.get("classes") or list(DEFAULT_CLASSES)
+        unet_config = _unet_settings(args, made.get("settings", {}).get("unet"))
+        check_weights_settings(args.weights, unet_config.to_dict(), args.classes)
         segment_folder(
             args.preprocessed_dir,
             args.weights,
             [args.out_dir / "probabilities" / name for name in args.classes],
             [args.out_dir / "masks" / name for name in args.classes],
-            unet_config=_unet_settings(args),
+            unet_config=unet_config,
             tile_size=args.tile_size,
             overlap=args.overlap,
             batch_size=None if args.batch_size == "auto" else args.batch_size,
@@ -544,6 +563,10 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "pictures":
         from vem3d.render import mesh_pictures_from_stl
 
+        # The workflow draws a missing STL as an empty mesh (a class with no voxels left);
+        # a path given here by hand that names no file is a mistake.
+        if not args.stl.is_file():
+            raise ValueError(f"{args.stl}: no such STL file (vem3d mesh writes none for a class with no voxels left)")
         mesh_pictures_from_stl(
             args.stl,
             args.out_dir / "mesh_preview" / f"{args.stl.stem}.png",

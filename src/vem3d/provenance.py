@@ -134,7 +134,6 @@ def write_provenance(
         ``inputs``, ``weights`` (path, SHA-256, how they were made), ``steps``,
         ``started`` and ``finished`` (first start and last end of the steps).
     """
-    weights_record = Path(f"{weights_path}.json")
     steps = step_times(benchmark_files)
     record = {
         "sample": sample,
@@ -151,7 +150,7 @@ def write_provenance(
         "weights": {
             "path": str(weights_path),
             "sha256": file_sha256(weights_path),
-            "made_by": json.loads(weights_record.read_text()) if weights_record.is_file() else None,
+            "made_by": read_weights_record(weights_path) or None,
         },
         "steps": steps,
         "started": steps[0]["started"] if steps else None,
@@ -159,6 +158,14 @@ def write_provenance(
     }
     write_text_atomically(path, json.dumps(record, indent=1, default=_plain))
     return record
+
+
+def read_weights_record(weights_path: str | os.PathLike) -> dict:
+    """What ``{weights}.json``, written beside weights vem3d trained, records: ``settings``
+    (``unet``: the U-Net's, :meth:`vem3d.unet.UNetConfig.to_dict`; ``training``) and
+    ``classes`` (the network's outputs, in order); empty for weights without it."""
+    record = Path(f"{weights_path}.json")
+    return json.loads(record.read_text()) if record.is_file() else {}
 
 
 def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict, classes=None) -> None:
@@ -179,10 +186,7 @@ def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict,
     weights_path = Path(weights_path)
     if not weights_path.is_file():
         raise ValueError(f"{weights_path}: weights file does not exist")
-    record = Path(f"{weights_path}.json")
-    if not record.is_file():
-        return
-    made = json.loads(record.read_text())
+    made = read_weights_record(weights_path)
     trained = made.get("settings", {}).get("unet", {})
     differing = {
         key: (trained[key], value) for key, value in unet_settings.items() if key in trained and trained[key] != value

@@ -388,8 +388,9 @@ def class_masks(
     mask : ndarray of bool, shape (slices, rows, columns)
     """
     if z_smoothing_sigma > 0:
-        if probability_dirs is None:
-            raise ValueError("z-smoothing needs the probability folders")
+        missing = [name for name in mask_dirs if name not in (probability_dirs or {})]
+        if missing:
+            raise ValueError(f"z-smoothing needs the probability folders of every class: none given for {missing}")
         smoothed = [
             smooth_along_z(read_slice_volume(probability_dirs[name], threads=threads), z_smoothing_sigma) / 255
             for name in mask_dirs
