@@ -1,5 +1,6 @@
 """The vem3d command line: every subcommand on tiny data, in process and as a program."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import zarr
 
+import vem3d.segment
 from vem3d.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ def test_missing_subcommand_or_voxel_size_is_refused(tmp_path, capsys):
     assert "--voxel-size" in capsys.readouterr().err
 
 
-def test_synth_to_stats_on_a_tiny_stack(tmp_path):
+def test_synth_to_stats_on_a_tiny_stack(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "demo"), "--slices", "4", "--size", "64", "--seed", "0", "--label-every", "2"]) == 0
     assert len(list((tmp_path / "demo/slices").glob("*.png"))) == 4
     main(["preprocess", str(tmp_path / "demo/slices"), str(tmp_path / "pre")])
@@ -57,7 +59,7 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     )
     assert (tmp_path / "model/unet.weights.h5").is_file()
     assert len(pd.read_csv(tmp_path / "model/training_history.tsv", sep="\t")) == 1
-    # The model's settings and classes come from the weights' record: no --depth here.
+    # The model's settings come from the weights' record: no --depth here.
     segment = ["segment", str(tmp_path / "pre"), "--weights", str(tmp_path / "model/unet.weights.h5"),
                "--out-dir", str(tmp_path / "sample"), "--tile-size", "32", "--overlap", "8",
                "--precision", "mixed_bfloat16", "--cache-dir", str(tmp_path / "cache")]
@@ -102,6 +104,7 @@ def test_synth_to_stats_on_a_tiny_stack(tmp_path):
     assert scores["iou"].iloc[-1] == pytest.approx(1.0)
     assert (tmp_path / "sample/evaluation/object_scores.tsv").is_file()
     assert main(["pictures", f"{sample}/meshes/mitp.stl", "--out-dir", sample]) == 2  # a typo: no such file
+    assert "mitp.stl: no such STL file" in capsys.readouterr().err
     assert not (tmp_path / "sample/mesh_preview").exists()
     main(["pictures", f"{sample}/meshes/mito.stl", "--out-dir", sample, "--preview-max-faces", "500"])
     assert iio.imread(tmp_path / "sample/mesh_preview/mito.png").ndim == 3
@@ -134,7 +137,7 @@ def test_volume_of_several_classes_in_one_call(tmp_path, capsys):
     arguments = ["volume", "--class-masks", "mito", truth, "--class-probabilities", "mitochondrion", truth,
                  "--z-smoothing-sigma", "1", "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path / "misnamed")]
     assert main(arguments) == 2
-    assert "probability folders of every class: none given for ['mito']" in capsys.readouterr().err
+    assert "none given for ['mito'] (given for ['mitochondrion'])" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one class's folders, or --class-masks: not both
         main(["volume", truth, "--class-masks", "mito", truth, "--voxel-size", "20", "10", "10", "--out-dir", str(tmp_path)])
 
@@ -154,13 +157,36 @@ def test_segment_refuses_weights_trained_for_the_classes_in_another_order(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
-def test_segment_options_given_override_the_weights_record_and_are_checked_against_it(tmp_path, capsys):
+def test_segment_takes_the_model_and_classes_not_given_from_the_weights_record(tmp_path, monkeypatch):
+    weights = tmp_path / "unet.weights.h5"
+    weights.write_bytes(b"not read: segment_folder is replaced")
+    Path(f"{weights}.json").write_text(
+        '{"classes": ["membrane", "mito"], "settings": {"unet": {"depth": 2, "batch_norm": false, "n_classes": 3}}}'
+    )
+    called = {}
+
+    @functools.wraps(vem3d.segment.segment_folder)  # the parser reads its defaults from the signature
+    def record_call(*args, **kwargs):
+        called.update(args=args, **kwargs)
+
+    monkeypatch.setattr(vem3d.segment, "segment_folder", record_call)
+    arguments = ["segment", str(tmp_path), "--weights", str(weights), "--out-dir", str(tmp_path / "out")]
+    assert main([*arguments, "--base-filters", "8"]) == 0
+    unet = called["unet_config"]
+    assert (unet.depth, unet.batch_norm, unet.base_filters, unet.n_classes) == (2, False, 8, 3)
+    assert [folder.name for folder in called["args"][3]] == ["membrane", "mito"]  # the mask folders
+
+
+def test_segment_options_given_are_checked_against_the_weights_record(tmp_path, capsys):
     weights = tmp_path / "unet.weights.h5"
     weights.write_bytes(b"not read: the record beside it already disagrees")
-    Path(f"{weights}.json").write_text('{"classes": ["mito"], "settings": {"unet": {"depth": 2, "base_filters": 4}}}')
+    Path(f"{weights}.json").write_text('{"classes": ["mito"], "settings": {"unet": {"depth": 2}}}')
     arguments = ["segment", str(tmp_path), "--weights", str(weights), "--out-dir", str(tmp_path / "out")]
     assert main([*arguments, "--depth", "3"]) == 2
     assert "depth: trained with 2, configured 3" in capsys.readouterr().err
+    Path(f"{weights}.json").write_text("[2, 3]")
+    assert main(arguments) == 2
+    assert "unet.weights.h5.json: not a weights record: expected a JSON object, found list" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("batch_size", ["0", "-2", "many"])

@@ -41,17 +41,17 @@ def _attribute_help(cls) -> dict[str, str]:
     return {name: " ".join(text.split()).replace("``", "").replace("%", "%%") for name, text in entries}
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=(), trained=False) -> None:
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, title: str, skip=(), from_record=False) -> None:
     """One ``--option`` per field of a settings dataclass, defaulting to the field's default;
-    with ``trained``, to None (not given), for the weights' record to fill in (:func:`_unet_settings`)."""
+    with ``from_record``, to None (not given), for the weights' record to fill in (:func:`_unet_settings`)."""
     group = parser.add_argument_group(title)
     helps = _attribute_help(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
         flag = "--" + field.name.replace("_", "-")
-        default = None if trained else field.default
-        shown = f"as the weights were trained, else {field.default}" if trained else "%(default)s"
+        default = None if from_record else field.default
+        shown = f"as the weights were trained, else {field.default}" if from_record else "%(default)s"
         text = f"{helps.get(field.name, '')} (default: {shown})"
         if isinstance(field.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
@@ -64,19 +64,19 @@ def _settings(args: argparse.Namespace, cls, skip=()):
     return cls(**{field.name: getattr(args, field.name) for field in dataclasses.fields(cls) if field.name not in skip})
 
 
-def _unet_settings(args: argparse.Namespace, trained: dict | None = None):
+def _unet_settings(args: argparse.Namespace, recorded: dict | None = None):
     """The U-Net of ``train`` and ``segment``: its options, with one output channel per class
-    plus background; options not given (None) take the ``trained`` settings (the weights'
+    plus background; options not given (None) take the ``recorded`` settings (the weights'
     record, :func:`vem3d.provenance.read_weights_record`), else their defaults."""
     from vem3d.unet import UNetConfig
 
-    trained = trained or {}
-    settings = {
-        field.name: trained.get(field.name, field.default) if getattr(args, field.name) is None else getattr(args, field.name)
-        for field in dataclasses.fields(UNetConfig)
-        if field.name != "n_classes"
-    }
-    return UNetConfig(**settings, n_classes=output_channels(args.classes))
+    recorded = recorded or {}
+    given = vars(args).copy()
+    for field in dataclasses.fields(UNetConfig):
+        if given.get(field.name, field.default) is None:
+            given[field.name] = recorded.get(field.name, field.default)
+    unet = _settings(argparse.Namespace(**given), UNetConfig, skip=("n_classes",))
+    return dataclasses.replace(unet, n_classes=output_channels(args.classes))
 
 
 def _class_values(text: str) -> tuple[str, list[int]]:
@@ -355,19 +355,19 @@ def build_parser(network_options: bool = True, picture_options: bool = True) -> 
             help="average predictions over the 8 flips and rotations of each tile, 8 times slower (default: %(default)s)",
         )
         # segment takes the model and its classes from the weights' record where not given.
-        for command, trained in ((train, False), (segment, True)):
+        for command, from_record in ((train, False), (segment, True)):
             command.add_argument(
                 "--classes",
                 nargs="+",
-                default=None if trained else list(DEFAULT_CLASSES),
+                default=None if from_record else list(DEFAULT_CLASSES),
                 metavar="CLASS",
                 help="structures to segment, background excluded; one gives a binary network, several a softmax "
                 "(the same for train and segment; sets the model's n_classes) (default: "
-                + ("as the weights were trained, else " + " ".join(DEFAULT_CLASSES) if trained else "%(default)s")
+                + ("as the weights were trained, else " + " ".join(DEFAULT_CLASSES) if from_record else "%(default)s")
                 + ")",
             )
             _add_dataclass_options(
-                command, UNetConfig, "model (the same for train and segment)", skip=("n_classes",), trained=trained
+                command, UNetConfig, "model (the same for train and segment)", skip=("n_classes",), from_record=from_record
             )
         _add_dataclass_options(train, TrainingConfig, "training")
 

@@ -165,7 +165,15 @@ def read_weights_record(weights_path: str | os.PathLike) -> dict:
     (``unet``: the U-Net's, :meth:`vem3d.unet.UNetConfig.to_dict`; ``training``) and
     ``classes`` (the network's outputs, in order); empty for weights without it."""
     record = Path(f"{weights_path}.json")
-    return json.loads(record.read_text()) if record.is_file() else {}
+    if not record.is_file():
+        return {}
+    try:
+        made = json.loads(record.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{record}: not a weights record, not JSON ({error})") from None
+    if not isinstance(made, dict):
+        raise ValueError(f"{record}: not a weights record: expected a JSON object, found {type(made).__name__}")
+    return made
 
 
 def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict, classes=None) -> None:
@@ -199,5 +207,5 @@ def check_weights_settings(weights_path: str | os.PathLike, unet_settings: dict,
     if classes is not None and len(classes) > 1 and trained_classes is not None and trained_classes != list(classes):
         raise ValueError(
             f"{weights_path}: weights were trained for the classes {trained_classes}, in that order, "
-            f"but model.classes is {list(classes)}: set model.classes to the trained classes"
+            f"but model.classes (--classes) is {list(classes)}: set it to the trained classes"
         )

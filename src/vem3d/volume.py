@@ -390,7 +390,10 @@ def class_masks(
     if z_smoothing_sigma > 0:
         missing = [name for name in mask_dirs if name not in (probability_dirs or {})]
         if missing:
-            raise ValueError(f"z-smoothing needs the probability folders of every class: none given for {missing}")
+            raise ValueError(
+                f"z-smoothing needs the probability folders of every class: none given for {missing} "
+                f"(given for {list(probability_dirs or {})})"
+            )
         smoothed = [
             smooth_along_z(read_slice_volume(probability_dirs[name], threads=threads), z_smoothing_sigma) / 255
             for name in mask_dirs

@@ -77,7 +77,8 @@ def read_sample_sheet(path):
 
 samples = read_sample_sheet(config["samples"])
 CLASSES = config["model"]["classes"]
-# Stops on a class name in model.label_values that model.classes lacks, before any work.
+# Stops on a class name in model.label_values that model.classes lacks, or a value given
+# to two classes, before any work.
 class_values(CLASSES, config["model"]["label_values"])
 DEMO_DIR = Path(config["demo"]["path"])
 DEMO_SLICE_NAMES = demo_slice_names(config["demo"]["n_slices"])
