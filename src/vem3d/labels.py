@@ -183,8 +183,8 @@ def read_class_labels(
         except ValueError as error:
             raise SliceError(f"{files[0]}: {error}") from error
     else:
-        labels = np.zeros(read_label_image(files[0]).shape, dtype=np.uint8)
-        for index, path in enumerate(files, 1):
+        labels = (read_label_image(files[0]) > 0).astype(np.uint8)  # the first class is 1
+        for index, path in enumerate(files[1:], 2):
             mask = read_label_image(path) > 0
             if mask.shape != labels.shape:
                 raise SliceError(f"{path}: shape {mask.shape} differs from {files[0]}'s {labels.shape}")
